@@ -1,0 +1,365 @@
+"""Named state changes of the registry. Each one writes the audit trail.
+
+The admin, the API, the start queue and the worker-event ingester call these functions;
+nothing else changes an application's or environment's status. Where two processes may
+race (a worker's status report against an operator's request), updates are guarded:
+``filter(pk=..., <expected state>).update(...)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from apps_registry import dispatch
+from apps_registry.models import AppEnvironment, Application, AppStatus, AuditEntry, Environment
+
+# Statuses from which a start may be requested: anything that is not already on its way up.
+STARTABLE = (AppStatus.STOPPED, AppStatus.ERROR, AppStatus.STOPPING)
+ACTIVE = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
+
+
+def _user(user: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return user if user is not None and user.is_authenticated else None
+
+
+def audit(
+    action: str,
+    *,
+    user: AbstractBaseUser | None = None,
+    app_name: str = "",
+    environments: Iterable[str] = (),
+    result: str = AuditEntry.Result.OK,
+    error: str = "",
+    request_id: str = "",
+    via: str = "admin",
+) -> AuditEntry:
+    return AuditEntry.objects.create(
+        user=_user(user),
+        app_name=app_name,
+        action=action,
+        environments=sorted(environments),
+        result=result,
+        error=error,
+        request_id=request_id,
+        via=via,
+    )
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _bump_generation(app: Application) -> int:
+    """Take the app's row lock and bump its generation: requests for one app are serialised
+    and numbered, so a command or queued start that carries an older number is stale."""
+    locked = Application.objects.select_for_update().only("pk", "generation").get(pk=app.pk)
+    generation = locked.generation + 1
+    Application.objects.filter(pk=app.pk).update(generation=generation)
+    app.generation = generation
+    return generation
+
+
+def _placements(app: Application, environments: Sequence[str] | None) -> list[AppEnvironment]:
+    placements = AppEnvironment.objects.filter(application=app).select_related("environment")
+    if environments is not None:
+        placements = placements.filter(environment__name__in=list(environments))
+    return sorted(placements, key=lambda p: p.environment.name)
+
+
+# --- Applications -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_application(
+    *,
+    name: str,
+    environments: Sequence[Environment],
+    user: AbstractBaseUser | None = None,
+    display_name: str = "",
+    description: str = "",
+    options: dict | None = None,
+    via: str = "admin",
+) -> Application:
+    app = Application(
+        name=name,
+        display_name=display_name or name,
+        description=description,
+        options=options or {},
+        created_by=_user(user),
+        updated_by=_user(user),
+    )
+    app.full_clean()
+    app.save()
+    AppEnvironment.objects.bulk_create(AppEnvironment(application=app, environment=env) for env in environments)
+    audit("create", user=user, app_name=name, environments=[e.name for e in environments], via=via)
+    dispatch.publish_app(app)
+    return app
+
+
+@transaction.atomic
+def set_application_environments(
+    app: Application, environments: Sequence[Environment], user: AbstractBaseUser | None = None, via: str = "admin"
+) -> None:
+    """Place the app on exactly these environments; removed ones get a remove command."""
+    wanted = {env.pk: env for env in environments}
+    current = {p.environment_id: p for p in _placements(app, None)}
+    added = [env for pk, env in wanted.items() if pk not in current]
+    removed = [p for pk, p in current.items() if pk not in wanted]
+    AppEnvironment.objects.bulk_create(AppEnvironment(application=app, environment=env) for env in added)
+    if removed:
+        request_remove(app, user, environments=[p.environment.name for p in removed], via=via)
+        AppEnvironment.objects.filter(pk__in=[p.pk for p in removed]).delete()
+    if added or removed:
+        audit(
+            "set_environments",
+            user=user,
+            app_name=app.name,
+            environments=[env.name for env in environments],
+            via=via,
+        )
+    dispatch.publish_app(app)
+
+
+@transaction.atomic
+def update_application(app: Application, user: AbstractBaseUser | None = None, via: str = "admin") -> None:
+    """Save edited descriptive fields (display name, description, options)."""
+    app.updated_by = _user(user)
+    app.full_clean()
+    Application.objects.filter(pk=app.pk).update(
+        display_name=app.display_name,
+        description=app.description,
+        options=app.options,
+        updated_by=app.updated_by,
+        updated_at=timezone.now(),
+    )
+    audit("update", user=user, app_name=app.name, via=via)
+    dispatch.publish_app(app)
+
+
+@transaction.atomic
+def delete_application(
+    app: Application, user: AbstractBaseUser | None = None, *, drop_data: bool = False, via: str = "admin"
+) -> str:
+    """Remove the app from every environment, then from the registry."""
+    envs = [p.environment.name for p in _placements(app, None)]
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    if envs:
+        dispatch.send_remove(app, envs, generation=generation, request_id=request_id, drop_data=drop_data)
+    audit(
+        "delete_with_data" if drop_data else "delete",
+        user=user,
+        app_name=app.name,
+        environments=envs,
+        request_id=request_id,
+        via=via,
+    )
+    name = app.name
+    app.delete()
+    dispatch.unpublish_app(name)
+    return request_id
+
+
+# --- Start, stop, restart, remove ---------------------------------------------------------
+
+
+@transaction.atomic
+def request_start(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    """Queue a start of the app on its environments (one after another, see dispatch)."""
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    now = timezone.now()
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids, status__in=STARTABLE).update(
+        status=AppStatus.QUEUED, error="", status_changed_at=now, queued_at=now
+    )
+    names = [p.environment.name for p in placements]
+    # desired_running is set per environment by the start job as it reaches each one, so a
+    # worker's reconciliation never starts the app ahead of the queue.
+    audit("start", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    dispatch.send_start(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_stop(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    now = timezone.now()
+    # A queued start that has not begun is simply withdrawn.
+    AppEnvironment.objects.filter(pk__in=ids, status=AppStatus.QUEUED).update(
+        status=AppStatus.STOPPED, status_changed_at=now, queued_at=None
+    )
+    AppEnvironment.objects.filter(pk__in=ids, status__in=(AppStatus.STARTING, AppStatus.RUNNING)).update(
+        status=AppStatus.STOPPING, status_changed_at=now, queued_at=None
+    )
+    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=False)
+    names = [p.environment.name for p in placements]
+    audit("stop", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    dispatch.publish_app(app)
+    dispatch.send_stop(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_restart(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=True)
+    names = [p.environment.name for p in placements]
+    audit("restart", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    dispatch.publish_app(app)
+    dispatch.send_restart(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_remove(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    drop_data: bool = False,
+    via: str = "admin",
+) -> str:
+    """Stop the app on these environments and unload it there (data kept unless drop_data)."""
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids).exclude(status=AppStatus.STOPPED).update(
+        status=AppStatus.STOPPING, status_changed_at=timezone.now(), queued_at=None
+    )
+    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=False)
+    names = [p.environment.name for p in placements]
+    audit(
+        "remove_with_data" if drop_data else "remove",
+        user=user,
+        app_name=app.name,
+        environments=names,
+        result="pending",
+        request_id=request_id,
+        via=via,
+    )
+    dispatch.publish_app(app)
+    dispatch.send_remove(app, names, generation=generation, request_id=request_id, drop_data=drop_data)
+    return request_id
+
+
+# --- Reports from workers ------------------------------------------------------------------
+
+
+def record_app_status(
+    app_name: str, environment_name: str, status: str, *, error: str = "", at: dt.datetime | None = None
+) -> bool:
+    """Apply a worker's status report. Reports older than the current status are ignored,
+    so reports applied out of order (several ingesters) cannot move a status backwards."""
+    if status not in AppStatus.values:
+        raise ValueError(f"unknown application status {status!r}")
+    at = at or timezone.now()
+    updated = AppEnvironment.objects.filter(
+        application__name=app_name, environment__name=environment_name, status_changed_at__lte=at
+    ).update(
+        status=status,
+        error=error if status == AppStatus.ERROR else "",
+        status_changed_at=at,
+        queued_at=None,
+    )
+    return bool(updated)
+
+
+def finish_request(request_id: str, *, error: str = "") -> None:
+    """Close the audit entry of a request once its outcome is known."""
+    AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING).update(
+        result=AuditEntry.Result.ERROR if error else AuditEntry.Result.OK, error=error
+    )
+
+
+# --- Environments ---------------------------------------------------------------------------
+
+
+def register_environment(
+    *,
+    name: str,
+    url: str,
+    proxy_url: str = "",
+    version: str = "",
+    host: str = "",
+    pid: int | None = None,
+    apps_running: Sequence[str] = (),
+    at: dt.datetime | None = None,
+) -> Environment:
+    """A worker announced itself (start-up or heartbeat): create or refresh its record."""
+    at = at or timezone.now()
+    fields = {
+        "url": url,
+        "proxy_url": proxy_url,
+        "version": version,
+        "host": host,
+        "pid": pid,
+        "apps_running": sorted(apps_running),
+        "last_heartbeat": at,
+        "stopped_at": None,
+    }
+    env, created = Environment.objects.get_or_create(name=name, defaults={**fields, "first_seen": at})
+    if created:
+        audit("environment_registered", app_name="", environments=[name], via="worker")
+    else:
+        Environment.objects.filter(pk=env.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(env, key, value)
+    dispatch.publish_environment(env)
+    return env
+
+
+def deregister_environment(name: str, *, at: dt.datetime | None = None) -> bool:
+    """The worker's agent stopped cleanly (SIGTERM)."""
+    updated = Environment.objects.filter(name=name).update(stopped_at=at or timezone.now())
+    if updated:
+        audit("environment_stopped", environments=[name], via="worker")
+    return bool(updated)
+
+
+def set_environment_enabled(env: Environment, enabled: bool, user: AbstractBaseUser | None = None) -> None:
+    Environment.objects.filter(pk=env.pk).update(enabled=enabled)
+    env.enabled = enabled
+    audit("environment_enabled" if enabled else "environment_disabled", user=user, environments=[env.name])
+    dispatch.publish_environment(env)
+
+
+@transaction.atomic
+def forget_environment(env: Environment, user: AbstractBaseUser | None = None) -> None:
+    """Drop an environment from the registry (it registers again if its agent comes back)."""
+    name = env.name
+    env.delete()
+    audit("environment_forgotten", user=user, environments=[name])
+    dispatch.unpublish_environment(name)

@@ -1,0 +1,186 @@
+"""The supervisor's registry: environments, applications, their statuses and the audit trail.
+
+Status fields are changed only through ``apps_registry.actions``; nothing else calls
+``.save()`` on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from apps_registry.names import validate_app_name, validate_environment_name
+
+
+class EnvironmentStatus(models.TextChoices):
+    ONLINE = "online"
+    UNKNOWN = "unknown"
+    OFFLINE = "offline"
+    STOPPED = "stopped"
+
+
+class AppStatus(models.TextChoices):
+    STOPPED = "stopped"
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+
+class StartMode(models.TextChoices):
+    MANUAL = "manual", "When an operator starts it"
+    FIRST_VISIT = "on_first_visit", "On first visit"
+
+
+class Environment(models.Model):
+    """A worker environment. Workers register themselves; operators may disable or forget one."""
+
+    name = models.CharField(max_length=40, unique=True, validators=[validate_environment_name])
+    url = models.URLField("URL", max_length=300)
+    proxy_url = models.URLField("proxy URL", max_length=300, blank=True)
+    version = models.CharField(max_length=60, blank=True)
+    host = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    apps_running = models.JSONField(default=list, blank=True)
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # Set when the agent deregisters on SIGTERM, cleared when it registers again.
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(
+        default=True, help_text="A disabled environment gets no new apps and no proxied requests."
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def target_url(self) -> str:
+        """Where the supervisor sends proxied requests: the proxy URL wins over the URL."""
+        return self.proxy_url or self.url
+
+
+class Application(models.Model):
+    name = models.CharField(max_length=40, unique=True, validators=[validate_app_name])
+    display_name = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    # {"database": {...}, "modules": ["contacts", "tasks"], "start_mode": "manual"}
+    options = models.JSONField(default=dict, blank=True)
+    environments = models.ManyToManyField(Environment, through="AppEnvironment", related_name="applications")
+    # Bumped by every start/stop/restart/remove request: a command or queued start carrying
+    # an older generation is stale and is dropped, so the last request wins.
+    generation = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("start_application", "Can start applications"),
+            ("stop_application", "Can stop applications"),
+            ("restart_application", "Can restart applications"),
+            ("remove_application", "Can remove applications from environments"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.options.get("modules", []))
+
+    @property
+    def start_mode(self) -> str:
+        return self.options.get("start_mode", StartMode.MANUAL)
+
+
+class AppEnvironment(models.Model):
+    """One application on one environment: its own status, desired state and last error."""
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="placements")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="placements")
+    status = models.CharField(max_length=10, choices=AppStatus.choices, default=AppStatus.STOPPED)
+    # What the operator asked for; the worker's reconciliation converges towards it.
+    desired_running = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    queued_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["application", "environment"], name="unique_app_environment"),
+        ]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["queued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.application_id}@{self.environment_id}: {self.status}"
+
+
+class AuditEntry(models.Model):
+    """Who asked for what, when, on which environments, and how it ended."""
+
+    class Result(models.TextChoices):
+        PENDING = "pending"
+        OK = "ok"
+        ERROR = "error"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # Kept as text so the trail survives the app's deletion.
+    app_name = models.CharField(max_length=40, db_index=True, blank=True)
+    action = models.CharField(max_length=40)
+    environments = models.JSONField(default=list, blank=True)
+    result = models.CharField(max_length=10, choices=Result.choices, default=Result.OK)
+    error = models.TextField(blank=True)
+    request_id = models.CharField(max_length=36, blank=True, db_index=True)
+    via = models.CharField(max_length=20, default="admin")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.action} {self.app_name}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for /api/v1/. Only its SHA-256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=8, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name: str = "") -> tuple[ApiToken, str]:
+        """Create a token and return it with its raw value, which is shown once and never stored."""
+        raw = secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, token_hash=cls.hash(raw), prefix=raw[:8])
+        return token, raw

@@ -1,0 +1,149 @@
+"""Django settings for App Supervisor.
+
+Every value comes from ``supervisor_site.config`` (environment variables, read once and
+typed). A wrong configuration stops the process here with one line naming the variable.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from supervisor_site.config import Config, ConfigError, load
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+try:
+    APP_CONFIG: Config = load(os.environ, BASE_DIR)
+except ConfigError as error:
+    sys.stderr.write(f"configuration error: {error}\n")
+    raise SystemExit(2) from None
+
+APP_MODE = APP_CONFIG.mode
+SECRET_KEY = APP_CONFIG.secret_key
+DEBUG = APP_CONFIG.debug
+ALLOWED_HOSTS = APP_CONFIG.allowed_hosts
+TIME_ZONE = APP_CONFIG.time_zone
+USE_TZ = True
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_rq",
+    "revproxy",
+    "apps_registry",
+    "worker_agent",
+    "worker_agent.modules.contacts",
+    "worker_agent.modules.tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Serves /apps/<name>/ from this process when it hosts apps (standalone, worker).
+    "worker_agent.middleware.HostedAppMiddleware",
+    "worker_agent.sessions.PerAppSessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "supervisor_site.urls"
+WSGI_APPLICATION = "supervisor_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_settings(config: Config) -> dict:
+    db = config.database
+    if db.dialect == "postgres":
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": db.host,
+            "PORT": db.port,
+            "NAME": db.name,
+            "USER": db.user,
+            "PASSWORD": db.password,
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(db.sqlite_path),
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+    }
+
+
+if APP_CONFIG.database.dialect == "sqlite":
+    # The embedded default must work on a fresh clone: SQLite cannot create its folder.
+    APP_CONFIG.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+DATABASES = {"default": _database_settings(APP_CONFIG)}
+# Hosted apps get their own connection aliases at run time; this router keeps the
+# registry's tables out of app databases and app tables out of the registry's.
+DATABASE_ROUTERS = ["worker_agent.db_router.HostedAppRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Sessions and CSRF: the supervisor's cookies live under /admin/ only, so a browser never
+# sends them to /apps/<name>/ (where the proxy also strips them). CSRF tokens live in the
+# session, so there is no separate CSRF cookie to leak.
+SESSION_COOKIE_PATH = "/admin/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_USE_SESSIONS = True
+CSRF_COOKIE_HTTPONLY = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = APP_CONFIG.storage_dir / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = APP_CONFIG.storage_dir / "media"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = APP_CONFIG.proxy_max_upload_bytes
+
+# django-rq: the start queue. Without Redis (standalone) starts run in-process instead.
+RQ_QUEUES = {
+    "app_starts": {
+        "URL": APP_CONFIG.command_redis_url or APP_CONFIG.supervisor_redis_url or "redis://127.0.0.1:6379/0",
+        "DEFAULT_TIMEOUT": int(APP_CONFIG.start_timeout * 4 + 60),
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "supervisor_site.log_format.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": APP_CONFIG.log_format},
+    },
+    "root": {"handlers": ["console"], "level": APP_CONFIG.log_level},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "rq.worker": {"level": "WARNING"},
+    },
+}

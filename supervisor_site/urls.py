@@ -1,0 +1,18 @@
+"""URL routes. The supervisor's admin and API exist in standalone and supervisor modes;
+/apps/<name>/ is served in-process (standalone, worker) or proxied (supervisor)."""
+
+from django.conf import settings
+from django.contrib import admin
+from django.urls import path
+
+from supervisor_site import health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]
+
+if settings.APP_MODE != "worker":
+    urlpatterns += [
+        path("admin/", admin.site.urls),
+    ]

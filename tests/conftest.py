@@ -1,0 +1,25 @@
+"""Session-wide set-up: the real Redis database the tests own, and clean-up of every
+PostgreSQL database this run created."""
+
+import pytest
+
+from tests import services
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _owned_services(django_db_blocker):
+    services.claim_redis_db()
+    yield
+    services.release_redis_db()
+    services.drop_run_databases()
+
+
+@pytest.fixture
+def redis_conn():
+    """The supervisor's Redis client, emptied (but for our marker) after the test."""
+    from apps_registry import redis_client
+
+    client = redis_client.get()
+    yield client
+    for key in client.scan_iter(match=f"{services.RUN_ID}:*", count=1000):
+        client.delete(key)

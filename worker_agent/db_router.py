@@ -1,0 +1,36 @@
+"""Keeps each database to its own tables.
+
+The supervisor's database (alias ``default``) holds the registry; a hosted app's database
+(alias ``app:<name>``) holds Django's auth, sessions and admin log for that app plus its
+business modules. Neither ever gets the other's tables.
+"""
+
+from contextvars import ContextVar
+
+APP_ALIAS_PREFIX = "app:"
+# Tables an app database carries besides its business modules.
+APP_SHARED_LABELS = frozenset({"auth", "contenttypes", "sessions", "admin"})
+BUSINESS_LABELS = frozenset({"contacts", "tasks"})
+
+# The database alias of the hosted app serving the current request, if any.
+current_app_alias: ContextVar[str | None] = ContextVar("current_app_alias", default=None)
+
+
+def is_app_alias(alias: str) -> bool:
+    return alias.startswith(APP_ALIAS_PREFIX)
+
+
+class HostedAppRouter:
+    def db_for_read(self, model, **hints):
+        return current_app_alias.get()
+
+    def db_for_write(self, model, **hints):
+        return current_app_alias.get()
+
+    def allow_relation(self, obj1, obj2, **hints):
+        return obj1._state.db == obj2._state.db
+
+    def allow_migrate(self, db, app_label, model_name=None, **hints):
+        if is_app_alias(db):
+            return app_label in APP_SHARED_LABELS or app_label in BUSINESS_LABELS
+        return app_label not in BUSINESS_LABELS
