@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
+from pathlib import Path
 
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
@@ -44,7 +46,13 @@ def supervisor_test_environ() -> dict[str, str]:
         "APP_COMMAND_REDIS_URL": redis_url(),
         "APP_REDIS_PREFIX": RUN_ID,
         "APP_DB_PREFIX": f"{RUN_ID}_",
+        "APP_STORAGE_DIR": str(storage_dir()),
     }
+
+
+def storage_dir() -> Path:
+    """Files of this run (SQLite databases, runtime state, uploads), outside the work tree."""
+    return Path(tempfile.gettempdir()) / "app-supervisor-tests" / RUN_ID
 
 
 def claim_redis_db(db: int = REDIS_DB) -> None:
@@ -62,9 +70,12 @@ def claim_redis_db(db: int = REDIS_DB) -> None:
 
 
 def release_redis_db(db: int = REDIS_DB) -> None:
+    import shutil
+
     import redis
 
     redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db).flushdb()
+    shutil.rmtree(storage_dir(), ignore_errors=True)
 
 
 def drop_run_databases() -> None:
