@@ -8,6 +8,7 @@ line instead of a traceback from deep inside Django.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zoneinfo
 from collections.abc import Mapping
@@ -79,6 +80,7 @@ class Config:
     proxy_max_upload_bytes: int
     trusted_proxies: list[str]
     metrics_token: str
+    metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
     log_level: str
     extra: dict[str, str] = field(default_factory=dict)
@@ -205,6 +207,18 @@ def _database(read: _Reader, storage_dir: Path) -> DatabaseConfig:
     )
 
 
+def _networks(read: _Reader, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in read.csv(name, ""):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must be a comma-separated list of IP addresses or CIDR networks (got {item!r})"
+            ) from None
+    return tuple(networks)
+
+
 def _time_zone(read: _Reader) -> str:
     value = read.raw("TZ") or "UTC"
     try:
@@ -313,6 +327,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         proxy_max_upload_bytes=read.integer("PROXY_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024),
         trusted_proxies=read.csv("TRUSTED_PROXY_IPS", "127.0.0.1,::1"),
         metrics_token=read.raw("METRICS_TOKEN"),
+        metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
         log_level=read.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
     )

@@ -1,7 +1,11 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and the Prometheus metrics endpoint (every role)."""
 
+import hmac
+import ipaddress
+
+from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from apps_registry import redis_client
 
@@ -26,3 +30,32 @@ def readyz(request: HttpRequest) -> JsonResponse:
             checks["redis"] = f"error: {error.__class__.__name__}"
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    """A bearer token equal to METRICS_TOKEN, or a peer address in METRICS_ALLOWED_IPS.
+    The peer is the TCP peer (REMOTE_ADDR), never a forwarded header a client can write."""
+    config = settings.APP_CONFIG
+    header = request.headers.get("Authorization", "")
+    offered = header[7:].strip() if header.startswith("Bearer ") else ""
+    if config.metrics_token and offered and hmac.compare_digest(offered.encode(), config.metrics_token.encode()):
+        return True
+    try:
+        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(peer in network for network in config.metrics_allowed_networks)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    from apps_registry.metrics import render
+
+    if not _metrics_allowed(request):
+        config = settings.APP_CONFIG
+        if not config.metrics_token and not config.metrics_allowed_networks:
+            reason = "metrics are off: set METRICS_TOKEN or METRICS_ALLOWED_IPS"
+        else:
+            reason = "metrics need a bearer token (METRICS_TOKEN) or an allowed address (METRICS_ALLOWED_IPS)"
+        return HttpResponse(reason + "\n", status=403, content_type="text/plain")
+    body, content_type = render()
+    return HttpResponse(body, content_type=content_type)

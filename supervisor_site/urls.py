@@ -10,6 +10,7 @@ from supervisor_site import health
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
 ]
 
 if settings.APP_MODE != "worker":
