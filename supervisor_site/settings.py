@@ -135,7 +135,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "supervisor_site.log_format.TextFormatter"},
         "json": {"()": "supervisor_site.log_format.JsonFormatter"},
     },
     "handlers": {
