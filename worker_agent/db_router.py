@@ -1,8 +1,8 @@
 """Keeps each database to its own tables.
 
 The supervisor's database (alias ``default``) holds the registry; a hosted app's database
-(alias ``app:<name>``) holds Django's auth, sessions and admin log for that app plus its
-business modules. Neither ever gets the other's tables.
+(alias ``app:<name>``) holds Django's auth, sessions and admin log for that app plus the
+business modules that app enables. Neither ever gets the other's tables.
 """
 
 from contextvars import ContextVar
@@ -15,9 +15,24 @@ BUSINESS_LABELS = frozenset({"contacts", "tasks"})
 # The database alias of the hosted app serving the current request, if any.
 current_app_alias: ContextVar[str | None] = ContextVar("current_app_alias", default=None)
 
+# alias -> business modules that app enables; set when its alias is registered.
+_enabled_modules: dict[str, frozenset[str]] = {}
+
 
 def is_app_alias(alias: str) -> bool:
     return alias.startswith(APP_ALIAS_PREFIX)
+
+
+def alias_for(name: str) -> str:
+    return f"{APP_ALIAS_PREFIX}{name}"
+
+
+def set_enabled_modules(alias: str, modules: frozenset[str]) -> None:
+    _enabled_modules[alias] = frozenset(modules) & BUSINESS_LABELS
+
+
+def enabled_modules(alias: str) -> frozenset[str]:
+    return _enabled_modules.get(alias, frozenset())
 
 
 class HostedAppRouter:
@@ -32,5 +47,5 @@ class HostedAppRouter:
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if is_app_alias(db):
-            return app_label in APP_SHARED_LABELS or app_label in BUSINESS_LABELS
+            return app_label in APP_SHARED_LABELS or app_label in enabled_modules(db)
         return app_label not in BUSINESS_LABELS

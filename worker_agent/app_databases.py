@@ -1,0 +1,405 @@
+"""Each hosted app's own database: where it is, creating it, locking and migrating it, dropping it.
+
+Naming: on PostgreSQL the database ``<APP_DB_PREFIX><name>`` on this process's database server
+(the ``DB_*`` settings), on SQLite the file ``<storage>/apps/<name>.sqlite3``. An app's options
+may name another database: ``{"database": {"name": ..., "host": ..., "port": ..., "user": ...,
+"password": ...}}`` (every key but ``name`` optional).
+
+Initialisation (migrate + first data) runs under a lock that every environment sharing the app
+sees: a PostgreSQL advisory lock taken on a connection to the app database itself, or an
+exclusive file lock beside the SQLite file. Each initialisation leaves a row in the app
+database's ``appsup_initialisation`` table (environment, pid, start, end), which is how the first
+initialisation is recognised (an unfinished one is resumed) and how tests check that two never
+overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.apps import apps as global_apps
+from django.conf import settings
+from django.db import connections
+from django.db.migrations.executor import MigrationExecutor
+
+from worker_agent.db_router import APP_SHARED_LABELS, BUSINESS_LABELS, alias_for, set_enabled_modules
+
+log = logging.getLogger(__name__)
+
+INIT_TABLE = "appsup_initialisation"
+MAINTENANCE_DB = "postgres"
+# Explicit database names are quoted, but keep them to plain identifiers anyway.
+DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+LOCK_POLL = 0.05
+
+
+class DatabaseError(Exception):
+    """A problem with an app's database, worded for the operator (becomes the app's error)."""
+
+
+@dataclass(frozen=True)
+class AppDatabase:
+    app: str
+    alias: str
+    vendor: str  # "postgresql" or "sqlite"
+    settings: dict = field(compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.settings["NAME"]
+
+    @property
+    def label(self) -> str:
+        """How the database is named in messages (never the password)."""
+        if self.vendor == "sqlite":
+            return f"SQLite file {self.name}"
+        return f"PostgreSQL database {self.name!r} on {self.settings['HOST']}:{self.settings['PORT']}"
+
+
+def modules_of(spec: dict) -> frozenset[str]:
+    """The business modules a spec enables; unknown ones are an error, not silently dropped."""
+    modules = (spec.get("options") or {}).get("modules") or []
+    if isinstance(modules, str):
+        modules = [m.strip() for m in modules.split(",") if m.strip()]
+    unknown = sorted(set(modules) - BUSINESS_LABELS)
+    if unknown:
+        raise DatabaseError(
+            f"unknown module(s) {', '.join(map(repr, unknown))}; available: {', '.join(sorted(BUSINESS_LABELS))}"
+        )
+    return frozenset(modules)
+
+
+def apps_dir() -> Path:
+    return settings.APP_CONFIG.storage_dir / "apps"
+
+
+def describe(name: str, options: dict | None = None) -> AppDatabase:
+    """Where app ``name``'s database lives, as a Django DATABASES entry."""
+    explicit = (options or {}).get("database") or {}
+    if not isinstance(explicit, dict):
+        raise DatabaseError('options.database must be an object such as {"name": "crm_data"}')
+    db_name = explicit.get("name") or ""
+    if db_name and not DB_NAME_RE.match(str(db_name)):
+        raise DatabaseError(f"options.database.name {db_name!r} is not a plain identifier (letters, digits, _)")
+    base = copy.deepcopy(connections.settings["default"])
+    base.update(CONN_MAX_AGE=0, CONN_HEALTH_CHECKS=False, ATOMIC_REQUESTS=False)
+    if base["ENGINE"] == "django.db.backends.sqlite3":
+        base["NAME"] = str(apps_dir() / f"{db_name or name}.sqlite3")
+        vendor = "sqlite"
+    elif base["ENGINE"] == "django.db.backends.postgresql":
+        base["NAME"] = db_name or f"{settings.APP_CONFIG.app_db_prefix}{name}"
+        for key in ("host", "port", "user", "password"):
+            if explicit.get(key) not in (None, ""):
+                base[key.upper()] = str(explicit[key])
+        vendor = "postgresql"
+    else:
+        raise DatabaseError(f"hosting apps is not supported on database engine {base['ENGINE']}")
+    base.setdefault("TEST", {})
+    return AppDatabase(app=name, alias=alias_for(name), vendor=vendor, settings=base)
+
+
+def register(db: AppDatabase, modules: frozenset[str]) -> None:
+    """Make ``db.alias`` usable through ``django.db.connections`` in this process."""
+    current = connections.settings.get(db.alias)
+    if current != db.settings:
+        if current is not None:
+            close(db.alias)
+        connections.settings[db.alias] = copy.deepcopy(db.settings)
+    set_enabled_modules(db.alias, modules)
+
+
+def close(alias: str) -> None:
+    """Close this thread's connection to ``alias`` if it has one."""
+    if alias in connections.settings:
+        try:
+            connections[alias].close()
+        except Exception:  # a broken connection is as good as closed
+            log.debug("closing %s failed", alias, exc_info=True)
+
+
+def forget_cached_ids(alias: str) -> None:
+    """Content type ids cached for ``alias`` are wrong once its database was recreated."""
+    from django.contrib.contenttypes.models import ContentType
+
+    ContentType.objects._cache.pop(alias, None)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+def _pg_connect(db: AppDatabase, dbname: str):
+    import psycopg
+
+    s = db.settings
+    return psycopg.connect(
+        host=s["HOST"] or None,
+        port=s["PORT"] or None,
+        user=s["USER"] or None,
+        password=s["PASSWORD"] or None,
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def _pg_maintenance(db: AppDatabase):
+    """A connection to the server that is not to the app database: postgres, else our own."""
+    import psycopg
+
+    last_error: Exception | None = None
+    for dbname in dict.fromkeys([MAINTENANCE_DB, connections.settings["default"]["NAME"]]):
+        try:
+            return _pg_connect(db, dbname)
+        except psycopg.OperationalError as error:
+            last_error = error
+    raise DatabaseError(f"cannot connect to the database server for {db.label}: {_first_line(last_error)}")
+
+
+def _first_line(error: object) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _pg_exists(conn, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def _pg_create(db: AppDatabase) -> bool:
+    import psycopg
+    from psycopg import errors, sql
+
+    with _pg_maintenance(db) as conn:
+        if _pg_exists(conn, db.name):
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.name)))
+        except errors.InsufficientPrivilege:
+            raise DatabaseError(
+                f"database user {db.settings['USER']!r} may not create databases, so {db.label} "
+                f"could not be created: create it (owned by that user) or grant the user CREATEDB"
+            ) from None
+        except (errors.DuplicateDatabase, errors.UniqueViolation):
+            return False  # another environment created it a moment ago
+        except psycopg.Error as error:
+            raise DatabaseError(f"could not create {db.label}: {_first_line(error)}") from None
+    log.info("created %s", db.label)
+    return True
+
+
+def _pg_drop(db: AppDatabase) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with _pg_maintenance(db) as conn:
+        try:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.name)))
+        except psycopg.Error as error:
+            raise DatabaseError(f"could not drop {db.label}: {_first_line(error)}") from None
+
+
+def _lock_key(db: AppDatabase) -> int:
+    digest = hashlib.sha256(f"appsup-init:{db.name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _pg_lock(db: AppDatabase, timeout: float) -> Iterator[None]:
+    import psycopg
+
+    try:
+        conn = _pg_connect(db, db.name)
+    except psycopg.OperationalError as error:
+        raise DatabaseError(f"cannot connect to {db.label}: {_first_line(error)}") from None
+    # Session-level lock: PostgreSQL frees it if this process dies, so a crash never wedges the app.
+    with conn:
+        key = _lock_key(db)
+        deadline = time.monotonic() + timeout
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise DatabaseError(f"timed out after {timeout:g} s waiting for another initialisation of {db.label}")
+            time.sleep(LOCK_POLL)
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+# --- SQLite -----------------------------------------------------------------------------------
+
+
+def _sqlite_create(db: AppDatabase) -> bool:
+    path = Path(db.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseError(f"cannot create the folder for {db.label}: {error.strerror}") from None
+    return not path.exists()
+
+
+@contextmanager
+def _sqlite_lock(db: AppDatabase, timeout: float) -> Iterator[None]:
+    # A file lock only protects processes on this machine: SQLite apps are not shared anyway.
+    with open(f"{db.name}.init-lock", "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DatabaseError(
+                        f"timed out after {timeout:g} s waiting for another initialisation of {db.label}"
+                    ) from None
+                time.sleep(LOCK_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sqlite_drop(db: AppDatabase) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal", ".init-lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{db.name}{suffix}")
+
+
+# --- Public operations ------------------------------------------------------------------------
+
+
+def ensure_exists(db: AppDatabase) -> bool:
+    """Create the database if it is missing; True if this call created it."""
+    return _sqlite_create(db) if db.vendor == "sqlite" else _pg_create(db)
+
+
+def drop(db: AppDatabase) -> None:
+    """Delete the database and everything in it (this process's connections first)."""
+    close(db.alias)
+    if db.vendor == "sqlite":
+        _sqlite_drop(db)
+    else:
+        _pg_drop(db)
+    forget_cached_ids(db.alias)
+
+
+@contextmanager
+def init_lock(db: AppDatabase, timeout: float | None = None) -> Iterator[None]:
+    timeout = settings.APP_CONFIG.start_timeout if timeout is None else timeout
+    lock = _sqlite_lock if db.vendor == "sqlite" else _pg_lock
+    with lock(db, timeout):
+        yield
+
+
+def _ensure_init_table(cursor) -> None:
+    cursor.execute(
+        f"CREATE TABLE IF NOT EXISTS {INIT_TABLE} ("
+        " token varchar(32) NOT NULL,"
+        " environment varchar(40) NOT NULL,"
+        " pid integer NOT NULL,"
+        " first_init boolean NOT NULL,"
+        " migrations_applied integer NOT NULL DEFAULT 0,"
+        " started_at double precision NOT NULL,"
+        " finished_at double precision)"
+    )
+
+
+def initialisations(alias: str) -> list[dict]:
+    """Every initialisation recorded in the app database, oldest first."""
+    with connections[alias].cursor() as cursor:
+        _ensure_init_table(cursor)
+        cursor.execute(
+            f"SELECT environment, pid, first_init, migrations_applied, started_at, finished_at"  # noqa: S608
+            f" FROM {INIT_TABLE} ORDER BY started_at"
+        )
+        columns = ("environment", "pid", "first", "migrations_applied", "started_at", "finished_at")
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _migrate(alias: str, modules: frozenset[str], first: bool) -> int:
+    """Apply the missing migrations of Django's own apps and the enabled modules; return how many."""
+    from django.contrib.auth.management import create_permissions
+
+    connection = connections[alias]
+    labels = APP_SHARED_LABELS | modules
+    executor = MigrationExecutor(connection)
+    targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in labels]
+    plan = executor.migration_plan(targets)
+    if plan:
+        executor.migrate(targets, plan=plan)
+    if plan or first:
+        # What `migrate`'s post_migrate would do, limited to this app's own labels (the
+        # registry's models get no content types or permissions in an app database).
+        for app_config in global_apps.get_app_configs():
+            if app_config.label in labels and app_config.models_module is not None:
+                create_permissions(app_config, verbosity=0, interactive=False, using=alias, apps=global_apps)
+    return len(plan)
+
+
+def _seed_admin(alias: str, initial_admin: dict) -> None:
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import identify_hasher
+
+    username = str(initial_admin.get("username") or "").strip()
+    password_hash = str(initial_admin.get("password_hash") or "")
+    if not username:
+        raise DatabaseError("options.initial_admin.username is empty")
+    try:
+        identify_hasher(password_hash)
+    except ValueError:
+        raise DatabaseError(
+            "options.initial_admin.password_hash is not a Django password hash (plain passwords are refused)"
+        ) from None
+    user_model = get_user_model()
+    manager = user_model._default_manager.db_manager(alias)
+    if manager.filter(username=username).exists():
+        return
+    user = user_model(username=username, is_staff=True, is_superuser=True, is_active=True)
+    user.password = password_hash
+    user.save(using=alias)
+
+
+def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | None, environment: str) -> dict:
+    """Create (if needed), lock, migrate and seed ``db``; return what was done."""
+    created = ensure_exists(db)
+    register(db, modules)
+    if created:
+        forget_cached_ids(db.alias)
+    connection = connections[db.alias]
+    try:
+        with init_lock(db):
+            token = secrets.token_hex(8)
+            with connection.cursor() as cursor:
+                _ensure_init_table(cursor)
+                cursor.execute(f"SELECT count(*) FROM {INIT_TABLE} WHERE finished_at IS NOT NULL")  # noqa: S608
+                first = cursor.fetchone()[0] == 0
+                cursor.execute(
+                    f"INSERT INTO {INIT_TABLE} (token, environment, pid, first_init, started_at)"  # noqa: S608
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    (token, environment, os.getpid(), first, time.time()),
+                )
+            applied = _migrate(db.alias, modules, first)
+            if first and initial_admin:
+                _seed_admin(db.alias, initial_admin)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {INIT_TABLE} SET finished_at = %s, migrations_applied = %s WHERE token = %s",  # noqa: S608
+                    (time.time(), applied, token),
+                )
+    except DatabaseError:
+        raise
+    except Exception as error:
+        log.exception("initialisation of %s failed", db.label)
+        raise DatabaseError(f"initialising {db.label} failed: {type(error).__name__}: {_first_line(error)}") from None
+    finally:
+        close(db.alias)
+    return {"created": created, "first": first, "migrations_applied": applied}

@@ -1,0 +1,147 @@
+"""The local runtime state: which apps this environment hosts and in what state.
+
+One JSON file per environment, ``<storage>/runtime/<ENVIRONMENT_NAME>.json``, written by
+whoever starts and stops apps (the agent, ``manage.py host_app``) and read by every web
+process on each request to ``/apps/<name>/``. Writers replace the file atomically (tmp file +
+``os.replace``) under an exclusive file lock, so readers never see half a file and two
+writers never lose each other's update. Readers keep the parsed file and re-read it only when
+``stat()`` shows a change, or after ``MAX_CACHE_AGE`` seconds in case a change was invisible
+to ``stat()`` (same size, same mtime tick, reused inode).
+
+File layout::
+
+    {"version": 1, "apps": {"<name>": {"status": "running", "error": "", "spec": {...},
+                                       "generation": 3, "updated_at": 1700000000.0}}}
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+STATUSES = ("stopped", "starting", "running", "stopping", "error")
+FORMAT_VERSION = 1
+MAX_CACHE_AGE = 0.5
+
+_cache_lock = threading.Lock()
+# path -> (stat key, time read, parsed apps)
+_cache: dict[str, tuple[tuple, float, dict[str, dict]]] = {}
+_write_lock = threading.Lock()
+
+
+def state_path() -> Path:
+    config = settings.APP_CONFIG
+    return config.storage_dir / "runtime" / f"{config.environment_name}.json"
+
+
+def _stat_key(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _load(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    apps = data.get("apps") if isinstance(data, dict) else None
+    return apps if isinstance(apps, dict) else {}
+
+
+def read_apps(path: Path | None = None) -> dict[str, dict]:
+    """Every app entry in the state file (cached; treat the result as read-only)."""
+    path = path or state_path()
+    key = str(path)
+    stat_key = _stat_key(path)
+    now = time.monotonic()
+    cached = _cache.get(key)
+    if cached and cached[0] == stat_key and now - cached[1] < MAX_CACHE_AGE:
+        return cached[2]
+    with _cache_lock:
+        apps = _load(path) if stat_key is not None else {}
+        _cache[key] = (stat_key, now, apps)
+    return apps
+
+
+def app_entry(name: str, path: Path | None = None) -> dict | None:
+    """The entry of one app, or None when this environment does not know it."""
+    return read_apps(path).get(name)
+
+
+def app_status(name: str, path: Path | None = None) -> str | None:
+    entry = app_entry(name, path)
+    return entry.get("status") if entry else None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The thread lock covers threads of one process; flock covers other processes.
+    with _write_lock, open(path.with_suffix(".lock"), "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _write(path: Path, apps: dict[str, dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump({"version": FORMAT_VERSION, "apps": apps}, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def update(change: Callable[[dict[str, dict]], Any], path: Path | None = None) -> Any:
+    """Apply ``change`` to a fresh copy of the apps under the write lock and save the result."""
+    path = path or state_path()
+    with _locked(path):
+        apps = _load(path)
+        result = change(apps)
+        _write(path, apps)
+    return result
+
+
+def set_status(
+    name: str,
+    status: str,
+    *,
+    error: str = "",
+    spec: dict | None = None,
+    path: Path | None = None,
+) -> dict:
+    """Record ``status`` for ``name`` (keeping its spec unless a new one is given)."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown app status {status!r}; expected one of {', '.join(STATUSES)}")
+
+    def change(apps: dict[str, dict]) -> dict:
+        entry = dict(apps.get(name) or {})
+        if spec is not None:
+            entry["spec"] = spec
+            entry["generation"] = int(spec.get("generation") or 0)
+        entry.setdefault("spec", {"name": name, "options": {}})
+        entry.setdefault("generation", 0)
+        entry.update(status=status, error=error if status == "error" else "", updated_at=time.time())
+        apps[name] = entry
+        return entry
+
+    return update(change, path)
+
+
+def forget(name: str, path: Path | None = None) -> bool:
+    """Remove an app's entry; True if there was one."""
+    return update(lambda apps: apps.pop(name, None) is not None, path)
