@@ -1,12 +1,6 @@
 #!/usr/bin/env bash
-# Run App Supervisor standalone on this machine with embedded defaults (SQLite, no Redis).
+# The whole local cluster in one command (after scripts/setup.sh): Redis, the supervisor
+# (web + start queue) and workers env_a and env_b (web + agent each). See scripts/cluster.py.
 set -eu
 cd "$(dirname "$0")/.."
-export APP_MODE="${APP_MODE:-standalone}"
-export DEBUG="${DEBUG:-true}"
-PORT="${PORT:-8000}"
-py=.venv/bin/python
-$py manage.py migrate --noinput >/dev/null
-$py manage.py ensure_admin
-echo "App Supervisor (standalone) on http://127.0.0.1:${PORT}/admin/"
-exec $py -m gunicorn supervisor_site.wsgi:application --bind "127.0.0.1:${PORT}" --workers 2 --threads 4 --no-control-socket
+exec .venv/bin/python scripts/cluster.py

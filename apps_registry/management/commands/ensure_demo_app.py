@@ -1,0 +1,103 @@
+"""Create the demo app on the local cluster's environments and start it (idempotent).
+
+Used by ``make run``: waits for the environments to register, creates ``demo`` on all of
+them if it does not exist, and asks for a start where it is not already running or on its
+way. Everything goes through ``apps_registry.actions`` so the audit trail records it.
+"""
+
+import os
+import time
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.core.management.base import BaseCommand, CommandError
+
+from apps_registry import actions
+from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
+from apps_registry.names import validate_app_name
+
+
+def _ingest() -> None:
+    """Apply pending worker events (registrations, statuses) when the ingester exists."""
+    try:
+        from apps_registry.events import ingest
+    except ImportError:
+        return
+    ingest()
+
+
+class Command(BaseCommand):
+    help = "Create the demo app on the given environments and start it there (idempotent)."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--name", default="demo")
+        parser.add_argument("--environments", default="env_a,env_b")
+        parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for registration and start")
+
+    def handle(self, *args, name: str, environments: str, wait: float, **options) -> None:
+        validate_app_name(name)
+        wanted = [e.strip() for e in environments.split(",") if e.strip()]
+        deadline = time.monotonic() + wait
+        envs = self._wait_for_environments(wanted, deadline)
+        user = get_user_model().objects.filter(username=os.environ.get("ADMIN_USERNAME", "admin")).first()
+
+        app = Application.objects.filter(name=name).first()
+        if app is None:
+            options = {"modules": ["contacts", "tasks"], "start_mode": "manual"}
+            password = os.environ.get("ADMIN_PASSWORD", "")
+            if user is not None and password:
+                # The app's own first admin gets the same credentials as the supervisor's.
+                options["initial_admin"] = {"username": user.username, "password_hash": make_password(password)}
+            app = actions.create_application(
+                name=name, environments=envs, user=user, display_name="Demo", options=options, via="cli"
+            )
+            self.stdout.write(f"created app {name} on {', '.join(wanted)}")
+        else:
+            placed = set(app.placements.values_list("environment__name", flat=True))
+            if not set(wanted) <= placed:
+                actions.set_application_environments(
+                    app, [e for e in Environment.objects.filter(name__in=sorted(placed | set(wanted)))], user, via="cli"
+                )
+
+        _ingest()
+        idle = list(
+            AppEnvironment.objects.filter(application=app, environment__name__in=wanted)
+            .exclude(status__in=actions.ACTIVE)
+            .values_list("environment__name", flat=True)
+        )
+        if idle:
+            actions.request_start(app, user, environments=sorted(idle), via="cli")
+            self.stdout.write(f"start of {name} requested on {', '.join(sorted(idle))}")
+        self._wait_running(app, wanted, deadline)
+
+    def _wait_for_environments(self, wanted: list[str], deadline: float) -> list[Environment]:
+        while True:
+            _ingest()
+            envs = list(Environment.objects.filter(name__in=wanted))
+            if len(envs) == len(wanted):
+                return envs
+            if time.monotonic() > deadline:
+                missing = sorted(set(wanted) - {e.name for e in envs})
+                raise CommandError(f"environments not registered in time: {', '.join(missing)} (is run_worker up?)")
+            time.sleep(0.3)
+
+    def _wait_running(self, app: Application, wanted: list[str], deadline: float) -> None:
+        while True:
+            _ingest()
+            rows = dict(
+                AppEnvironment.objects.filter(application=app, environment__name__in=wanted).values_list(
+                    "environment__name", "status"
+                )
+            )
+            errors = AppEnvironment.objects.filter(application=app, status=AppStatus.ERROR).values_list(
+                "environment__name", "error"
+            )
+            if errors:
+                raise CommandError("; ".join(f"{env}: {error}" for env, error in errors))
+            if rows and all(status == AppStatus.RUNNING for status in rows.values()):
+                self.stdout.write(f"app {app.name} running on {', '.join(sorted(rows))}")
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{env}={status}" for env, status in sorted(rows.items()))
+                raise CommandError(f"app {app.name} not running in time ({states})")
+            time.sleep(0.3)

