@@ -45,6 +45,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
+    "apps_registry.discovery.EnsureConfigCacheMiddleware",
     # Serves /apps/<name>/ from this process when it hosts apps (standalone, worker).
     "worker_agent.middleware.HostedAppMiddleware",
     "worker_agent.sessions.PerAppSessionMiddleware",
