@@ -1,23 +1,155 @@
-"""Process adapters: how apps are started and stopped (placeholder)."""
+"""Process adapters: how the supervisor gets apps started and stopped.
+
+``remote`` (APP_MODE=supervisor) drives the workers' agents through the command channel:
+stop, restart and remove go to every environment at once; a start goes to one environment
+after another, each waiting for the previous one's acknowledgement, because a first start
+initialises the app's shared database.
+"""
+
+from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from apps_registry import command_channel, redis_client
+from apps_registry.models import AppEnvironment, Application
 
 log = logging.getLogger(__name__)
 
+# While waiting for a start to be acknowledged, how often to check the environment is alive.
+_ACK_POLL = 1.0
+
+
+def _environment_alive(env: str) -> bool:
+    """True if the environment's agent renewed its lease recently (or Redis cannot tell)."""
+    try:
+        seen = redis_client.commands().zscore(command_channel.seen_key(), env)
+    except Exception:  # no answer is not evidence of death
+        return True
+    return seen is not None and time.time() - seen <= settings.APP_CONFIG.offline_after
+
+
+def _publish(app_pk: int) -> None:
+    from apps_registry.discovery import get_discovery
+
+    get_discovery().publish_app_by_pk(app_pk)
+
+
+def start_on_environment(app_name: str, env: str, *, generation: int, request_id: str, timeout: float) -> str | None:
+    """Start the app on one environment and wait for the worker's acknowledgement.
+
+    Marks the app desired-running there first (so the worker's reconciliation agrees), unless
+    a newer request has superseded this one. Returns None on success (or when superseded), or
+    an error message. The database connection is not held while waiting.
+    """
+    placement = AppEnvironment.objects.filter(
+        application__name=app_name, application__generation=generation, environment__name=env
+    )
+    if not placement.update(desired_running=True):
+        log.info("start of %s on %s (generation %s) superseded or withdrawn", app_name, env, generation)
+        return None
+    app_pk = Application.objects.filter(name=app_name).values_list("pk", flat=True).first()
+    if app_pk is not None:
+        _publish(app_pk)
+    command_id = command_channel.send_command(env, "start", app_name, generation=generation, request_id=request_id)
+    if not connection.in_atomic_block:
+        connection.close()
+    deadline = time.monotonic() + timeout
+    ack = None
+    while ack is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ack = command_channel.wait_for_ack(command_id, min(remaining, _ACK_POLL))
+        if ack is None and not _environment_alive(env):
+            return (
+                f"environment {env} is not responding; the start command stays queued there "
+                f"until the worker returns or the command expires"
+            )
+    from apps_registry import events
+
+    events.ingest()
+    if ack is None:
+        return f"no acknowledgement from {env} within {timeout:g} s"
+    if ack.get("result") in ("ok", "superseded"):
+        return None
+    if ack.get("result") == "expired":
+        return f"the start command expired before {env} picked it up"
+    return ack.get("error") or f"start failed on {env}"
+
+
+def _start_one_after_another(app_pk: int, envs: list[str], generation: int, request_id: str) -> None:
+    try:
+        name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
+        if name is None:
+            return
+        for env in envs:
+            error = start_on_environment(
+                name,
+                env,
+                generation=generation,
+                request_id=request_id,
+                timeout=settings.APP_CONFIG.start_timeout,
+            )
+            if error:
+                log.warning("start of %s on %s: %s", name, env, error)
+    except Exception:
+        log.exception("start of app %s failed", app_pk)
+    finally:
+        close_old_connections()
+        connection.close()
+
+
+class RemoteProcessAdapter:
+    """Commands to the workers over Redis."""
+
+    def start(self, app_pk: int, environments: Sequence[str], *, generation: int, request_id: str) -> None:
+        threading.Thread(
+            target=_start_one_after_another,
+            args=(app_pk, list(environments), generation, request_id),
+            name=f"start-{app_pk}",
+            daemon=True,
+        ).start()
+
+    def _send(self, action: str, name: str, environments: Sequence[str], **fields) -> list[str]:
+        return [command_channel.send_command(env, action, name, **fields) for env in environments]
+
+    def stop(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> list[str]:
+        return self._send("stop", name, environments, generation=generation, request_id=request_id)
+
+    def restart(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> list[str]:
+        return self._send("restart", name, environments, generation=generation, request_id=request_id)
+
+    def remove(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
+    ) -> list[str]:
+        return self._send(
+            "remove", name, environments, generation=generation, request_id=request_id, drop_data=drop_data
+        )
+
 
 class _UnwiredProcessAdapter:
+    """Standalone mode until the in-process adapter lands."""
+
     def start(self, app_pk, environments, *, generation, request_id):
-        log.warning("start of app %s not dispatched: process adapter not wired yet", app_pk)
+        log.warning("start of app %s not dispatched: local process adapter not wired yet", app_pk)
 
     def stop(self, name, environments, *, generation, request_id):
-        log.warning("stop of app %s not dispatched: process adapter not wired yet", name)
+        log.warning("stop of app %s not dispatched: local process adapter not wired yet", name)
 
     def restart(self, name, environments, *, generation, request_id):
-        log.warning("restart of app %s not dispatched: process adapter not wired yet", name)
+        log.warning("restart of app %s not dispatched: local process adapter not wired yet", name)
 
     def remove(self, name, environments, *, generation, request_id, drop_data):
-        log.warning("remove of app %s not dispatched: process adapter not wired yet", name)
+        log.warning("remove of app %s not dispatched: local process adapter not wired yet", name)
 
 
-def get_process_adapter() -> _UnwiredProcessAdapter:
+def get_process_adapter() -> RemoteProcessAdapter | _UnwiredProcessAdapter:
+    if settings.APP_CONFIG.process_adapter == "remote":
+        return RemoteProcessAdapter()
     return _UnwiredProcessAdapter()

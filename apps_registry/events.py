@@ -1,0 +1,173 @@
+"""Supervisor-side ingest of the workers' events (``P:events``, consumer group ``supervisor``).
+
+Called wherever fresh state is needed (status endpoint, admin lists, API, the start job);
+it never blocks. Several processes may ingest at once: the consumer group hands each entry
+to one of them, and the actions it calls are safe in any order (statuses carry their time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+
+import redis
+from django.db import transaction
+from django.utils import timezone
+
+from apps_registry import actions, command_channel, redis_client
+from apps_registry.models import AppStatus, Environment
+from apps_registry.names import is_valid_name
+
+log = logging.getLogger(__name__)
+
+# Entries left pending this long by a consumer (a process that died mid-ingest) are taken over.
+CLAIM_IDLE_MS = 30_000
+_CLAIM_EVERY = 10.0
+
+_group_ready: set[str] = set()
+_last_claim = 0.0
+_redis_down = False
+
+
+def _consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _ensure_group(client: redis.Redis, stream: str) -> None:
+    if stream in _group_ready:
+        return
+    try:
+        client.xgroup_create(stream, command_channel.SUPERVISOR_GROUP, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+    _group_ready.add(stream)
+
+
+def _when(payload: dict) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(float(payload["at"]), tz=dt.UTC)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return timezone.now()
+
+
+def _apply_registration(payload: dict) -> None:
+    name = payload.get("env")
+    if not is_valid_name(name):
+        raise ValueError(f"invalid environment name {name!r}")
+    at = _when(payload)
+    # A beat older than a later deregistration must not bring the environment back.
+    if Environment.objects.filter(name=name, stopped_at__gt=at).exists():
+        return
+    pid = payload.get("pid")
+    actions.register_environment(
+        name=name,
+        url=str(payload.get("url") or ""),
+        proxy_url=str(payload.get("proxy_url") or ""),
+        version=str(payload.get("version") or "")[:60],
+        host=str(payload.get("host") or "")[:255],
+        pid=pid if isinstance(pid, int) and pid >= 0 else None,
+        apps_running=[app for app in payload.get("apps_running") or [] if is_valid_name(app)],
+        at=at,
+    )
+
+
+def _apply_status(payload: dict) -> None:
+    app, env, status = payload.get("app"), payload.get("env"), payload.get("status")
+    if not (is_valid_name(app) and is_valid_name(env)) or status not in AppStatus.values:
+        raise ValueError(f"bad status event {payload!r}")
+    actions.record_app_status(app, env, status, error=str(payload.get("error") or ""), at=_when(payload))
+
+
+def _apply_ack(payload: dict) -> None:
+    request_id = str(payload.get("request_id") or "")
+    result = payload.get("result")
+    if not request_id:
+        return
+    env = payload.get("env", "?")
+    if result == "ok":
+        actions.finish_request(request_id)
+    elif result == "superseded":
+        actions.finish_request(request_id, error=f"{env}: superseded by a newer request")
+    elif result == "expired":
+        actions.finish_request(request_id, error=f"{env}: the command expired before the worker picked it up")
+    else:
+        actions.finish_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
+
+
+def apply_event(fields: dict[str, str]) -> None:
+    """Apply one event's stream fields to the registry."""
+    event_type = fields.get("type")
+    payload = json.loads(fields.get("data") or "{}")
+    if not isinstance(payload, dict):
+        raise ValueError("event data is not an object")
+    if event_type in ("register", "heartbeat"):
+        _apply_registration(payload)
+    elif event_type == "deregister":
+        name = payload.get("env")
+        if is_valid_name(name):
+            actions.deregister_environment(name, at=_when(payload))
+    elif event_type == "status":
+        _apply_status(payload)
+    elif event_type == "ack":
+        _apply_ack(payload)
+    else:
+        raise ValueError(f"unknown event type {event_type!r}")
+
+
+def _claim_stale(client: redis.Redis, stream: str, limit: int) -> list:
+    global _last_claim
+    now = time.monotonic()
+    if now - _last_claim < _CLAIM_EVERY:
+        return []
+    _last_claim = now
+    reply = client.xautoclaim(
+        stream, command_channel.SUPERVISOR_GROUP, _consumer(), min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=limit
+    )
+    return reply[1] if reply else []
+
+
+def ingest(limit: int = 1000) -> int:
+    """Apply up to ``limit`` waiting events; return how many were read. Never blocks."""
+    global _redis_down
+    client = redis_client.commands()
+    stream = command_channel.events_stream()
+    try:
+        _ensure_group(client, stream)
+        entries = list(_claim_stale(client, stream, limit))
+        reply = client.xreadgroup(
+            command_channel.SUPERVISOR_GROUP, _consumer(), {stream: ">"}, count=max(1, limit - len(entries))
+        )
+        for _name, items in reply or []:
+            entries.extend(items)
+    except redis.ResponseError as error:
+        if "NOGROUP" in str(error):  # the stream was deleted (Redis flushed): recreate next time
+            _group_ready.discard(stream)
+            return 0
+        raise
+    except redis.RedisError as error:
+        if not _redis_down:
+            log.warning("event ingest: Redis unavailable (%s); statuses may be stale", error)
+            _redis_down = True
+        return 0
+    if _redis_down:
+        log.info("event ingest: Redis reachable again")
+        _redis_down = False
+    done = []
+    for entry_id, fields in entries:
+        if fields is None:  # trimmed away while pending
+            done.append(entry_id)
+            continue
+        try:
+            with transaction.atomic():
+                apply_event(fields)
+        except Exception:  # a bad event is logged and dropped, never blocks the others
+            log.exception("event ingest: dropping event %s %r", entry_id, fields)
+        done.append(entry_id)
+    if done:
+        client.xack(stream, command_channel.SUPERVISOR_GROUP, *done)
+    return len(entries)
