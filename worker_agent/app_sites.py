@@ -1,0 +1,99 @@
+"""Each hosted app's own admin site and URLs, used as ``request.urlconf`` under ``/apps/<name>/``.
+
+An app's URL table holds only its own pages: ``apps/<name>/admin/`` (auth plus the modules the
+app enables), ``apps/<name>/`` (redirects to the admin) and ``apps/<name>/files/<path>`` (the
+app's uploads, for signed-in staff). The supervisor's admin and API are not reachable through
+it, whatever the process's mode.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import threading
+from pathlib import Path
+
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
+from django.contrib.auth.views import redirect_to_login
+from django.http import FileResponse, Http404, HttpRequest
+from django.urls import path
+from django.views.generic import RedirectView
+
+from worker_agent.modules.contacts import admin as contacts_admin
+from worker_agent.modules.storage import app_media_root
+from worker_agent.modules.tasks import admin as tasks_admin
+
+MODULE_ADMINS = {"contacts": contacts_admin.register, "tasks": tasks_admin.register}
+
+
+class HostedAdminSite(admin.AdminSite):
+    """The admin of one hosted app: its users and groups plus its enabled business modules."""
+
+    def __init__(self, app_name: str, title: str, modules: frozenset[str]):
+        super().__init__(name=f"app_{app_name}")
+        self.app_name = app_name
+        self.site_header = title
+        self.site_title = title
+        self.index_title = f"{title}: administration"
+        self.site_url = None  # no "view site" link: the admin is the app
+        self.register(User, UserAdmin)
+        self.register(Group, GroupAdmin)
+        for module in sorted(modules):
+            MODULE_ADMINS[module](self)
+
+
+class AppUrlConf:
+    """A URL configuration object (Django accepts any object with ``urlpatterns``)."""
+
+    def __init__(self, app_name: str, urlpatterns: list):
+        self.app_name = app_name
+        self.urlpatterns = urlpatterns
+
+
+def _download_view(app_name: str):
+    login_url = f"/apps/{app_name}/admin/login/"
+
+    def download(request: HttpRequest, path: str) -> FileResponse:
+        if not (request.user.is_active and request.user.is_staff):
+            return redirect_to_login(request.get_full_path(), login_url)
+        root = Path(app_media_root(app_name)).resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise Http404("No such file")
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return FileResponse(open(target, "rb"), as_attachment=True, filename=target.name, content_type=content_type)  # noqa: SIM115
+
+    return download
+
+
+def build_urlconf(app_name: str, title: str, modules: frozenset[str]) -> AppUrlConf:
+    site = HostedAdminSite(app_name, title, modules)
+    prefix = f"apps/{app_name}/"
+    return AppUrlConf(
+        app_name,
+        [
+            path(f"{prefix}admin/", site.urls),
+            path(f"{prefix}files/<path:path>", _download_view(app_name), name="app_file"),
+            path(prefix, RedirectView.as_view(url=f"/{prefix}admin/", permanent=False), name="app_home"),
+        ],
+    )
+
+
+_cache: dict[str, tuple[tuple, AppUrlConf]] = {}
+_cache_lock = threading.Lock()
+
+
+def urlconf_for(app_name: str, title: str, modules: frozenset[str]) -> AppUrlConf:
+    """The app's URL configuration, rebuilt only when its title or modules change."""
+    key = (title, modules)
+    cached = _cache.get(app_name)
+    if cached and cached[0] == key:
+        return cached[1]
+    with _cache_lock:
+        cached = _cache.get(app_name)
+        if cached and cached[0] == key:
+            return cached[1]
+        urlconf = build_urlconf(app_name, title, modules)
+        _cache[app_name] = (key, urlconf)
+        return urlconf

@@ -1,0 +1,53 @@
+"""Short answers for apps that cannot serve: 404 for unknown ones, 503 for the rest.
+
+HTML for people, JSON for clients that ask for it; never a traceback.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+
+# Seconds a client should wait before asking again, by status.
+RETRY_AFTER = {"queued": 5, "starting": 5, "stopping": 5, "stopped": 30, "error": 30}
+MESSAGES = {
+    "queued": "This application is queued to start.",
+    "starting": "This application is starting.",
+    "stopping": "This application is stopping.",
+    "stopped": "This application is stopped.",
+    "error": "This application could not start. Its administrators can see why in the supervisor.",
+}
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _answer(request: HttpRequest, status_code: int, body: dict, title: str, message: str) -> HttpResponse:
+    if _wants_json(request):
+        response: HttpResponse = JsonResponse(body, status=status_code)
+    else:
+        html = render_to_string(
+            "worker_agent/app_page.html",
+            {"title": title, "message": message, "status": body.get("status"), "retry_after": body.get("retry_after")},
+        )
+        response = HttpResponse(html, status=status_code, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    # An expected answer, not a server fault: keep django.request from logging it as an error.
+    response._has_been_logged = True
+    return response
+
+
+def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
+    body = {"app": name, "status": "unknown", "error": "no such application here"}
+    return _answer(request, 404, body, "Application not found", "There is no application at this address.")
+
+
+def unavailable(request: HttpRequest, name: str, status: str) -> HttpResponse:
+    retry_after = RETRY_AFTER.get(status, 10)
+    body = {"app": name, "status": status, "retry_after": retry_after}
+    message = MESSAGES.get(status, "This application is not available right now.")
+    response = _answer(request, 503, body, f"{name} is not available", message)
+    response["Retry-After"] = str(retry_after)
+    return response
