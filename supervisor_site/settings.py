@@ -43,6 +43,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: X-Forwarded-Host/-Proto/-For are believed only from TRUSTED_PROXY_IPS.
+    "worker_agent.forwarded.ForwardedHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).

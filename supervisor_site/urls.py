@@ -3,7 +3,7 @@
 
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 
 from supervisor_site import health
 
@@ -17,3 +17,10 @@ if settings.APP_MODE != "worker":
     urlpatterns += [
         path("admin/", admin.site.urls),
     ]
+
+if settings.APP_MODE == "supervisor":
+    # Everything under /apps/ goes to the proxy, which validates the path and the app name
+    # itself (a stricter check than a URL pattern can express).
+    from apps_registry.proxy import AppProxyView
+
+    urlpatterns += [re_path(r"^apps(?:/|$)", AppProxyView.as_view(), name="app_proxy")]

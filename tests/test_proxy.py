@@ -1,0 +1,502 @@
+"""The supervisor's /apps/<name>/ proxy, against a real supervisor gunicorn and real upstreams.
+
+The upstreams here are tiny HTTP servers in this process that echo what they received, so
+the tests can see exactly which headers and cookies crossed the proxy (a production app must
+never expose that). A silent TCP server stands in for a hung worker; a closed port for a dead
+one. Hosted-app behaviour (CSRF login, form save) is in test_proxy_app.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.client
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import services
+from tests.processes import free_port, gunicorn, http_ok, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
+
+UPLOAD_LIMIT = 4 * 1024 * 1024
+BIG = 50 * 1024 * 1024
+_BLOCK = bytes(range(256)) * 256  # 64 KiB
+
+
+class Echo(BaseHTTPRequestHandler):
+    """Answers under /apps/<name>/<action>; remembers every path it was asked for."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep the test output quiet
+        pass
+
+    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (), ctype="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self):
+        self.server.seen.append(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        action = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        if action == "big":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(BIG))
+            self.end_headers()
+            for _ in range(BIG // len(_BLOCK)):
+                self.wfile.write(_BLOCK)
+            return
+        if action == "redirect-abs":
+            host = f"http://127.0.0.1:{self.server.server_port}"
+            return self._send(302, b"", [("Location", f"{host}/apps/echoapp/target?x=1")])
+        if action == "redirect-rel":
+            return self._send(302, b"", [("Location", "/apps/echoapp/target?x=1")])
+        if action == "redirect-ext":
+            return self._send(302, b"", [("Location", "http://example.com/elsewhere")])
+        if action == "cookies":
+            cookies = [
+                "app_echoapp_pref=1; Path=/",
+                "sessionid=evil; Path=/",
+                "csrftoken=evil; Path=/admin/",
+                "app_echoapp_s=2; Path=/apps/echoapp/admin/; HttpOnly",
+                "app_other_x=3; Path=/apps/other/",
+                "appsup_env=env_dead; Path=/apps/echoapp/",
+            ]
+            return self._send(200, b"{}", [("Set-Cookie", c) for c in cookies])
+        if action == "hop":
+            extra = [
+                ("Connection", "X-Drop-Me"),
+                ("X-Drop-Me", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Authenticate", "Basic"),
+                ("Trailer", "X-T"),
+                ("Upgrade", "foo"),
+                ("X-Keep", "1"),
+            ]
+            return self._send(200, b"{}", extra)
+        if action == "htmlpage":
+            return self._send(200, b"<html><body>" + b"x" * 10000 + b"</body></html>", ctype="text/html")
+        echo = {
+            "server": self.server.label,
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body_length": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+        }
+        self._send(200, json.dumps(echo).encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _handle
+
+
+def _echo_server(label: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    server.seen = []
+    server.label = label
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
+    """Accepts connections and never answers: a hung worker."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, held
+
+
+APPS = ("echoapp", "multi", "stoppedapp", "queuedapp", "deadapp", "offapp", "slowapp")
+ENVS = ("env_echo", "env_echo2", "env_dead", "env_off", "env_slow")
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    from django.db import connection
+
+    from apps_registry import actions
+    from apps_registry.models import Application, Environment
+
+    echo, echo2 = _echo_server("echo"), _echo_server("echo2")
+    silent, held = _silent_server()
+    dead_port = free_port()
+    now = dt.datetime.now(dt.UTC)
+    with django_db_blocker.unblock():
+        url = f"http://127.0.0.1:{echo.server_port}"
+        env_echo = actions.register_environment(name="env_echo", url="http://127.0.0.1:1", proxy_url=url, at=now)
+        env_echo2 = actions.register_environment(name="env_echo2", url=f"http://127.0.0.1:{echo2.server_port}", at=now)
+        env_dead = actions.register_environment(name="env_dead", url=f"http://127.0.0.1:{dead_port}", at=now)
+        env_off = actions.register_environment(
+            name="env_off", url=url, at=now - dt.timedelta(hours=2)
+        )  # reachable, but its agent has not been seen for two hours
+        env_slow = actions.register_environment(
+            name="env_slow", url=f"http://127.0.0.1:{silent.getsockname()[1]}", at=now
+        )
+        placements = {
+            "echoapp": ([env_echo], "running"),
+            "multi": ([env_echo, env_echo2, env_off], "running"),
+            "stoppedapp": ([env_echo], "stopped"),
+            "queuedapp": ([env_echo, env_echo2], "queued"),
+            "deadapp": ([env_dead], "running"),
+            "offapp": ([env_off], "running"),
+            "slowapp": ([env_slow], "running"),
+        }
+        for name, (envs, status) in placements.items():
+            actions.create_application(name=name, environments=envs, via="test")
+            for env in envs:
+                actions.record_app_status(name, env.name, status)
+        db_name = connection.settings_dict["NAME"]
+
+    port = free_port()
+    env = {
+        **services.supervisor_test_environ(),
+        "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
+        "DB_DATABASE": db_name,
+        "PROXY_READ_TIMEOUT": "1",
+        "PROXY_CONNECT_TIMEOUT": "1",
+        "PROXY_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "APP_LEASE_INTERVAL": "600",
+        "APP_OFFLINE_AFTER": "1300",
+        # The test client is not a trusted proxy of the supervisor: its X-Forwarded-* are ignored.
+        "TRUSTED_PROXY_IPS": "192.0.2.1",
+    }
+    log_dir = tmp_path_factory.mktemp("proxy")
+    supervisor = gunicorn("supervisor", port, env, log_dir, workers=1, threads=4).start()
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30, message="supervisor up")
+        yield {"port": port, "echo": echo, "echo2": echo2, "supervisor": supervisor, "held": held}
+    finally:
+        supervisor.stop()
+        log = supervisor.log()
+        echo.shutdown()
+        echo2.shutdown()
+        silent.close()
+        for conn in held:
+            conn.close()
+        with django_db_blocker.unblock():
+            Application.objects.filter(name__in=APPS).delete()
+            Environment.objects.filter(name__in=ENVS).delete()
+        assert "Traceback" not in log, log[-3000:]
+
+
+class Answer:
+    def __init__(self, response: http.client.HTTPResponse, body: bytes):
+        self.status = response.status
+        self.headers = response.headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def received(self) -> dict[str, str]:
+        """The headers the echo upstream received, lower-cased names."""
+        return {k.lower(): v for k, v in self.json()["headers"]}
+
+
+def call(stack, method: str, path: str, headers: dict | None = None, body: bytes | None = None) -> Answer:
+    conn = http.client.HTTPConnection("127.0.0.1", stack["port"], timeout=20)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return Answer(response, response.read())
+    finally:
+        conn.close()
+
+
+# --- routing ------------------------------------------------------------------------------
+
+
+def test_single_environment_is_proxied_directly_to_its_proxy_url(stack):
+    answer = call(stack, "GET", "/apps/echoapp/some/page?q=1&r=a%20b")
+    assert answer.status == 200
+    assert answer.json()["server"] == "echo"
+    assert answer.json()["path"] == "/apps/echoapp/some/page?q=1&r=a%20b"
+    assert answer.received["host"] == f"127.0.0.1:{stack['echo'].server_port}"
+    assert call(stack, "GET", "/apps/echoapp").status == 302
+
+
+def test_chooser_lists_environments_and_remembers_the_choice(stack):
+    page = call(stack, "GET", "/apps/multi/x", {"Accept": "text/html"})
+    assert page.status == 200 and b"env_echo2" in page.body and b"env_off" in page.body
+    assert b'href="/apps/multi/x?env=env_echo2"' in page.body
+    assert b"?env=env_off" not in page.body  # offline: listed, not offered
+    listing = call(stack, "GET", "/apps/multi/x", {"Accept": "application/json"})
+    assert listing.status == 300
+    offered = {row["environment"]: row["choosable"] for row in listing.json()["choose"]}
+    assert offered == {"env_echo": True, "env_echo2": True, "env_off": False}
+
+    chosen = call(stack, "GET", "/apps/multi/x?a=1&env=env_echo2")
+    assert chosen.status == 302 and chosen.headers["Location"] == "/apps/multi/x?a=1"
+    cookie = chosen.headers["Set-Cookie"]
+    assert cookie.startswith("appsup_env=env_echo2;") and "Path=/apps/multi/" in cookie and "HttpOnly" in cookie
+    remembered = call(stack, "GET", "/apps/multi/x", {"Cookie": "appsup_env=env_echo2"})
+    assert remembered.json()["server"] == "echo2"
+    assert "appsup_env" not in remembered.received.get("cookie", "")
+    # Changeable: ?env= shows the chooser again, ?env=<other> switches.
+    assert b"(current)" in call(stack, "GET", "/apps/multi/x?env=", {"Cookie": "appsup_env=env_echo2"}).body
+    posted = call(stack, "POST", "/apps/multi/x?env=env_echo", {"Cookie": "appsup_env=env_echo2"}, b"k=v")
+    assert posted.json()["server"] == "echo" and posted.json()["path"] == "/apps/multi/x"
+    assert posted.headers["Set-Cookie"].startswith("appsup_env=env_echo;")
+
+
+@pytest.mark.parametrize(
+    "query, cookie",
+    [
+        ("?env=env_off", ""),  # offline
+        ("?env=env_dead", ""),  # another app's environment
+        ("?env=http://evil.example/", ""),
+        ("", "appsup_env=env_off"),
+        ("", "appsup_env=env_dead"),
+    ],
+)
+def test_only_the_apps_own_online_running_environments_can_be_chosen(stack, query, cookie):
+    before = len(stack["echo"].seen) + len(stack["echo2"].seen)
+    answer = call(stack, "GET", f"/apps/multi/x{query}", {"Cookie": cookie} if cookie else {})
+    assert answer.status == 200 and b"Use env_echo" in answer.body
+    assert len(stack["echo"].seen) + len(stack["echo2"].seen) == before
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def test_unknown_app_is_404_in_html_and_json(stack):
+    page = call(stack, "GET", "/apps/nosuch/admin/", {"Accept": "text/html"})
+    assert page.status == 404 and b"no application named nosuch" in page.body
+    data = call(stack, "GET", "/apps/nosuch/admin/", {"Accept": "application/json"})
+    assert data.status == 404 and data.json()["app"] == "nosuch"
+
+
+@pytest.mark.parametrize("app, status", [("stoppedapp", "stopped"), ("queuedapp", "queued")])
+def test_app_not_running_is_503_with_status_and_retry_after(stack, app, status):
+    data = call(stack, "GET", f"/apps/{app}/admin/", {"Accept": "application/json"})
+    assert data.status == 503 and data.json()["app_status"] == status
+    assert int(data.headers["Retry-After"]) > 0
+    page = call(stack, "GET", f"/apps/{app}/admin/")
+    assert page.status == 503 and status.encode() in page.body
+
+
+def test_dead_or_offline_environment_is_502_naming_it(stack):
+    refused = call(stack, "POST", "/apps/deadapp/admin/", {"Accept": "application/json"}, b"a=1")
+    assert refused.status == 502 and refused.json()["environments"] == ["env_dead"]
+    assert b"env_dead" in call(stack, "GET", "/apps/deadapp/admin/").body
+    offline = call(stack, "GET", "/apps/offapp/admin/", {"Accept": "application/json"})
+    assert offline.status == 502 and "env_off" in offline.json()["detail"] and "offline" in offline.json()["detail"]
+
+
+def test_hung_environment_is_504_after_the_read_timeout(stack):
+    started = time.monotonic()
+    answer = call(stack, "GET", "/apps/slowapp/admin/", {"Accept": "application/json"})
+    elapsed = time.monotonic() - started
+    assert answer.status == 504 and answer.json()["environments"] == ["env_slow"]
+    assert 0.9 < elapsed < 4  # PROXY_READ_TIMEOUT=1, one retry at most for a GET
+    posted = call(stack, "POST", "/apps/slowapp/admin/", {}, b"x=1")
+    assert posted.status == 504
+
+
+# --- headers and cookies ------------------------------------------------------------------
+
+
+def test_supervisor_credentials_and_hop_by_hop_headers_stay_behind(stack):
+    headers = {
+        "Cookie": "sessionid=sup; csrftoken=tok; appsup_env=env_echo; app_echoapp_sessionid=mine; app_other_s=no",
+        "Authorization": "Bearer secret",
+        "Connection": "X-Secret",
+        "X-Secret": "1",
+        "Keep-Alive": "300",
+        "TE": "trailers",
+        "Trailer": "X-Whatever",
+        "Proxy-Authorization": "Basic eA==",
+        "Upgrade": "h2c",
+        "X-App-Thing": "kept",
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Host": "evil.example",
+        "Host": "sup.example:8443",
+    }
+    received = call(stack, "GET", "/apps/echoapp/echo", headers).received
+    assert received["cookie"] == "app_echoapp_sessionid=mine"
+    for name in ("authorization", "x-secret", "keep-alive", "te", "trailer", "proxy-authorization", "upgrade"):
+        assert name not in received, name
+    assert received["x-app-thing"] == "kept"
+    assert received["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert received["x-forwarded-host"] == "sup.example:8443"
+    assert received["x-forwarded-proto"] == "http"
+    assert received["host"] == f"127.0.0.1:{stack['echo'].server_port}"
+    assert "cookie" not in call(stack, "GET", "/apps/echoapp/echo", {"Cookie": "sessionid=sup"}).received
+
+
+def test_response_cookies_limited_to_the_app_and_its_path(stack):
+    answer = call(stack, "GET", "/apps/echoapp/cookies")
+    cookies = {c.split("=", 1)[0]: c for c in answer.headers.get_all("Set-Cookie")}
+    assert set(cookies) == {"app_echoapp_pref", "app_echoapp_s"}
+    assert "Path=/apps/echoapp/;" in cookies["app_echoapp_pref"] + ";"
+    assert "Path=/apps/echoapp/admin/" in cookies["app_echoapp_s"] and "HttpOnly" in cookies["app_echoapp_s"]
+
+
+def test_hop_by_hop_response_headers_dropped(stack):
+    answer = call(stack, "GET", "/apps/echoapp/hop")
+    names = {k.lower() for k in answer.headers}
+    assert "x-keep" in names
+    assert not names & {"x-drop-me", "keep-alive", "proxy-authenticate", "trailer", "upgrade"}
+
+
+def test_redirects_absolute_to_the_worker_rewritten_relative_unchanged(stack):
+    absolute = call(stack, "GET", "/apps/echoapp/redirect-abs", {"Host": "sup.example:8443"})
+    assert absolute.status == 302 and absolute.headers["Location"] == "http://sup.example:8443/apps/echoapp/target?x=1"
+    relative = call(stack, "GET", "/apps/echoapp/redirect-rel")
+    assert relative.headers["Location"] == "/apps/echoapp/target?x=1"
+    external = call(stack, "GET", "/apps/echoapp/redirect-ext")
+    assert external.headers["Location"] == "http://example.com/elsewhere"
+
+
+# --- bodies -------------------------------------------------------------------------------
+
+
+def test_upload_streams_through_and_oversize_is_413(stack):
+    body = bytes(range(256)) * (3 * 4096)  # 3 MiB, over Django's default in-memory limit
+    answer = call(stack, "POST", "/apps/echoapp/upload", {"Content-Type": "application/octet-stream"}, body)
+    assert answer.status == 200
+    assert answer.json()["body_length"] == len(body)
+    assert answer.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+    before = len(stack["echo"].seen)
+    conn = http.client.HTTPConnection("127.0.0.1", stack["port"], timeout=10)
+    conn.putrequest("POST", "/apps/echoapp/upload")
+    conn.putheader("Content-Length", str(UPLOAD_LIMIT + 1))
+    conn.putheader("Accept", "application/json")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["limit_bytes"] == UPLOAD_LIMIT
+    conn.close()
+    assert len(stack["echo"].seen) == before
+
+
+def _worker_pid(master_pid: int) -> int:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    return int(children[0])
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_large_download_streams_without_growing_the_supervisor(stack):
+    pid = _worker_pid(stack["supervisor"].pid)
+    call(stack, "GET", "/apps/echoapp/echo")  # warm the code path
+    baseline = _rss_kib(pid)
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_kib(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    conn = http.client.HTTPConnection("127.0.0.1", stack["port"], timeout=30)
+    conn.request("GET", "/apps/echoapp/big")
+    response = conn.getresponse()
+    digest, total = hashlib.sha256(), 0
+    while chunk := response.read(256 * 1024):
+        digest.update(chunk)
+        total += len(chunk)
+    conn.close()
+    done.set()
+    sampler.join()
+    assert response.status == 200 and int(response.headers["Content-Length"]) == BIG
+    assert total == BIG
+    assert digest.hexdigest() == hashlib.sha256(_BLOCK * (BIG // len(_BLOCK))).hexdigest()
+    grown_mib = (peak[0] - baseline) / 1024
+    print(
+        f"supervisor worker RSS: baseline {baseline / 1024:.1f} MiB, growth during 50 MiB download {grown_mib:.1f} MiB"
+    )
+    assert grown_mib < 8
+
+
+# --- traversal and SSRF --------------------------------------------------------------------
+
+REFUSED = [
+    "/apps/echoapp/../admin/",
+    "/apps/echoapp/./echo",
+    "/apps/echoapp/%2e%2e/admin/",
+    "/apps/echoapp/.%2E/admin/",
+    "/apps/echoapp/a%2fb",
+    "/apps/echoapp/a%5cb",
+    "/apps/echoapp/%252e%252e/admin/",
+    "/apps/echoapp//echo",
+    "/apps/echoapp/a/..",
+    "/apps/../admin/",
+    "/apps/Echoapp/",
+    "/apps/echo-app/",
+    "/apps/echoapp%2fx/",
+    "/apps/%65choapp/echo/%2e%2e",
+    "/apps/",
+    "/apps",
+]
+
+
+@pytest.mark.parametrize("path", REFUSED)
+def test_traversal_and_bad_names_refused_before_any_worker(stack, path):
+    before = list(stack["echo"].seen)
+    assert call(stack, "GET", path).status == 404
+    assert stack["echo"].seen == before
+
+
+_SEGMENT = st.text(alphabet="aeo.%/2fFE5c\\_-~:@;=+", min_size=0, max_size=14)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(alphabet="abcehopxyz_.-/%2eE09", min_size=0, max_size=10), rest=_SEGMENT)
+def test_fuzzed_names_never_reach_a_worker(stack, name, rest):
+    seen = stack["echo"].seen
+    before = len(seen)
+    status = call(stack, "GET", f"/apps/{name}/{rest}").status
+    if name != "echoapp":
+        assert seen[before:] == [] and status in (302, 400, 404)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rest=_SEGMENT)
+def test_fuzzed_paths_reach_a_worker_only_normalised_under_the_app(stack, rest):
+    seen = stack["echo"].seen
+    before = len(seen)
+    call(stack, "GET", f"/apps/echoapp/{rest}")
+    for path in seen[before:]:
+        route = path.split("?", 1)[0]
+        assert route.startswith("/apps/echoapp/")
+        segments = route[len("/apps/echoapp/") :].split("/")
+        assert not any(s in (".", "..") for s in segments)
+        assert not any(s == "" for s in segments[:-1])
+        assert "%2f" not in route.lower() and "%2e" not in route.lower() and "\\" not in route
