@@ -363,3 +363,62 @@ def forget_environment(env: Environment, user: AbstractBaseUser | None = None) -
     env.delete()
     audit("environment_forgotten", user=user, environments=[name])
     dispatch.unpublish_environment(name)
+
+
+# --- The start queue ------------------------------------------------------------------------
+
+START_INTERRUPTED = "start interrupted"
+
+
+def begin_environment_start(app_name: str, environment_name: str, *, generation: int) -> str:
+    """The start job reached this environment. Under the app's row lock (the one every request
+    takes to bump the generation) it checks that no later request came in, then marks the
+    placement ``starting`` and wanted running. Returns ``starting``, ``running`` (already up:
+    nothing to send), ``superseded`` or ``gone`` (app or placement deleted)."""
+    with transaction.atomic():
+        app = Application.objects.select_for_update().filter(name=app_name).first()
+        if app is None:
+            return "gone"
+        if app.generation != generation:
+            return "superseded"
+        placement = AppEnvironment.objects.filter(application=app, environment__name=environment_name).first()
+        if placement is None:
+            return "gone"
+        if placement.status == AppStatus.RUNNING:
+            AppEnvironment.objects.filter(pk=placement.pk).update(desired_running=True)
+            outcome = "running"
+        else:
+            AppEnvironment.objects.filter(pk=placement.pk).update(
+                status=AppStatus.STARTING,
+                desired_running=True,
+                error="",
+                status_changed_at=timezone.now(),
+                queued_at=None,
+            )
+            outcome = "starting"
+        dispatch.publish_app(app)
+    return outcome
+
+
+def interrupt_starts(app_name: str, environment_names: Sequence[str], *, before: dt.datetime) -> int:
+    """A start job died (queue worker killed) without finishing: mark what it left queued or
+    starting as ``error`` so an operator sees it and can retry, and close its audit entries."""
+    updated = AppEnvironment.objects.filter(
+        application__name=app_name,
+        environment__name__in=list(environment_names),
+        status__in=(AppStatus.QUEUED, AppStatus.STARTING),
+        status_changed_at__lt=before,
+    ).update(status=AppStatus.ERROR, error=START_INTERRUPTED, status_changed_at=timezone.now(), queued_at=None)
+    if updated:
+        pending = AuditEntry.objects.filter(app_name=app_name, action="start", result=AuditEntry.Result.PENDING)
+        for request_id in pending.values_list("request_id", flat=True):
+            finish_request(request_id, error=START_INTERRUPTED)
+        audit(
+            "start_interrupted",
+            app_name=app_name,
+            environments=environment_names,
+            result=AuditEntry.Result.ERROR,
+            error=START_INTERRUPTED,
+            via="queue",
+        )
+    return updated

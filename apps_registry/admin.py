@@ -27,6 +27,7 @@ MODULE_CHOICES = [("contacts", "Contacts"), ("tasks", "Tasks")]
 
 class SupervisorMedia:
     css = {"all": ("apps_registry/admin.css",)}
+    js = ("apps_registry/status.js",)  # live badges on the lists (admin_actions / status_views)
 
 
 def status_badge(status: str, label: str = "") -> str:
@@ -294,3 +295,9 @@ class ApplicationAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for app in queryset:
             actions.delete_application(app, request.user)
+
+
+# Operations with confirmation, recent history, links; audit trail and API token admins.
+from apps_registry import admin_actions, admin_audit  # noqa: E402, F401
+
+admin_actions.install(ApplicationAdmin)

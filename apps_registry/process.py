@@ -9,12 +9,11 @@ initialises the app's shared database.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 
 from apps_registry import command_channel, redis_client
 from apps_registry.models import AppEnvironment, Application
@@ -83,38 +82,18 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
     return ack.get("error") or f"start failed on {env}"
 
 
-def _start_one_after_another(app_pk: int, envs: list[str], generation: int, request_id: str) -> None:
-    try:
-        name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
-        if name is None:
-            return
-        for env in envs:
-            error = start_on_environment(
-                name,
-                env,
-                generation=generation,
-                request_id=request_id,
-                timeout=settings.APP_CONFIG.start_timeout,
-            )
-            if error:
-                log.warning("start of %s on %s: %s", name, env, error)
-    except Exception:
-        log.exception("start of app %s failed", app_pk)
-    finally:
-        close_old_connections()
-        connection.close()
-
-
 class RemoteProcessAdapter:
     """Commands to the workers over Redis."""
 
     def start(self, app_pk: int, environments: Sequence[str], *, generation: int, request_id: str) -> None:
-        threading.Thread(
-            target=_start_one_after_another,
-            args=(app_pk, list(environments), generation, request_id),
-            name=f"start-{app_pk}",
-            daemon=True,
-        ).start()
+        """Queue the start on ``app_starts`` (called after commit); the job walks the
+        environments one after another under the app's lock (``apps_registry.start_queue``)."""
+        from apps_registry import start_queue
+
+        name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
+        if name is None:
+            return
+        start_queue.enqueue_start(name, environments, generation=generation, request_id=request_id)
 
     def _send(self, action: str, name: str, environments: Sequence[str], **fields) -> list[str]:
         return [command_channel.send_command(env, action, name, **fields) for env in environments]
@@ -133,23 +112,9 @@ class RemoteProcessAdapter:
         )
 
 
-class _UnwiredProcessAdapter:
-    """Standalone mode until the in-process adapter lands."""
-
-    def start(self, app_pk, environments, *, generation, request_id):
-        log.warning("start of app %s not dispatched: local process adapter not wired yet", app_pk)
-
-    def stop(self, name, environments, *, generation, request_id):
-        log.warning("stop of app %s not dispatched: local process adapter not wired yet", name)
-
-    def restart(self, name, environments, *, generation, request_id):
-        log.warning("restart of app %s not dispatched: local process adapter not wired yet", name)
-
-    def remove(self, name, environments, *, generation, request_id, drop_data):
-        log.warning("remove of app %s not dispatched: local process adapter not wired yet", name)
-
-
-def get_process_adapter() -> RemoteProcessAdapter | _UnwiredProcessAdapter:
+def get_process_adapter():
     if settings.APP_CONFIG.process_adapter == "remote":
         return RemoteProcessAdapter()
-    return _UnwiredProcessAdapter()
+    from apps_registry.local_process import LocalProcessAdapter
+
+    return LocalProcessAdapter()

@@ -73,6 +73,7 @@ class Config:
     command_ttl: float
     command_concurrency: int
     start_timeout: float
+    start_lock_ttl: float
     reconcile_interval: float
     proxy_connect_timeout: float
     proxy_read_timeout: float
@@ -320,6 +321,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         command_ttl=read.seconds("APP_COMMAND_TTL", 3600.0),
         command_concurrency=read.integer("APP_COMMAND_CONCURRENCY", 4, minimum=1, maximum=64),
         start_timeout=read.seconds("APP_START_TIMEOUT", 120.0),
+        start_lock_ttl=read.seconds("APP_START_LOCK_TTL", 15.0, minimum=1.0),
         reconcile_interval=read.seconds("APP_RECONCILE_INTERVAL", 30.0),
         proxy_connect_timeout=read.seconds("PROXY_CONNECT_TIMEOUT", 3.0),
         proxy_read_timeout=read.seconds("PROXY_READ_TIMEOUT", 30.0),

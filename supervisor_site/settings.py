@@ -134,6 +134,9 @@ RQ_QUEUES = {
         "DEFAULT_TIMEOUT": int(APP_CONFIG.start_timeout * 4 + 60),
     }
 }
+# Enqueue only once the request's transaction commits; our worker class runs the recovery
+# check for starts interrupted by a dead queue worker.
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps_registry.start_queue.StartQueueWorker"}
 
 LOGGING = {
     "version": 1,

@@ -3,7 +3,7 @@
 
 from django.conf import settings
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from supervisor_site import health
 
@@ -14,8 +14,13 @@ urlpatterns = [
 ]
 
 if settings.APP_MODE != "worker":
+    from apps_registry import status_views
+
     urlpatterns += [
+        # Before the admin's own routes, which would answer 404 for it.
+        path("admin/app-supervisor/status.json", status_views.status, name="appsup_status"),
         path("admin/", admin.site.urls),
+        path("api/v1/", include("apps_registry.api.urls")),
     ]
 
 if settings.APP_MODE == "supervisor":

@@ -1,0 +1,1 @@
+"""The JSON API under /api/v1/ for automation: bearer tokens, the admin's permissions."""
