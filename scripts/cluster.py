@@ -93,11 +93,14 @@ def _die_with_parent() -> None:
 
 
 def port_free(port: int) -> bool:
-    # No SO_REUSEADDR/SO_REUSEPORT: a port held by anything at all (even a gunicorn with
-    # --reuse-port, which would otherwise silently share it) counts as taken.
+    # SO_REUSEADDR so that the TIME_WAIT leftovers of a run just stopped do not count, but
+    # no SO_REUSEPORT: a listener of any kind (even a gunicorn with --reuse-port, which would
+    # otherwise silently share the port) makes the bind fail.
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
+            sock.listen()
         except OSError:
             return False
     return True

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Container entrypoint: start what APP_MODE needs and stop it all cleanly on SIGTERM.
+#
+#   all       (default) prepare, then the role's processes side by side:
+#               supervisor: gunicorn + rqworker app_starts;  worker: gunicorn + run_worker;
+#               standalone: gunicorn
+#   prepare   migrations, static files and (supervisor/standalone) the first admin user;
+#             on Kubernetes run this once per rollout (an init container) instead of in every pod
+#   web | queue | agent   one process only, in the foreground (to scale them apart)
+#   anything else         run as a command, e.g. `python manage.py shell`
+set -euo pipefail
+cd "$(dirname "$0")/.."  # the code's root: /app/src in the image
+
+mode="${APP_MODE:-standalone}"
+role="${1:-all}"
+port="${PORT:-80}"
+
+# prometheus-client multiprocess mode: every process of this container writes its counters
+# here and /metrics sums them; files of a previous container life must not be summed in.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/app-metrics}"
+rm -rf "${PROMETHEUS_MULTIPROC_DIR}"
+mkdir -p "${PROMETHEUS_MULTIPROC_DIR}"
+
+say() { echo "entrypoint: $*" >&2; }
+
+prepare() {
+  python manage.py migrate --noinput
+  python manage.py collectstatic --noinput -v0
+  if [ "$mode" != "worker" ]; then
+    python manage.py ensure_admin
+  fi
+}
+
+web() {
+  exec python -m gunicorn supervisor_site.wsgi:application \
+    --bind "0.0.0.0:${port}" \
+    --workers "${WEB_CONCURRENCY:-2}" \
+    --threads "${WEB_THREADS:-8}" \
+    --reuse-port \
+    --no-control-socket \
+    --graceful-timeout "${WEB_GRACEFUL_TIMEOUT:-20}" \
+    --access-logfile -
+}
+
+queue() { exec python manage.py rqworker app_starts; }
+agent() { exec python manage.py run_worker; }
+
+run_together() {
+  # Each process in the background; SIGTERM/SIGINT go to all of them, and when any one
+  # exits the others are stopped too, so the container exits and gets restarted as a whole.
+  local pids=() name
+  for name in "$@"; do
+    ( "$name" ) &
+    pids+=("$!")
+    say "started ${name} (pid $!)"
+  done
+  signalled=0
+  stop_all() {
+    trap '' TERM INT
+    say "stopping ${pids[*]}"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+  }
+  trap 'signalled=1; stop_all' TERM INT
+  local status=0
+  wait -n "${pids[@]}" || status=$?
+  stop_all
+  wait "${pids[@]}" 2>/dev/null || true
+  if [ "$signalled" = 1 ]; then
+    say "stopped on request"
+    exit 0
+  fi
+  say "a process exited (status ${status}): stopped the others"
+  exit "$(( status == 0 ? 1 : status ))"
+}
+
+case "$role" in
+  all)
+    prepare
+    case "$mode" in
+      supervisor) run_together web queue ;;
+      worker) run_together web agent ;;
+      standalone) web ;;
+      *) say "APP_MODE must be supervisor, worker or standalone (got ${mode})"; exit 2 ;;
+    esac
+    ;;
+  prepare) prepare ;;
+  web) web ;;
+  queue) queue ;;
+  agent) agent ;;
+  *) exec "$@" ;;
+esac
