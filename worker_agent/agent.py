@@ -233,6 +233,7 @@ class Agent:
         self._gen_lock = threading.Lock()
         self._done: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._inflight: set[str] = set()
+        self._duplicates: dict[str, list[str]] = {}
         self._track_lock = threading.Lock()
         self._group_link_generation = -1
         self._cursor = "0"
@@ -474,6 +475,8 @@ class Agent:
         if self._already_done(command.id):
             with self._track_lock:
                 running = command.id in self._inflight
+                if running:  # confirmed together with the original when it finishes
+                    self._duplicates.setdefault(command.id, []).append(entry_id)
             if not running:  # a redelivery of something finished: only confirm receipt
                 self.redis.xack(self.stream, channel.AGENT_GROUP, entry_id)
             return
@@ -502,6 +505,12 @@ class Agent:
         )
         with self._track_lock:
             self._inflight.discard(command.id)
+            duplicates = self._duplicates.pop(command.id, [])
+        if duplicates:
+            try:
+                self.redis.xack(self.stream, channel.AGENT_GROUP, *duplicates)
+            except redis.RedisError as error:  # they come back as pending and are confirmed then
+                self.link.lost(error)
 
     def _report_actual(self, app: str) -> None:
         """After a command that changed nothing, say what the app's state really is here."""

@@ -1,0 +1,261 @@
+"""Commands through the Redis channel to real workers: acks, statuses, durability,
+expiry, duplicates, generations, reconciliation, shared data, malformed input."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.db import transaction
+
+from apps_registry import actions, command_channel, dispatch, events, process, redis_client
+from apps_registry.discovery import get_discovery
+from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
+from tests import services
+from tests.processes import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASSWORD = "correct horse battery"
+# The workers check it with their default hashers (the test process only knows MD5).
+PASSWORD_HASH = PBKDF2PasswordHasher().encode(PASSWORD, "testsalt", iterations=1000)
+
+
+@pytest.fixture
+def envs(cluster_logs):
+    """Both environments in this test's (flushed) registry, and a built config cache."""
+    result = {
+        name: actions.register_environment(name=name, url=worker.url) for name, worker in cluster_logs.workers.items()
+    }
+    get_discovery().ensure_built()
+    return result
+
+
+@pytest.fixture(autouse=True)
+def start_job_inline(monkeypatch):
+    """Plays the start queue's job (a separate piece) right after commit: one environment
+    after another through ``process.start_on_environment``, as the job does."""
+    errors: list[str] = []
+
+    def send_start(app, environments, *, generation, request_id):
+        name, envs = app.name, list(environments)
+
+        def job():
+            for env in envs:
+                error = process.start_on_environment(
+                    name, env, generation=generation, request_id=request_id, timeout=60
+                )
+                if error:
+                    errors.append(error)
+
+        transaction.on_commit(job)
+
+    monkeypatch.setattr(dispatch, "send_start", send_start)
+    return errors
+
+
+def new_app(name: str, environments, **options) -> Application:
+    options = {
+        "modules": ["contacts", "tasks"],
+        "initial_admin": {"username": "boss", "password_hash": PASSWORD_HASH},
+        **options,
+    }
+    return actions.create_application(name=f"{name}_{services.RUN_ID}", environments=environments, options=options)
+
+
+def status(app: Application, env: str) -> tuple[str, str]:
+    events.ingest()
+    placement = AppEnvironment.objects.get(application=app, environment__name=env)
+    return placement.status, placement.error
+
+
+def wait_status(app: Application, env: str, expected: str, timeout: float = 60) -> None:
+    wait_until(
+        lambda: status(app, env)[0] == expected, timeout=timeout, interval=0.05, message=f"{app}@{env} {expected}"
+    )
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def request_result(request_id: str) -> str:
+    events.ingest()
+    return AuditEntry.objects.get(request_id=request_id).result
+
+
+def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
+    worker = cluster_logs.env_a
+    app = new_app("life", [envs["env_a"]])
+    home = f"{worker.url}/apps/{app.name}/admin/login/"
+    assert http_status(home) in (404, 503)  # not started there yet
+
+    request_id = actions.request_start(app)
+    wait_status(app, "env_a", "running")
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged ok")
+    live = json.loads(redis_client.commands().hget(command_channel.status_key(app.name), "env_a"))
+    assert live["status"] == "running"
+    wait_until(lambda: http_status(home) == 200, timeout=3, message="app served within 1 s of running")
+
+    app.refresh_from_db()
+    request_id = actions.request_stop(app)
+    wait_status(app, "env_a", "stopped", timeout=10)
+    assert request_result(request_id) == "ok"
+    wait_until(lambda: http_status(home) == 503, timeout=3, message="stopped app answers 503")
+
+    app.refresh_from_db()
+    request_id = actions.request_restart(app)
+    wait_status(app, "env_a", "running", timeout=30)
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="restart acknowledged")
+
+    app.refresh_from_db()
+    request_id = actions.request_remove(app)
+    wait_status(app, "env_a", "stopped", timeout=10)
+    assert request_result(request_id) == "ok"
+    wait_until(lambda: http_status(home) == 404, timeout=3, message="removed app unknown here")
+
+
+def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_logs):
+    app = new_app("direct", [envs["env_b"]])
+    gen = app.generation
+
+    # A start of an app not placed here is refused with a clear message.
+    bad = command_channel.send_command("env_a", "start", app.name, generation=gen + 1, request_id="r1")
+    ack = command_channel.wait_for_ack(bad, 10)
+    assert ack["result"] == "error" and "not placed on environment 'env_a'" in ack["error"]
+
+    # Last request wins: an older generation arriving after a newer one is superseded.
+    newer = command_channel.send_command("env_b", "stop", app.name, generation=gen + 7, request_id="r2")
+    older = command_channel.send_command("env_b", "start", app.name, generation=gen + 6, request_id="r3")
+    assert command_channel.wait_for_ack(newer, 10)["result"] == "ok"
+    assert command_channel.wait_for_ack(older, 10)["result"] == "superseded"
+
+    # A duplicate delivery (same command id twice) is carried out and acknowledged once.
+    client = redis_client.commands()
+    fields = {
+        "id": "dup-" + services.RUN_ID,
+        "action": "stop",
+        "app": app.name,
+        "generation": str(gen + 8),
+        "request_id": "r4",
+        "issued_at": str(time.time()),
+        "expires_at": str(time.time() + 60),
+        "drop_data": "0",
+    }
+    stream = command_channel.command_stream("env_b")
+    client.xadd(stream, fields)
+    client.xadd(stream, fields)
+    assert command_channel.wait_for_ack(fields["id"], 10)["result"] == "ok"
+    wait_until(
+        lambda: client.xpending(stream, command_channel.AGENT_GROUP)["pending"] == 0,
+        timeout=5,
+        message="both deliveries acknowledged in the group",
+    )
+    assert client.llen(command_channel.ack_key(fields["id"])) == 1
+
+
+def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
+    worker = cluster_logs.env_b
+    app = new_app("durable", [envs["env_b"]])
+    assert worker.stop_agent() == 0
+    request_id = actions.request_start(app)  # sent while the agent is down
+    app.refresh_from_db()
+    late = command_channel.send_command(
+        "env_b", "stop", app.name, generation=app.generation, request_id="late", ttl=0.01
+    )
+    time.sleep(0.05)  # let the short TTL run out while the worker is still down
+    worker.start_agent()
+    wait_status(app, "env_b", "running", timeout=60)
+    ack = command_channel.wait_for_ack(late, 20)
+    assert ack["result"] == "expired" and "expired" in ack["error"]
+    assert request_result(request_id) == "ok"
+    assert status(app, "env_b")[0] == "running"  # the expired stop did not run
+
+
+def test_reconciliation_after_sigkill(envs, cluster_logs):
+    worker = cluster_logs.env_a
+    kept = new_app("kept", [envs["env_a"]])
+    actions.request_start(kept)
+    wait_status(kept, "env_a", "running")
+    wanted = new_app("wanted", [envs["env_a"]])
+
+    worker.kill_agent()
+    worker.kill_web()
+    # Desired while the worker is dead, with no command ever sent: reconciliation must act.
+    AppEnvironment.objects.filter(application=wanted).update(desired_running=True)
+    get_discovery().publish_app_by_pk(wanted.pk)
+    worker.start_web()
+    worker.start_agent()
+    worker.wait_web()
+
+    wait_until(
+        lambda: http_status(f"{worker.url}/apps/{kept.name}/admin/login/") == 200,
+        timeout=20,
+        message="app running before the SIGKILL serves again",
+    )
+    wait_status(wanted, "env_a", "running", timeout=60)
+    assert http_status(f"{worker.url}/apps/{wanted.name}/admin/login/") == 200
+    assert "reconciliation: starting " + wanted.name in worker.agent.log()
+
+
+def _login(opener, base: str, app: str) -> None:
+    url = f"{base}/apps/{app}/admin/login/"
+    page = opener.open(url, timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    body = urllib.parse.urlencode(
+        {"csrfmiddlewaretoken": token, "username": "boss", "password": PASSWORD, "next": f"/apps/{app}/admin/"}
+    ).encode()
+    response = opener.open(urllib.request.Request(url, data=body), timeout=10)
+    assert "/login/" not in response.geturl(), "login refused"
+
+
+def test_one_app_on_both_environments_shares_its_data(envs, cluster_logs):
+    app = new_app("shared", [envs["env_a"], envs["env_b"]])
+    actions.request_start(app)
+    wait_status(app, "env_a", "running")
+    wait_status(app, "env_b", "running")
+    # The session written by env_a lives in the app's one database, so env_b accepts it.
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    _login(opener, cluster_logs.env_a.url, app.name)
+    response = opener.open(f"{cluster_logs.env_b.url}/apps/{app.name}/admin/", timeout=10)
+    assert "/login/" not in response.geturl()
+    assert response.status == 200
+
+
+def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, cluster_logs):
+    client = redis_client.commands()
+    stream = command_channel.command_stream("env_a")
+    future = str(time.time() + 60)
+    base = {"generation": "1", "request_id": "m", "issued_at": str(time.time()), "expires_at": future}
+    bad_json = client.xadd(stream, {"json": "{not json"})
+    cases = {
+        "m-action": ({**base, "id": "m-action", "action": "explode", "app": "crm"}, "unknown action"),
+        "m-name": ({**base, "id": "m-name", "action": "start", "app": "../etc"}, "invalid app name"),
+        "m-ghost": ({**base, "id": "m-ghost", "action": "start", "app": "ghost_app"}, "unknown app"),
+        "m-fields": ({"id": "m-fields", "action": "stop", "app": "crm"}, "must be numbers"),
+    }
+    for fields, _ in cases.values():
+        client.xadd(stream, fields)
+    for command_id, (_, message) in cases.items():
+        ack = command_channel.wait_for_ack(command_id, 10)
+        assert ack["result"] == "error" and message in ack["error"], ack
+    ack = command_channel.wait_for_ack(f"entry-{bad_json}", 10)
+    assert ack["result"] == "error" and "bad JSON" in ack["error"]
+    assert cluster_logs.env_a.agent.alive()
+    app = new_app("after", [envs["env_a"]])
+    request_id = actions.request_start(app)
+    wait_status(app, "env_a", "running")
+    assert Environment.objects.filter(name="env_a").exists()
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="valid command after bad ones")
