@@ -1,0 +1,291 @@
+"""The /api/v1/ contract, in process: authentication, permissions, validation, status codes,
+the audit trail, and every response checked against the served OpenAPI document."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from apps_registry import actions, start_queue
+from apps_registry.api import schema_check
+from apps_registry.api.views import MAX_BODY_BYTES
+from apps_registry.models import ApiToken, Application, AuditEntry, Environment
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def envs():
+    return [
+        Environment.objects.create(name="env_a", url="http://127.0.0.1:15000"),
+        Environment.objects.create(name="env_b", url="http://127.0.0.1:16000", version="1.2"),
+    ]
+
+
+@pytest.fixture
+def document():
+    response = Client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    return response.json()
+
+
+class Api:
+    """A client that sends the bearer token and checks each response against the document."""
+
+    def __init__(self, token: str, document: dict):
+        self.client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+        self.document = document
+
+    def call(self, method: str, url: str, template: str, body=None, raw: bytes | None = None, **extra):
+        data = raw if raw is not None else (json.dumps(body) if body is not None else "")
+        response = getattr(self.client, method.lower())(url, data=data, content_type="application/json", **extra)
+        payload = response.json() if response.content else None
+        problems = schema_check.response_errors(self.document, template, method, response.status_code, payload)
+        assert not problems, f"{method} {url} -> {response.status_code} {payload}: {problems}"
+        return response.status_code, payload
+
+
+def _user(username: str, *perms: str, superuser: bool = False) -> User:
+    if superuser:
+        return User.objects.create_superuser(username, password="x")
+    user = User.objects.create_user(username, password="x", is_staff=True)
+    for perm in perms:
+        user.user_permissions.add(Permission.objects.get(codename=perm, content_type__app_label="apps_registry"))
+    return user
+
+
+@pytest.fixture
+def admin_api(document):
+    _token, raw = ApiToken.issue(_user("root", superuser=True))
+    return Api(raw, document)
+
+
+def _app(name: str, envs, **options) -> Application:
+    return actions.create_application(name=name, environments=envs, options=options or {"modules": ["contacts"]})
+
+
+def test_requests_without_a_valid_token_get_401(document, envs):
+    user = _user("someone", superuser=True)
+    token, raw = ApiToken.issue(user)
+    for header in ("", "Token abc", "Bearer ", "Bearer not-a-token"):
+        client = Client(HTTP_AUTHORIZATION=header) if header else Client()
+        response = client.get("/api/v1/apps")
+        assert response.status_code == 401, header
+        assert response["WWW-Authenticate"].startswith("Bearer")
+        assert not schema_check.response_errors(document, "/apps", "GET", 401, response.json())
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {raw}").get("/api/v1/apps").status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {raw}").get("/api/v1/apps").status_code == 401
+    token2, raw2 = ApiToken.issue(user)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {raw2}").get("/api/v1/apps").status_code == 401
+    # Only the hash is stored.
+    assert not ApiToken.objects.filter(token_hash=raw2).exists()
+    assert ApiToken.objects.get(pk=token2.pk).token_hash == ApiToken.hash(raw2)
+
+
+def test_list_and_read_apps_and_environments(admin_api, envs):
+    _app("shop", envs)
+    _app("crm", envs[:1], modules=["tasks"], start_mode="on_first_visit")
+    status, body = admin_api.call("GET", "/api/v1/apps", "/apps")
+    assert status == 200
+    assert [a["name"] for a in body["apps"]] == ["crm", "shop"]
+    shop = body["apps"][1]
+    assert shop["environments"] == ["env_a", "env_b"]
+    assert shop["statuses"] == {"env_a": "stopped", "env_b": "stopped"}
+    status, crm = admin_api.call("GET", "/api/v1/apps/crm", "/apps/{name}")
+    assert status == 200 and crm["modules"] == ["tasks"] and crm["start_mode"] == "on_first_visit"
+    for missing in ("nope", "Bad-Name", "a" * 300):
+        status, body = admin_api.call("GET", f"/api/v1/apps/{missing}", "/apps/{name}")
+        assert status == 404 and "error" in body
+    status, body = admin_api.call("GET", "/api/v1/environments", "/environments")
+    assert status == 200
+    assert [e["name"] for e in body["environments"]] == ["env_a", "env_b"]
+    assert body["environments"][1]["version"] == "1.2"
+
+
+def test_create_app_201_then_duplicate_409(admin_api, envs):
+    status, body = admin_api.call(
+        "POST",
+        "/api/v1/apps",
+        "/apps",
+        {"name": "shop", "display_name": "Shop", "environments": ["env_b", "env_a"], "modules": ["contacts"]},
+    )
+    assert status == 201, body
+    assert body["name"] == "shop" and sorted(body["environments"]) == ["env_a", "env_b"]
+    assert body["initial_admin"]["username"] == "admin" and body["initial_admin"]["password"]
+    app = Application.objects.get(name="shop")
+    assert app.options["initial_admin"]["password_hash"] != body["initial_admin"]["password"]
+    assert AuditEntry.objects.filter(app_name="shop", action="create", via="api", user__username="root").exists()
+    status, body = admin_api.call("POST", "/api/v1/apps", "/apps", {"name": "shop", "environments": ["env_a"]})
+    assert status == 409 and "already exists" in body["error"]
+
+
+def test_create_with_start_queues_a_start(admin_api, envs, django_capture_on_commit_callbacks, redis_conn):
+    with django_capture_on_commit_callbacks(execute=True):
+        status, body = admin_api.call(
+            "POST",
+            "/api/v1/apps",
+            "/apps",
+            {"name": "quick", "environments": ["env_a"], "start": True, "admin_password": "s3cret-pass"},
+        )
+    assert status == 201 and body["request_id"] and "initial_admin" not in body
+    assert body["statuses"] == {"env_a": "queued"}
+    generation = Application.objects.get(name="quick").generation
+    assert start_queue.job_id("quick", generation) in start_queue.get_queue().get_job_ids()
+    assert start_queue.queue_positions()["quick"] >= 1
+    assert AuditEntry.objects.get(request_id=body["request_id"]).result == "pending"
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, {"name", "environments"}),
+        ({"name": "Bad Name", "environments": ["env_a"]}, {"name"}),
+        ({"name": "admin", "environments": ["env_a"]}, {"name"}),
+        ({"name": 42, "environments": "env_a"}, {"name", "environments"}),
+        ({"name": "ok", "environments": []}, {"environments"}),
+        ({"name": "ok", "environments": ["env_z"]}, {"environments"}),
+        ({"name": "ok", "environments": ["env_a", "env_a"]}, {"environments"}),
+        ({"name": "ok", "environments": ["env_a"], "modules": ["payroll"]}, {"modules"}),
+        ({"name": "ok", "environments": ["env_a"], "modules": "contacts"}, {"modules"}),
+        ({"name": "ok", "environments": ["env_a"], "start": "yes"}, {"start"}),
+        ({"name": "ok", "environments": ["env_a"], "start": 1}, {"start"}),
+        ({"name": "ok", "environments": ["env_a"], "start_mode": "always"}, {"start_mode"}),
+        ({"name": "ok", "environments": ["env_a"], "display_name": ["x"]}, {"display_name"}),
+        ({"name": "ok", "environments": ["env_a"], "colour": "red"}, {"colour"}),
+        ({"name": "ok", "environments": ["env_a"], "admin_password": ""}, {"admin_password"}),
+    ],
+)
+def test_create_rejects_bad_input_with_400_per_field(admin_api, envs, body, fields):
+    status, payload = admin_api.call("POST", "/api/v1/apps", "/apps", body)
+    assert status == 400
+    assert set(payload["errors"]) == fields, payload
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 400),
+        (b'"a string"', 400),
+        (b"\xff\xfe\x00", 400),
+        (b'{"name": "x", "pad": "' + b"a" * (MAX_BODY_BYTES + 10) + b'"}', 413),
+    ],
+)
+def test_bad_bodies_get_4xx_never_500(admin_api, envs, raw, status):
+    got, payload = admin_api.call("POST", "/api/v1/apps", "/apps", raw=raw)
+    assert got == status, payload
+    _app("shop", envs)
+    got, payload = admin_api.call("POST", "/api/v1/apps/shop/start", "/apps/{name}/start", raw=raw)
+    assert got == status, payload
+
+
+def test_start_stop_restart_202_and_audited(admin_api, envs):
+    _app("shop", envs)
+    for operation in ("start", "stop", "restart"):
+        status, body = admin_api.call("POST", f"/api/v1/apps/shop/{operation}", f"/apps/{{name}}/{operation}")
+        assert status == 202 and body["app"] == "shop"
+        entry = AuditEntry.objects.get(request_id=body["request_id"])
+        assert (entry.action, entry.via, entry.user.username) == (operation, "api", "root")
+        assert entry.environments == ["env_a", "env_b"]
+    status, body = admin_api.call("POST", "/api/v1/apps/shop/stop", "/apps/{name}/stop", {"environments": ["env_b"]})
+    assert status == 202
+    assert AuditEntry.objects.get(request_id=body["request_id"]).environments == ["env_b"]
+    for bad in ({"environments": ["env_z"]}, {"environments": "env_a"}, {"environments": []}, {"force": True}):
+        status, body = admin_api.call("POST", "/api/v1/apps/shop/start", "/apps/{name}/start", bad)
+        assert status == 400, bad
+    status, _ = admin_api.call("POST", "/api/v1/apps/ghost/start", "/apps/{name}/start")
+    assert status == 404
+    response = admin_api.client.post("/api/v1/apps/shop/explode")
+    assert response.status_code == 404 and "error" in response.json()
+    response = admin_api.client.get("/api/v1/apps/shop/start")
+    assert response.status_code == 405 and "error" in response.json()
+
+
+def test_generation_orders_requests(admin_api, envs):
+    app = _app("shop", envs)
+    before = Application.objects.get(pk=app.pk).generation
+    admin_api.call("POST", "/api/v1/apps/shop/start", "/apps/{name}/start")
+    admin_api.call("POST", "/api/v1/apps/shop/stop", "/apps/{name}/stop")
+    app = Application.objects.get(pk=app.pk)
+    assert app.generation == before + 2
+    assert not app.placements.filter(desired_running=True).exists()
+    assert set(app.placements.values_list("status", flat=True)) == {"stopped"}
+
+
+def test_delete_204_with_and_without_data(admin_api, envs):
+    _app("shop", envs)
+    _app("crm", envs)
+    status, body = admin_api.call("DELETE", "/api/v1/apps/shop?drop_data=maybe", "/apps/{name}")
+    assert status == 400 and "drop_data" in body["errors"]
+    status, _ = admin_api.call("DELETE", "/api/v1/apps/shop", "/apps/{name}")
+    assert status == 204
+    status, _ = admin_api.call("DELETE", "/api/v1/apps/crm?drop_data=true", "/apps/{name}")
+    assert status == 204
+    assert not Application.objects.exists()
+    assert AuditEntry.objects.filter(app_name="shop", action="delete").exists()
+    assert AuditEntry.objects.filter(app_name="crm", action="delete_with_data").exists()
+    status, _ = admin_api.call("DELETE", "/api/v1/apps/crm", "/apps/{name}")
+    assert status == 404
+
+
+def test_permissions_match_the_admin(document, envs):
+    _app("shop", envs)
+    _t, viewer_raw = ApiToken.issue(_user("viewer", "view_application", "view_environment"))
+    _t, starter_raw = ApiToken.issue(_user("starter", "view_application", "start_application"))
+    _t, nobody_raw = ApiToken.issue(_user("nobody"))
+    viewer, starter, nobody = Api(viewer_raw, document), Api(starter_raw, document), Api(nobody_raw, document)
+
+    assert viewer.call("GET", "/api/v1/apps", "/apps")[0] == 200
+    assert viewer.call("GET", "/api/v1/environments", "/environments")[0] == 200
+    assert nobody.call("GET", "/api/v1/apps", "/apps")[0] == 403
+    assert nobody.call("GET", "/api/v1/apps/shop", "/apps/{name}")[0] == 403
+    for operation in ("start", "stop", "restart"):
+        assert viewer.call("POST", f"/api/v1/apps/shop/{operation}", f"/apps/{{name}}/{operation}")[0] == 403
+    assert starter.call("POST", "/api/v1/apps/shop/start", "/apps/{name}/start")[0] == 202
+    assert starter.call("POST", "/api/v1/apps/shop/stop", "/apps/{name}/stop")[0] == 403
+    assert starter.call("DELETE", "/api/v1/apps/shop", "/apps/{name}")[0] == 403
+    body = {"name": "new", "environments": ["env_a"]}
+    assert starter.call("POST", "/api/v1/apps", "/apps", body)[0] == 403
+    assert AuditEntry.objects.filter(app_name="shop", user__username="starter").count() == 1
+    assert Application.objects.filter(name="shop").exists()
+
+
+def test_unknown_api_path_is_json_404():
+    response = Client().get("/api/v1/nothing/here")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_openapi_documents_every_route(document):
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {
+        "/environments",
+        "/apps",
+        "/apps/{name}",
+        "/apps/{name}/start",
+        "/apps/{name}/stop",
+        "/apps/{name}/restart",
+    }
+    # The checker is not a rubber stamp.
+    assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})
+    assert schema_check.response_errors(document, "/apps", "GET", 418, {})
+
+
+def test_create_api_token_prints_the_token_alone():
+    User.objects.create_user("ops")
+    out = io.StringIO()
+    call_command("create_api_token", "ops", stdout=out)
+    raw = out.getvalue().strip()
+    assert "\n" not in raw and len(raw) >= 40
+    token = ApiToken.objects.get(token_hash=ApiToken.hash(raw))
+    assert token.user.username == "ops"
+    with pytest.raises(Exception, match="no user"):
+        call_command("create_api_token", "ghost", stdout=io.StringIO())
