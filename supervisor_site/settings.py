@@ -111,6 +111,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # sends them to /apps/<name>/ (where the proxy also strips them). CSRF tokens live in the
 # session, so there is no separate CSRF cookie to leak.
 SESSION_COOKIE_PATH = "/admin/"
+# Flash messages in the session, not in a "messages" cookie at path / that every app under
+# /apps/ and the supervisor would share.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_USE_SESSIONS = True

@@ -12,18 +12,22 @@ import datetime as dt
 import hashlib
 import http.client
 import json
+import re
+import secrets
 import socket
 import threading
 import time
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import services
-from tests.processes import free_port, gunicorn, http_ok, wait_until
+from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
@@ -500,3 +504,195 @@ def test_fuzzed_paths_reach_a_worker_only_normalised_under_the_app(stack, rest):
         assert not any(s in (".", "..") for s in segments)
         assert not any(s == "" for s in segments[:-1])
         assert "%2f" not in route.lower() and "%2e" not in route.lower() and "\\" not in route
+
+
+# --- a real hosted app on a real worker, through the proxy --------------------------------
+
+HOSTED = "px_crm"
+
+
+class Browser:
+    """Keeps cookies by path, follows no redirects, sends Origin like a browser's form post."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.cookies: dict[str, tuple[str, str]] = {}
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        headers = {"Accept": "text/html", **(headers or {})}
+        sent = [f"{n}={v}" for n, (v, p) in self.cookies.items() if path.startswith(p)]
+        if sent:
+            headers["Cookie"] = "; ".join(sent)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        for header in response.headers.get_all("Set-Cookie") or []:
+            for name, morsel in SimpleCookie(header).items():
+                if morsel["max-age"] == "0" or not morsel.value:
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = (morsel.value, morsel["path"] or "/")
+        return response.status, response.headers, data
+
+    def csrf(self, path: str) -> str:
+        status, _, html = self.request("GET", path)
+        assert status == 200, (path, status)
+        return re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1).decode()
+
+    def post_form(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None):
+        boundary = secrets.token_hex(12)
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+            for k, v in fields.items()
+        ]
+        for name, (filename, content) in (files or {}).items():
+            head = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
+            parts.append(head.encode() + content + b"\r\n")
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Origin": f"http://127.0.0.1:{self.port}",
+        }
+        return self.request("POST", path, body, headers)
+
+
+@pytest.fixture(scope="module")
+def hosted(stack, django_db_blocker, tmp_path_factory):
+    """A worker gunicorn (threads) hosting px_crm via ``manage.py host_app``, registered as env_px."""
+    from apps_registry import actions
+    from apps_registry.models import Application, Environment
+
+    storage = tmp_path_factory.mktemp("env_px")
+    port = free_port()
+    db = f"{services.RUN_ID}_worker_px"
+    with psycopg.connect(
+        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, dbname="postgres", autocommit=True
+    ) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{db}"')
+    env = {
+        **services.supervisor_test_environ(),
+        "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
+        "APP_MODE": "worker",
+        "APP_PROCESS_ADAPTER": "local",
+        "DB_DATABASE": db,
+        "ENVIRONMENT_NAME": "env_px",
+        "ENVIRONMENT_URL": f"http://127.0.0.1:{port}",
+        "APP_STORAGE_DIR": str(storage),
+    }
+    start = manage(
+        ["host_app", HOSTED, "--modules", "contacts,tasks", "--admin-user", "alice", "--admin-password", "pw"], env
+    )
+    assert start.returncode == 0, start.stderr
+    web = gunicorn("worker_px", port, env, storage, workers=1, threads=4).start()
+    with django_db_blocker.unblock():
+        env_px = actions.register_environment(name="env_px", url=f"http://127.0.0.1:{port}")
+        actions.create_application(name=HOSTED, environments=[env_px], via="test")
+        actions.record_app_status(HOSTED, "env_px", "running")
+    try:
+        wait_until(lambda: Browser(port).request("GET", f"/apps/{HOSTED}/")[0] == 302, timeout=30, message="worker")
+        yield {"port": port, "web": web, "env": env, "storage": storage}
+    finally:
+        web.stop()
+        with django_db_blocker.unblock():
+            Application.objects.filter(name=HOSTED).delete()
+            Environment.objects.filter(name="env_px").delete()
+        assert "Traceback" not in web.log(), web.log()[-3000:]
+
+
+def _journey(browser: Browser, contact: str) -> list:
+    """Login with CSRF, a form save with an upload, the list, the download: what a person does."""
+    app = f"/apps/{HOSTED}"
+    seen = []
+    status, headers, _ = browser.request("GET", f"{app}/")
+    seen.append((status, headers["Location"]))
+    status, headers, _ = browser.request("GET", f"{app}/admin/")
+    seen.append((status, headers["Location"]))
+    login = f"{app}/admin/login/"
+    fields = {
+        "csrfmiddlewaretoken": browser.csrf(login),
+        "username": "alice",
+        "password": "pw",
+        "next": f"{app}/admin/",
+    }
+    status, headers, _ = browser.post_form(f"{login}?next={app}/admin/", fields)
+    seen.append((status, headers["Location"]))
+    assert set(browser.cookies) == {f"app_{HOSTED}_sessionid"}
+    assert browser.cookies[f"app_{HOSTED}_sessionid"][1] == f"{app}/"
+
+    add = f"{app}/admin/contacts/contact/add/"
+    fields = {"csrfmiddlewaretoken": browser.csrf(add), "name": contact, "company": "Engines", "email": ""}
+    fields.update(phone="", notes="", _save="Save")
+    attachment = f"{contact.split()[0].lower()}.txt"
+    status, headers, body = browser.post_form(add, fields, {"attachment": (attachment, b"analytical\n" * 1000)})
+    assert status == 302, body[:3000]
+    seen.append((status, headers["Location"]))
+    status, _, body = browser.request("GET", headers["Location"])
+    assert status == 200 and contact.encode() in body and b"was added successfully" in body
+    assert b"/static/admin/css/base.css" in body
+    status, headers, body = browser.request("GET", f"{app}/files/contacts/{attachment}")
+    assert status == 200 and body == b"analytical\n" * 1000 and "attachment" in headers["Content-Disposition"]
+    seen.append(status)
+    return seen
+
+
+def test_hosted_app_behaves_the_same_through_the_proxy_as_direct(stack, hosted):
+    direct = _journey(Browser(hosted["port"]), "Ada Lovelace")
+    proxied = _journey(Browser(stack["port"]), "Grace Hopper")
+    assert proxied == direct
+    assert call(stack, "GET", "/static/admin/css/base.css").status == 200  # the app's static files
+
+
+def test_stopped_worker_is_502_naming_its_environment(stack, hosted):
+    hosted["web"].stop()
+    try:
+        answer = call(stack, "GET", f"/apps/{HOSTED}/admin/", {"Accept": "application/json"})
+        assert answer.status == 502 and answer.json()["environments"] == ["env_px"]
+        assert b"env_px" in call(stack, "GET", f"/apps/{HOSTED}/admin/").body
+    finally:
+        hosted["web"] = hosted["web"].__class__(
+            hosted["web"].name, hosted["web"].args, hosted["env"], hosted["storage"]
+        )
+        hosted["web"].start()
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{hosted['port']}/healthz"), timeout=30, message="worker back")
+
+
+# --- the worker's trust in forwarded headers (in-process) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "peer, trusted, expect_host, expect_scheme, expect_addr",
+    [
+        ("127.0.0.1", True, "sup.example", "https", "198.51.100.7"),
+        ("203.0.113.5", False, "worker.internal", "http", "203.0.113.5"),
+    ],
+)
+def test_forwarded_headers_believed_only_from_trusted_proxies(peer, trusted, expect_host, expect_scheme, expect_addr):
+    from django.test import RequestFactory
+
+    from worker_agent.forwarded import ForwardedHeadersMiddleware
+
+    seen = {}
+
+    def view(request):
+        seen.update(host=request.get_host(), scheme=request.scheme, addr=request.META["REMOTE_ADDR"])
+        return None
+
+    request = RequestFactory().get(
+        "/apps/x/",
+        REMOTE_ADDR=peer,
+        HTTP_HOST="worker.internal",
+        HTTP_X_FORWARDED_HOST="sup.example",
+        HTTP_X_FORWARDED_PROTO="https",
+        # A client wrote the first address; the trusted proxy appended the real one.
+        HTTP_X_FORWARDED_FOR="10.9.9.9, 198.51.100.7",
+    )
+    ForwardedHeadersMiddleware(view)(request)
+    assert seen == {"host": expect_host, "scheme": expect_scheme, "addr": expect_addr}
