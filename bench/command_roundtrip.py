@@ -1,0 +1,178 @@
+"""Command round trip on loopback: the supervisor issues stop, the status is visible.
+
+    .venv/bin/python bench/command_roundtrip.py [--commands 200]
+
+What it does: starts a private redis-server on a free port and one worker agent
+(``manage.py run_worker``, APP_MODE=worker), and plays the supervisor in this process (its
+own SQLite registry, migrated here, one app placed on the worker). Then, N times:
+
+  (a) channel: ``send_command(stop)`` → the agent reads it (blocking XREADGROUP), writes the
+      statuses ``stopping``/``stopped`` and the acknowledgement → ``wait_for_ack`` returns.
+      The status is written before the acknowledgement, so it is visible by then.
+  (b) full path: ``actions.request_stop`` (registry transaction, generation bump, audit, cache
+      publish, command after commit) → the worker's ``stopped`` status applied to the registry
+      by ``events.ingest()`` (polled every 0.5 ms) — what an operator's page shows.
+
+The app is not running on the worker, so the app's own stop work is excluded, as the target
+asks. Prints p50/p99 per variant and the ratio to the target (p50 ≤ 20 ms, p99 ≤ 100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.processes import PYTHON, Process, free_port, wait_until  # noqa: E402
+
+TARGET_P50_MS = 20.0
+TARGET_P99_MS = 100.0
+ENV = "bench_env"
+APP = "bench_app"
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def summary(name: str, samples: list[float]) -> dict:
+    p50, p99 = percentile(samples, 50), percentile(samples, 99)
+    return {
+        "variant": name,
+        "commands": len(samples),
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "max_ms": round(max(samples), 2),
+        "p50_vs_target": round(p50 / TARGET_P50_MS, 3),
+        "p99_vs_target": round(p99 / TARGET_P99_MS, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--commands", type=int, default=200)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-roundtrip-"))
+    redis_port = free_port()
+    redis_server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    common = {
+        "SECRET_KEY": "bench-secret-key",
+        "APP_SUPERVISOR_REDIS_URL": redis_url,
+        "APP_COMMAND_REDIS_URL": redis_url,
+        "APP_REDIS_PREFIX": "bench",
+        "DB_DIALECT": "sqlite",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
+    }
+    supervisor_env = {
+        **common,
+        "APP_MODE": "supervisor",
+        "APP_STORAGE_DIR": str(work / "supervisor"),
+    }
+    worker_env = {
+        **common,
+        "APP_MODE": "worker",
+        "ENVIRONMENT_NAME": ENV,
+        "ENVIRONMENT_URL": "http://127.0.0.1:9",
+        "APP_STORAGE_DIR": str(work / "worker"),
+    }
+    os.environ.update(supervisor_env)
+    agent = None
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from apps_registry import actions, command_channel, events, redis_client
+        from apps_registry.discovery import get_discovery
+        from apps_registry.models import AppEnvironment
+
+        wait_until(lambda: redis_client.commands().ping(), timeout=10, message="redis-server")
+        call_command("migrate", verbosity=0)
+        get_discovery().rebuild()
+        env = actions.register_environment(name=ENV, url="http://127.0.0.1:9")
+        app = actions.create_application(name=APP, environments=[env], options={"modules": ["contacts"]})
+
+        agent = Process("agent", [PYTHON, "manage.py", "run_worker"], worker_env, work).start()
+        wait_until(
+            lambda: redis_client.commands().zscore(command_channel.seen_key(), ENV) is not None,
+            timeout=30,
+            message="agent lease",
+        )
+        events.ingest()
+
+        channel: list[float] = []
+        for i in range(args.commands):
+            started = time.perf_counter()
+            command_id = command_channel.send_command(ENV, "stop", APP, generation=10_000 + i, request_id=f"b{i}")
+            ack = command_channel.wait_for_ack(command_id, 10)
+            channel.append((time.perf_counter() - started) * 1000)
+            if not ack or ack["result"] != "ok":
+                raise SystemExit(f"unexpected acknowledgement: {ack}")
+        events.ingest(limit=100_000)
+
+        placement = AppEnvironment.objects.filter(application=app, environment=env)
+        full: list[float] = []
+        for _ in range(args.commands):
+            actions.record_app_status(APP, ENV, "running")  # as if it ran: request_stop moves it to stopping
+            app.refresh_from_db()
+            started = time.perf_counter()
+            actions.request_stop(app)
+            deadline = started + 10
+            while True:
+                events.ingest()
+                if placement.values_list("status", flat=True).first() == "stopped":
+                    break
+                if time.perf_counter() > deadline:
+                    raise SystemExit("status not visible within 10 s")
+                time.sleep(0.0005)
+            full.append((time.perf_counter() - started) * 1000)
+
+        print(
+            json.dumps(
+                [
+                    summary("channel: send stop -> ack (status written)", channel),
+                    summary("full: request_stop -> registry shows stopped", full),
+                ],
+                indent=2,
+            )
+        )
+    finally:
+        if agent is not None:
+            agent.stop()
+        redis_server.terminate()
+        redis_server.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
