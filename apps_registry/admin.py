@@ -207,7 +207,7 @@ class ApplicationForm(forms.ModelForm):
 @admin.register(Application)
 class ApplicationAdmin(admin.ModelAdmin):
     form = ApplicationForm
-    list_display = ["name", "display_name", "statuses"]
+    list_display = ["name", "display_name", "statuses", "open_link"]
     list_display_links = ["name"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
     search_fields = ["name", "display_name"]
@@ -235,6 +235,20 @@ class ApplicationAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         placements = AppEnvironment.objects.select_related("environment").order_by("environment__name")
         return super().get_queryset(request).prefetch_related(Prefetch("placements", queryset=placements))
+
+    @admin.display(description="open")
+    def open_link(self, app: Application) -> str:
+        """The app's own admin through /apps/<name>/; one link per environment when several
+        (``?env=`` makes the proxy use, and remember, that environment)."""
+        placements = app.placements.all()  # prefetched
+        url = f"/apps/{app.name}/admin/"
+        if len(placements) <= 1:
+            return format_html('<a href="{}" target="_blank" rel="noopener">Open</a>', url)
+        return format_html_join(
+            " ",
+            '<a href="{}?env={}" target="_blank" rel="noopener">Open on {}</a>',
+            ((url, p.environment.name, p.environment.name) for p in placements),
+        )
 
     @admin.display(description="status per environment")
     def statuses(self, app: Application) -> str:

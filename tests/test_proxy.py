@@ -696,3 +696,18 @@ def test_forwarded_headers_believed_only_from_trusted_proxies(peer, trusted, exp
     )
     ForwardedHeadersMiddleware(view)(request)
     assert seen == {"host": expect_host, "scheme": expect_scheme, "addr": expect_addr}
+
+
+# --- the admin's "Open" links -------------------------------------------------------------
+
+
+def test_application_list_has_open_links_per_environment(admin_client):
+    from apps_registry import actions
+
+    one = actions.register_environment(name="env_l1", url="http://127.0.0.1:9")
+    two = actions.register_environment(name="env_l2", url="http://127.0.0.1:10")
+    actions.create_application(name="px_single", environments=[one], via="test")
+    actions.create_application(name="px_double", environments=[one, two], via="test")
+    html = admin_client.get("/admin/apps_registry/application/").content.decode()
+    assert 'href="/apps/px_single/admin/"' in html
+    assert 'href="/apps/px_double/admin/?env=env_l1"' in html and 'href="/apps/px_double/admin/?env=env_l2"' in html
