@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
@@ -28,6 +29,15 @@ MODULE_CHOICES = [("contacts", "Contacts"), ("tasks", "Tasks")]
 class SupervisorMedia:
     css = {"all": ("apps_registry/admin.css",)}
     js = ("apps_registry/status.js",)  # live badges on the lists (admin_actions / status_views)
+
+
+def apply_worker_events() -> None:
+    """Bring statuses up to date before a list renders (supervisor: the workers' events)."""
+    config = settings.APP_CONFIG
+    if config.mode == "supervisor" and config.command_adapter == "redis":
+        from apps_registry import events
+
+        events.ingest()
 
 
 def status_badge(status: str, label: str = "") -> str:
@@ -73,6 +83,10 @@ class EnvironmentAdmin(admin.ModelAdmin):
         found = super().get_actions(request)
         found.pop("delete_selected", None)  # forgetting goes through forget_environments
         return found
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        apply_worker_events()
+        return super().changelist_view(request, extra_context)
 
     def get_changelist_instance(self, request: HttpRequest):
         changelist = super().get_changelist_instance(request)
@@ -231,6 +245,10 @@ class ApplicationAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None):
         # The name is a URL segment, a database and Redis keys: fixed once created.
         return ["name"] if obj is not None else []
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        apply_worker_events()
+        return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         placements = AppEnvironment.objects.select_related("environment").order_by("environment__name")

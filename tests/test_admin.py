@@ -303,3 +303,25 @@ def test_environment_actions_need_permissions(client):
     post_action(client, "disable_environments", envs)
     post_action(client, "forget_environments", envs)
     assert not Environment.objects.get().enabled  # change allowed, delete still not
+
+
+def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
+    import time
+
+    from apps_registry import command_channel, events
+
+    env = make_envs(1)[0]
+    app = Application.objects.create(name="fresh")
+    AppEnvironment.objects.create(application=app, environment=env, status=AppStatus.STARTING)
+    events._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
+    payload = {"app": "fresh", "env": env.name, "status": "running", "error": "", "at": time.time()}
+    redis_conn.xadd(command_channel.events_stream(), command_channel.encode_event("status", payload))
+    page = admin_client.get(APPS_URL).content.decode()
+    assert 'appsup-running" title="env_0000: running"' in page
+
+
+def test_static_files_are_served(client):
+    css = client.get("/static/apps_registry/admin.css")
+    assert css.status_code == 200
+    assert b".appsup-running" in b"".join(css.streaming_content)
+    assert client.get("/static/admin/css/base.css").status_code == 200
