@@ -661,6 +661,7 @@ class Agent:
                 now = time.monotonic()
                 if registered_for != self.link.generation:
                     self._announce("register")
+                    self.link.ok()
                     registered_for = self.link.generation
                     next_heartbeat = now + self.config.heartbeat_interval
                     for app in self._running_apps():
