@@ -4,8 +4,8 @@
 #   all       (default) prepare, then the role's processes side by side:
 #               supervisor: gunicorn + rqworker app_starts;  worker: gunicorn + run_worker;
 #               standalone: gunicorn
-#   prepare   migrations, static files and (supervisor/standalone) the first admin user;
-#             on Kubernetes run this once per rollout (an init container) instead of in every pod
+#   prepare   migrations, static files and (supervisor/standalone) the first admin user
+#   serve     the role's processes without preparing (Kubernetes runs `prepare` in an init container)
 #   web | queue | agent   one process only, in the foreground (to scale them apart)
 #   anything else         run as a command, e.g. `python manage.py shell`
 set -euo pipefail
@@ -73,16 +73,18 @@ run_together() {
   exit "$(( status == 0 ? 1 : status ))"
 }
 
+serve() {
+  case "$mode" in
+    supervisor) run_together web queue ;;
+    worker) run_together web agent ;;
+    standalone) web ;;
+    *) say "APP_MODE must be supervisor, worker or standalone (got ${mode})"; exit 2 ;;
+  esac
+}
+
 case "$role" in
-  all)
-    prepare
-    case "$mode" in
-      supervisor) run_together web queue ;;
-      worker) run_together web agent ;;
-      standalone) web ;;
-      *) say "APP_MODE must be supervisor, worker or standalone (got ${mode})"; exit 2 ;;
-    esac
-    ;;
+  all) prepare; serve ;;
+  serve) serve ;;
   prepare) prepare ;;
   web) web ;;
   queue) queue ;;
