@@ -129,6 +129,9 @@ class RemoteDiscovery:
         self._key = key
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+        # Set when a write failed (Redis unreachable): the cache may miss a change, so the
+        # next ensure_built() rebuilds it whatever the marker says.
+        self._dirty = False
 
     # Keys
     def _app_key(self, name: str) -> str:
@@ -155,16 +158,27 @@ class RemoteDiscovery:
 
     # Writes (supervisor, after commit)
     def _write(self, ops: Callable[[redis.client.Pipeline], None]) -> None:
-        with self._client().pipeline(transaction=True) as pipe:
-            pipe.exists(self._built)
-            ops(pipe)
-            pipe.incr(self._rev)
-            built = pipe.execute()[0]
+        # Runs after the commit: failing here would turn a saved change into an error page.
+        # The database has it; a rebuild brings the cache back in line once Redis answers.
+        try:
+            with self._client().pipeline(transaction=True) as pipe:
+                pipe.exists(self._built)
+                ops(pipe)
+                pipe.incr(self._rev)
+                built = pipe.execute()[0]
+        except redis.RedisError as error:
+            log.warning("config cache: write failed (%s); rebuilding when Redis answers again", error)
+            self._dirty = True
+            return
         if not built:
             # Redis lost its data: one change alone would leave a partial cache behind, which
             # readers ignore anyway (no marker). Rebuild it all from the database now.
             log.warning("config cache: marker missing on write, rebuilding from the database")
-            self.rebuild()
+            try:
+                self.rebuild()
+            except redis.RedisError as error:
+                log.warning("config cache: rebuild failed (%s); trying again later", error)
+                self._dirty = True
 
     def publish_app_by_pk(self, pk: int) -> None:
         spec = specs.app_spec_by_pk(pk)
@@ -237,12 +251,17 @@ class RemoteDiscovery:
                 return
             # Throttled even when Redis is down, so an outage costs one timeout per interval.
             self._checked_at = time.monotonic()
-            if not self._client().exists(self._built):
-                log.warning("config cache: marker missing (Redis emptied?), rebuilding from the database")
+            dirty = self._dirty
+            if dirty or not self._client().exists(self._built):
+                log.warning(
+                    "config cache: %s, rebuilding from the database",
+                    "a write failed" if dirty else "marker missing (Redis emptied?)",
+                )
                 try:
+                    self._dirty = False
                     self.rebuild()
                 except Exception:
-                    self._checked_at = float("-inf")  # try again on the next call
+                    self._dirty = dirty  # still throttled: an outage costs one try per interval
                     raise
 
     def is_built(self) -> bool:

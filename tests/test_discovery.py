@@ -259,3 +259,30 @@ def test_middleware_rebuilds_a_missing_cache(envs, redis_conn, client, monkeypat
 def test_get_discovery_follows_the_configuration(settings):
     assert isinstance(discovery.get_discovery(), RemoteDiscovery)  # tests run as the supervisor
     assert specs.dumps({"b": 1, "a": [1]}) == '{"a":[1],"b":1}'
+
+
+def test_failed_write_does_not_fail_the_change_and_is_repaired(envs, redis_conn, django_capture_on_commit_callbacks):
+    """Redis unreachable at publish time: the saved change stands, and the next
+    ensure_built() (any request) rebuilds the cache once Redis answers."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.processes import free_port
+
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    current = {"client": dead}
+    remote = RemoteDiscovery(client=lambda: current["client"])
+    current["client"] = redis_client.get()
+    remote.rebuild()
+    current["client"] = dead
+    with django_capture_on_commit_callbacks(execute=False):
+        app = create("offline_edit", envs[:1])
+    remote.publish_app_by_pk(app.pk)  # what dispatch does after the commit: no exception
+    remote.unpublish_environment("env_b")
+    assert Application.objects.filter(name="offline_edit").exists()
+    current["client"] = redis_client.get()
+    assert remote.get_app("offline_edit") is None  # the cache missed it (the marker is still there)
+    remote.ensure_built(force=True)
+    assert remote.get_app("offline_edit")["name"] == "offline_edit"
+    assert remote.get_environment("env_b")["name"] == "env_b"  # the database still has it
