@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ import redis
 from tests import services
 from tests.cluster import worker_environ
 from tests.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
+from worker_agent import local_state
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 ENV = "env_r"
@@ -82,16 +84,26 @@ def test_redis_loss_keeps_apps_serving_and_logs_once(private_worker):
     state["server"].kill()
     state["server"].wait(timeout=10)
     wait_until(lambda: "Redis connection lost" in agent.log(), timeout=10, message="loss logged")
-    time.sleep(3)  # several retries' worth of backoff
-    assert agent.alive()
     assert _status(page) == 200  # web processes read the local state file only
-    assert agent.log().count("Redis connection lost") == 1
+
+    # A crash in the middle of a start, then a restart while Redis is still down: the agent
+    # finishes the start from the local state file alone.
+    agent.kill()
+    local_state.set_status(app, "starting", path=Path(env["APP_STORAGE_DIR"]) / "runtime" / f"{ENV}.json")
+    wait_until(lambda: _status(page) == 503, timeout=5, message="app shown as starting")
+    agent.start()
+    wait_until(lambda: _status(page) == 200, timeout=30, message="interrupted start resumed without Redis")
+    time.sleep(2)  # a few retries (backoff 0.25, 0.5, 1 s) with Redis still gone
+    assert agent.alive()
+    this_life = agent.log().split("agent for environment env_r starting")[-1]
+    assert "resuming the interrupted start of " + app in this_life
+    assert this_life.count("Redis connection lost") == 1
     assert "Traceback" not in agent.log()
 
     state["server"] = _redis_server(state["port"], state["tmp"])  # back, and empty
     wait_until(lambda: client.zscore(seen_key, ENV), timeout=20, interval=0.1, message="registered again")
     wait_until(lambda: "Redis connection restored" in agent.log(), timeout=10, message="restore logged")
-    assert agent.log().count("Redis connection restored") == 1
+    assert agent.log().split("agent for environment env_r starting")[-1].count("Redis connection restored") == 1
     registrations = [
         json.loads(fields["data"])
         for _, fields in client.xrange(f"{env['APP_REDIS_PREFIX']}:events")

@@ -209,6 +209,12 @@ class AppLanes:
 
 
 @dataclasses.dataclass
+class _Resume:
+    app: str
+    spec: dict | None
+
+
+@dataclasses.dataclass
 class Converge:
     """A reconciliation step for one app, run in the app's lane like a command."""
 
@@ -574,6 +580,8 @@ class Agent:
         try:
             if isinstance(task, Converge):
                 self._converge(task)
+            elif isinstance(task, _Resume):
+                self._resume(task)
             else:
                 self._run_command(task)
         finally:
@@ -624,6 +632,30 @@ class Agent:
             desired = self._desired(spec)
             if desired != (name in running) and not self.lanes.queued(name):
                 self.lanes.submit(name, Converge(name, desired))
+
+    def _resume_interrupted(self) -> None:
+        """Finish what a crash (SIGKILL) interrupted, from the local state file alone, so it
+        works while Redis is down: a start in progress is started again, a stop finished."""
+        from worker_agent import local_state
+
+        for name, entry in self._runtime().app_statuses().items():
+            if entry.get("status") == "starting":
+                spec = (local_state.app_entry(name) or {}).get("spec")
+                if isinstance(spec, dict) and spec.get("name") == name:
+                    log.info("resuming the interrupted start of %s", name)
+                    self.lanes.submit(name, _Resume(name, spec))
+            elif entry.get("status") == "stopping":
+                log.info("finishing the interrupted stop of %s", name)
+                self.lanes.submit(name, _Resume(name, None))
+
+    def _resume(self, task: _Resume) -> None:
+        try:
+            if task.spec is None:
+                self._stop(task.app)
+            else:
+                self._start(task.app, task.spec)
+        except Exception as error:  # reported as the app's error status by _start
+            log.warning("resuming %s failed: %s", task.app, error)
 
     def _converge(self, task: Converge) -> None:
         """Re-check against fresh state when the lane gets to it, then act."""
@@ -699,6 +731,10 @@ class Agent:
             self.version,
             self.config.command_concurrency,
         )
+        try:
+            self._resume_interrupted()
+        except Exception:
+            log.exception("cannot read the local state to resume interrupted work")
         lease = threading.Thread(target=self._lease_loop, name="lease", daemon=True)
         lease.start()
         delay = BACKOFF_FIRST
