@@ -163,34 +163,9 @@ class RegistryCollector:
 
 
 def _environment_statuses(envs: list) -> dict[str, tuple[str, object]]:
-    """Status and last-seen time per environment: the liveness module when it is there,
-    else the database's last heartbeat with the same thresholds."""
-    try:
-        from apps_registry.liveness import environment_statuses
-    except ImportError:
-        environment_statuses = None
-    if environment_statuses is not None:
-        return environment_statuses(envs)
-    from django.conf import settings
-    from django.utils import timezone
+    from apps_registry.liveness import environment_statuses
 
-    config = settings.APP_CONFIG
-    now = timezone.now()
-    result = {}
-    for env in envs:
-        seen = env.last_heartbeat
-        if env.stopped_at and (seen is None or seen <= env.stopped_at):
-            result[env.name] = ("stopped", seen)
-            continue
-        age = (now - seen).total_seconds() if seen else None
-        if age is None or age > config.offline_after:
-            status = "offline" if seen else "unknown"
-        elif age <= 2 * config.lease_interval:
-            status = "online"
-        else:
-            status = "unknown"
-        result[env.name] = (status, seen)
-    return result
+    return environment_statuses(envs)
 
 
 def _queue_jobs() -> int | None:

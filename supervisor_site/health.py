@@ -33,8 +33,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def _metrics_allowed(request: HttpRequest) -> bool:
-    """A bearer token equal to METRICS_TOKEN, or a peer address in METRICS_ALLOWED_IPS.
-    The peer is the TCP peer (REMOTE_ADDR), never a forwarded header a client can write."""
+    """A bearer token equal to METRICS_TOKEN, or a client address in METRICS_ALLOWED_IPS.
+    The address is REMOTE_ADDR, which X-Forwarded-For replaces only when the TCP peer is in
+    TRUSTED_PROXY_IPS (worker_agent.forwarded), so a client cannot write its way in."""
     config = settings.APP_CONFIG
     header = request.headers.get("Authorization", "")
     offered = header[7:].strip() if header.startswith("Bearer ") else ""
