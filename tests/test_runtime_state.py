@@ -45,6 +45,15 @@ def test_concurrent_writers_lose_nothing(state_file):
     assert sorted(local_state.read_apps(state_file)) == sorted(f"app{i}" for i in range(20))
 
 
+def test_broken_state_file_serves_nothing_and_is_never_overwritten(state_file):
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("{not json")
+    assert local_state.read_apps(state_file) == {}
+    with pytest.raises(local_state.StateFileError, match="not valid JSON"):
+        local_state.set_status("crm", "running", path=state_file)
+    assert state_file.read_text() == "{not json"
+
+
 def test_refused_specs_say_why():
     with pytest.raises(runtime.AppStartError, match="invalid app name"):
         runtime.start_app({"name": "../etc", "options": {}})
@@ -70,7 +79,13 @@ def test_start_stop_remove_in_process(django_db_blocker):
         runtime.start_app(spec)
         assert _database_exists(db_name)
         assert runtime.running_apps()["inproc"]["generation"] == 1
-        runtime.start_app({**spec, "generation": 2})
+        seen = []
+        runtime.add_status_listener(lambda *args: seen.append(args))
+        try:
+            runtime.start_app({**spec, "generation": 2})  # a running app is never shown "starting"
+        finally:
+            runtime._listeners.clear()
+        assert seen == [("inproc", "running", "")]
         records = app_databases.initialisations("app:inproc")
         assert [r["first"] for r in records] == [True, False]
         assert records[0]["migrations_applied"] > 0 and records[1]["migrations_applied"] == 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("stopped", "starting", "running", "stopping", "error")
 FORMAT_VERSION = 1
@@ -51,13 +54,21 @@ def _stat_key(path: Path) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+class StateFileError(Exception):
+    """The state file exists but cannot be parsed; writers refuse to overwrite it."""
+
+
 def _load(path: Path) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except ValueError as error:
+        raise StateFileError(f"runtime state file {path} is not valid JSON ({error}); fix or delete it") from None
     apps = data.get("apps") if isinstance(data, dict) else None
-    return apps if isinstance(apps, dict) else {}
+    if not isinstance(apps, dict):
+        raise StateFileError(f"runtime state file {path} has no 'apps' object; fix or delete it")
+    return apps
 
 
 def read_apps(path: Path | None = None) -> dict[str, dict]:
@@ -70,7 +81,13 @@ def read_apps(path: Path | None = None) -> dict[str, dict]:
     if cached and cached[0] == stat_key and now - cached[1] < MAX_CACHE_AGE:
         return cached[2]
     with _cache_lock:
-        apps = _load(path) if stat_key is not None else {}
+        try:
+            apps = _load(path) if stat_key is not None else {}
+        except StateFileError as error:
+            # Serve nothing rather than fail every request; say why once per change.
+            if not cached or cached[0] != stat_key:
+                log.error("%s", error)
+            apps = {}
         _cache[key] = (stat_key, now, apps)
     return apps
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 
@@ -57,6 +58,16 @@ def _app_lock(name: str) -> threading.Lock:
         return _app_locks.setdefault(name, threading.Lock())
 
 
+@contextmanager
+def _app_operation(name: str) -> Iterator[None]:
+    """One operation on ``name`` at a time in this process; a broken state file is an AppStartError."""
+    with _app_lock(name):
+        try:
+            yield
+        except local_state.StateFileError as error:
+            raise AppStartError(str(error)) from None
+
+
 def _checked_name(name: object) -> str:
     if not is_valid_name(name):
         raise AppStartError(f"invalid app name {name!r}")
@@ -77,8 +88,13 @@ def start_app(spec: dict) -> None:
     if not isinstance(spec, dict):
         raise AppStartError("app spec must be an object")
     name = _checked_name(spec.get("name"))
-    with _app_lock(name):
-        _record(name, "starting", spec=spec)
+    with _app_operation(name):
+        # A start of a running app (a repeated command, reconciliation) keeps serving it
+        # while it checks for new migrations, rather than flashing 503 "starting".
+        if local_state.app_status(name) == "running":
+            local_state.set_status(name, "running", spec=spec)
+        else:
+            _record(name, "starting", spec=spec)
         try:
             options = spec.get("options") or {}
             modules = app_databases.modules_of(spec)
@@ -109,7 +125,7 @@ def start_app(spec: dict) -> None:
 def stop_app(name: str) -> None:
     """Stop serving the app here; its data stays. Stopping an unknown app is a no-op."""
     name = _checked_name(name)
-    with _app_lock(name):
+    with _app_operation(name):
         if local_state.app_entry(name) is None:
             return
         _record(name, "stopping")
@@ -120,7 +136,7 @@ def stop_app(name: str) -> None:
 def remove_app(name: str, drop_data: bool = False) -> None:
     """Stop the app and forget it here; with ``drop_data`` also delete its database and files."""
     name = _checked_name(name)
-    with _app_lock(name):
+    with _app_operation(name):
         entry = local_state.app_entry(name)
         if entry is not None and entry.get("status") not in ("stopped", "error"):
             _record(name, "stopping")

@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 runtime.start_app(self._spec(name, opts))
         except runtime.AppStartError as error:
             raise CommandError(str(error)) from None
-        status = local_state.app_status(name) or "removed"
+        status = local_state.app_status(name) or "not hosted here"
         self.stdout.write(f"{name}: {status}")
 
     def _spec(self, name: str, opts: dict) -> dict:
