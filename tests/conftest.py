@@ -10,6 +10,8 @@ from tests.cluster import cluster, cluster_logs  # noqa: F401  (real-process fix
 @pytest.fixture(scope="session", autouse=True)
 def _owned_services(django_db_blocker):
     services.claim_redis_db()
+    # whitenoise warns on every client when STATIC_ROOT is missing (files come from finders).
+    (services.storage_dir() / "static").mkdir(parents=True, exist_ok=True)
     yield
     services.release_redis_db()
     services.drop_run_databases()
