@@ -16,7 +16,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
@@ -209,13 +210,18 @@ class ApplicationForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         app = self.instance
+        placed = list(app.placements.values_list("environment_id", flat=True)) if app.pk else []
+        # A disabled environment takes no new apps, but stays listed where the app already is.
+        self.fields["target_environments"].queryset = Environment.objects.filter(Q(enabled=True) | Q(pk__in=placed))
         if app.pk:
-            self.fields["target_environments"].initial = list(app.placements.values_list("environment_id", flat=True))
+            self.fields["target_environments"].initial = placed
             self.fields["modules"].initial = app.modules
             self.fields["start_mode"].initial = app.start_mode
 
     def clean_admin_username(self) -> str:
-        return (self.cleaned_data.get("admin_username") or "admin").strip()
+        username = (self.cleaned_data.get("admin_username") or "admin").strip()
+        UnicodeUsernameValidator()(username)
+        return username
 
 
 @admin.register(Application)

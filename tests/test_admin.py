@@ -325,3 +325,30 @@ def test_static_files_are_served(client):
     assert css.status_code == 200
     assert b".appsup-running" in b"".join(css.streaming_content)
     assert client.get("/static/admin/css/base.css").status_code == 200
+
+
+def test_disabled_environment_takes_no_new_apps(admin_client):
+    envs = make_envs(2)
+    Environment.objects.filter(pk=envs[1].pk).update(enabled=False)
+    page = admin_client.get(APPS_URL + "add/").content.decode()
+    assert "env_0000" in page and "env_0001" not in page
+    response = admin_client.post(
+        APPS_URL + "add/", {"name": "nope", "target_environments": [envs[1].pk], "start_mode": "manual"}
+    )
+    assert response.status_code == 200 and not Application.objects.exists()
+    # Already placed there: it stays listed (and selected) on the edit page.
+    app = Application.objects.create(name="placed")
+    AppEnvironment.objects.create(application=app, environment=envs[1])
+    page = admin_client.get(f"{APPS_URL}{app.pk}/change/").content.decode()
+    assert re.search(rf'value="{envs[1].pk}"[^>]*checked', page)
+
+
+def test_bad_admin_username_is_refused(admin_client):
+    env = make_envs(1)[0]
+    response = admin_client.post(
+        APPS_URL + "add/",
+        {"name": "crm", "target_environments": [env.pk], "start_mode": "manual", "admin_username": "bad name!"},
+    )
+    assert response.status_code == 200
+    assert "Enter a valid username" in response.content.decode()
+    assert not Application.objects.exists()
