@@ -24,6 +24,7 @@ the supervisor gunicorn and in-process code share the ``supervisor`` consumer gr
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -207,10 +208,17 @@ class Cluster:
             parts.append(f"----- {process.name} ({process.log_path}) -----\n{tail}")
         return "\n".join(parts)
 
-    def stop(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-        self.supervisor.stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process at once, then wait; SIGKILL what is still there."""
+        processes = [p for p in self.processes() if p.alive()]
+        for process in processes:
+            process.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            try:
+                process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 @pytest.fixture(scope="session")
