@@ -113,3 +113,11 @@ def test_plain_password_is_refused(django_db_blocker):
             runtime.start_app(spec)
         assert local_state.app_entry("plainpw")["status"] == "error"
         runtime.remove_app("plainpw", drop_data=True)
+
+
+def test_supervisor_database_has_no_app_tables(db):
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = {row[0] for row in cursor.fetchall()}
+    assert "apps_registry_application" in tables
+    assert not {t for t in tables if t.startswith(("contacts_", "tasks_", "appsup_"))}
