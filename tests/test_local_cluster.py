@@ -128,6 +128,13 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
             with browser.open(f"{sup}/apps/demo/admin/?env={env_name}", timeout=10) as response:
                 assert "/apps/demo/admin/login/" in response.url
                 assert b'name="password"' in response.read()
+        # The proxy's histogram, observed in a gunicorn worker, is in the supervisor's scrape.
+        with urllib.request.urlopen(f"{sup}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert re.search(
+            r'appsup_proxy_request_duration_seconds_count\{app="demo",environment="env_a",status_class="2xx"\} [1-9]',
+            body,
+        ), body[-3000:]
     finally:
         if popen.poll() is None:
             os.killpg(popen.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
