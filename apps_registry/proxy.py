@@ -142,7 +142,7 @@ class AppProxyView(ProxyView):
         if request.path_info == f"/apps/{name}":
             query = request.META.get("QUERY_STRING", "")
             return HttpResponseRedirect(f"/apps/{name}/" + (f"?{proxy_routing.safe_query(query)}" if query else ""))
-        route = proxy_routing.load_route(name)
+        route = proxy_routing.route_for(name)
         if route is None:
             return proxy_pages.not_found(request, name)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import string
+import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db.models import F
 
 from apps_registry import liveness
@@ -136,6 +138,30 @@ _ROW_FIELDS = (
     "e_last_heartbeat",
     "e_stopped_at",
 )
+
+
+# name -> (expires at, route). Only apps that exist are kept, and at most _CACHE_MAX of them,
+# so scanning random names cannot grow it.
+_cache: dict[str, tuple[float, AppRoute]] = {}
+_CACHE_MAX = 1024
+
+
+def route_for(name: str) -> AppRoute | None:
+    """``load_route`` behind a short per-process cache (PROXY_ROUTE_CACHE_SECONDS): a burst of
+    requests for one page (its HTML, then its scripts and images) reads the registry once."""
+    ttl = settings.APP_CONFIG.proxy_route_cache_seconds
+    if ttl <= 0:
+        return load_route(name)
+    now = time.monotonic()
+    cached = _cache.get(name)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    route = load_route(name)
+    if route is not None:
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[name] = (now + ttl, route)
+    return route
 
 
 def load_route(name: str) -> AppRoute | None:

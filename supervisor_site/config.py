@@ -79,6 +79,7 @@ class Config:
     proxy_read_timeout: float
     proxy_pool_size: int
     proxy_max_upload_bytes: int
+    proxy_route_cache_seconds: float
     trusted_proxies: list[str]
     metrics_token: str
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -208,9 +209,9 @@ def _database(read: _Reader, storage_dir: Path) -> DatabaseConfig:
     )
 
 
-def _networks(read: _Reader, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(read: _Reader, name: str, default: str = "") -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
-    for item in read.csv(name, ""):
+    for item in read.csv(name, default):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
@@ -327,7 +328,8 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         proxy_read_timeout=read.seconds("PROXY_READ_TIMEOUT", 30.0),
         proxy_pool_size=read.integer("PROXY_POOL_SIZE", 16, minimum=1, maximum=1024),
         proxy_max_upload_bytes=read.integer("PROXY_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024),
-        trusted_proxies=read.csv("TRUSTED_PROXY_IPS", "127.0.0.1,::1"),
+        proxy_route_cache_seconds=read.seconds("PROXY_ROUTE_CACHE_SECONDS", 1.0, minimum=0.0),
+        trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
         metrics_token=read.raw("METRICS_TOKEN"),
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
