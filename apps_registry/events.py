@@ -158,16 +158,19 @@ def ingest(limit: int = 1000) -> int:
         log.info("event ingest: Redis reachable again")
         _redis_down = False
     done = []
-    for entry_id, fields in entries:
-        if fields is None:  # trimmed away while pending
+    # One transaction for the batch (one commit), a savepoint per event (one bad event
+    # rolls back alone).
+    with transaction.atomic():
+        for entry_id, fields in entries:
+            if fields is None:  # trimmed away while pending
+                done.append(entry_id)
+                continue
+            try:
+                with transaction.atomic():
+                    apply_event(fields)
+            except Exception:  # a bad event is logged and dropped, never blocks the others
+                log.exception("event ingest: dropping event %s %r", entry_id, fields)
             done.append(entry_id)
-            continue
-        try:
-            with transaction.atomic():
-                apply_event(fields)
-        except Exception:  # a bad event is logged and dropped, never blocks the others
-            log.exception("event ingest: dropping event %s %r", entry_id, fields)
-        done.append(entry_id)
     if done:
         client.xack(stream, command_channel.SUPERVISOR_GROUP, *done)
     return len(entries)
