@@ -346,9 +346,14 @@ class Cluster:
             for role, port in list(pending.items()):
                 if http_ok(f"http://127.0.0.1:{port}/healthz"):
                     del pending[role]
-            if self.crashed():
+            child = self.crashed()
+            if child is not None:
+                assert child.popen is not None
+                self.out.say(f"{child.name} exited with status {child.popen.returncode} before the cluster was ready")
                 return False
             time.sleep(0.1)
+        if pending and not self.stopping.is_set():
+            self.out.say(f"not answering on /healthz after {READY_TIMEOUT_SECONDS:g} s: {', '.join(sorted(pending))}")
         return not pending
 
     def crashed(self) -> Child | None:
@@ -400,6 +405,12 @@ class Cluster:
                 base,
             )
             self.spawn(redis)
+            deadline = time.monotonic() + 15
+            while not redis_pong(self.redis_port):
+                if redis.popen.poll() is not None or time.monotonic() > deadline:
+                    self.out.say(f"Redis did not start on 127.0.0.1:{self.redis_port}; see the redis lines above")
+                    return 1
+                time.sleep(0.05)
 
         # Migrations of the three databases run side by side; each is a no-op on a second run.
         results: dict[str, int] = {}
