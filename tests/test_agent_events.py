@@ -1,0 +1,53 @@
+"""Supervisor-side ingest of worker events (in-process, real Redis and PostgreSQL)."""
+
+import time
+
+import pytest
+
+from apps_registry import actions, command_channel, events, redis_client
+from apps_registry.models import AppEnvironment, AuditEntry, Environment
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def emit(event_type: str, **payload) -> str:
+    return redis_client.commands().xadd(
+        command_channel.events_stream(), command_channel.encode_event(event_type, payload)
+    )
+
+
+def test_registration_statuses_acks_and_bad_events(redis_conn):
+    now = time.time()
+    emit(
+        "register", env="env_x", url="http://127.0.0.1:9", version="1.2", host="h", pid=42, apps_running=["crm"], at=now
+    )
+    redis_conn.xadd(command_channel.events_stream(), {"type": "status", "data": "{not json"})
+    emit("teleport", env="env_x")
+    emit("status", app="../x", env="env_x", status="running", at=now)
+    assert events.ingest() == 4
+    env = Environment.objects.get(name="env_x")
+    assert (env.url, env.version, env.pid, env.apps_running) == ("http://127.0.0.1:9", "1.2", 42, ["crm"])
+
+    app = actions.create_application(name="crm", environments=[env])
+    request_id = actions.request_stop(app)
+    # Out of order: the newer "stopped" is applied first; the older "stopping" must not win.
+    emit("status", app="crm", env="env_x", status="stopped", at=time.time() + 1)
+    emit("status", app="crm", env="env_x", status="stopping", at=time.time())
+    emit("ack", id="c1", env="env_x", result="ok", request_id=request_id, app="crm", action="stop")
+    events.ingest()
+    assert AppEnvironment.objects.get(application=app).status == "stopped"
+    assert AuditEntry.objects.get(request_id=request_id).result == "ok"
+
+    failed = actions.request_stop(app)
+    emit("ack", id="c2", env="env_x", result="expired", request_id=failed, app="crm", action="stop")
+    events.ingest()
+    entry = AuditEntry.objects.get(request_id=failed)
+    assert entry.result == "error" and "expired" in entry.error
+
+    # A heartbeat older than a deregistration does not bring the environment back.
+    emit("deregister", env="env_x", at=time.time())
+    emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time() - 5)
+    events.ingest()
+    assert Environment.objects.get(name="env_x").stopped_at is not None
+    pending = redis_conn.xpending(command_channel.events_stream(), command_channel.SUPERVISOR_GROUP)
+    assert pending["pending"] == 0
