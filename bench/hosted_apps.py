@@ -1,8 +1,9 @@
 """One worker hosting many started apps: resident memory per app and a cold app's first request.
 
-    .venv/bin/python bench/hosted_apps.py [--apps 200] [--threads 4]
+    .venv/bin/python bench/hosted_apps.py [--apps 200] [--threads 4] [--dialect sqlite|postgres]
 
-What it does: starts N apps (SQLite, one file each, modules contacts + tasks) with the runtime
+What it does: starts N apps (SQLite, one file each, or one PostgreSQL database each on the
+loopback server, user postgres; modules contacts + tasks) with the runtime
 API in this process (as the agent would), then boots one gunicorn worker process
 (APP_MODE=worker, 1 process x 4 threads) and
   1. measures its RSS with no app served yet (baseline),
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--apps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=4, help="parallel starts while initialising")
+    parser.add_argument("--dialect", choices=("sqlite", "postgres"), default="sqlite")
     args = parser.parse_args()
 
     storage = Path(tempfile.mkdtemp(prefix="bench-hosted-"))
@@ -67,7 +69,7 @@ def main() -> None:
         "APP_MODE": "worker",
         "SECRET_KEY": "bench-secret-key-not-for-production",
         "ALLOWED_HOSTS": "*",
-        "DB_DIALECT": "sqlite",
+        "DB_DIALECT": args.dialect,
         "APP_STORAGE_DIR": str(storage),
         "APP_SUPERVISOR_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"),
         "APP_REDIS_PREFIX": f"bench{os.getpid()}",
@@ -75,7 +77,31 @@ def main() -> None:
         "ENVIRONMENT_URL": f"http://127.0.0.1:{port}",
         "LOG_LEVEL": "WARNING",
     }
+    prefix = f"bench{os.getpid()}_"
+    if args.dialect == "postgres":
+        env.update(DB_HOST="127.0.0.1", DB_USER="postgres", DB_DATABASE=f"{prefix}worker", APP_DB_PREFIX=prefix)
+        with pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{prefix}worker"')
     os.environ.update(env)
+    try:
+        run(args, env, port, storage)
+    finally:
+        if args.dialect == "postgres":
+            with pg_admin() as conn:
+                for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)):
+                    conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        import shutil
+
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def pg_admin():
+    import psycopg
+
+    return psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True)
+
+
+def run(args: argparse.Namespace, env: dict[str, str], port: int, storage: Path) -> None:
     import django
 
     django.setup()
@@ -116,7 +142,7 @@ def main() -> None:
         web.stop()
     summary = {
         "apps": args.apps,
-        "database": "sqlite (one file per app)",
+        "database": "sqlite (one file per app)" if args.dialect == "sqlite" else "postgresql (one database per app)",
         "initialise_all_s": round(init_seconds, 1),
         "initialise_per_app_ms": round(init_seconds / args.apps * 1000, 1),
         "rss_baseline_mb": round(baseline, 1),
@@ -132,9 +158,6 @@ def main() -> None:
         "warm_request_ms": {"p50": round(statistics.median(warm), 1), "p99": round(percentile(warm, 99), 1)},
     }
     print(json.dumps(summary, indent=2))
-    import shutil
-
-    shutil.rmtree(storage, ignore_errors=True)
 
 
 if __name__ == "__main__":

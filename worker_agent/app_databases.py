@@ -113,11 +113,24 @@ def describe(name: str, options: dict | None = None) -> AppDatabase:
 def register(db: AppDatabase, modules: frozenset[str]) -> None:
     """Make ``db.alias`` usable through ``django.db.connections`` in this process."""
     current = connections.settings.get(db.alias)
-    if current != db.settings:
-        if current is not None:
-            close(db.alias)
+    if current is None:
         connections.settings[db.alias] = copy.deepcopy(db.settings)
+    elif current != db.settings:
+        # In place: every thread's connection object for the alias shares this dict.
+        close(db.alias)
+        current.clear()
+        current.update(copy.deepcopy(db.settings))
     set_enabled_modules(db.alias, modules)
+
+
+def unregister(alias: str) -> None:
+    """Let go of a removed app's database in this process.
+
+    The alias' settings stay: connection objects of other threads keep a reference to that
+    dict, and ``register`` updates it in place, so none of them can connect with stale settings.
+    """
+    close(alias)
+    forget_cached_ids(alias)
 
 
 def close(alias: str) -> None:

@@ -149,6 +149,7 @@ def remove_app(name: str, drop_data: bool = False) -> None:
             except app_databases.DatabaseError as error:
                 raise AppStartError(str(error)) from None
         local_state.forget(name)
+        app_databases.unregister(alias_for(name))
         log.info("app %s removed%s", name, " with its data" if drop_data else "")
 
 
