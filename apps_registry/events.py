@@ -15,6 +15,7 @@ import socket
 import time
 
 import redis
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -33,6 +34,10 @@ _last_claim = 0.0
 _redis_down = False
 
 
+def _group() -> str:
+    return settings.APP_CONFIG.events_group
+
+
 def _consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -41,7 +46,7 @@ def _ensure_group(client: redis.Redis, stream: str) -> None:
     if stream in _group_ready:
         return
     try:
-        client.xgroup_create(stream, command_channel.SUPERVISOR_GROUP, id="0", mkstream=True)
+        client.xgroup_create(stream, _group(), id="0", mkstream=True)
     except redis.ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise
@@ -125,9 +130,7 @@ def _claim_stale(client: redis.Redis, stream: str, limit: int) -> list:
     if now - _last_claim < _CLAIM_EVERY:
         return []
     _last_claim = now
-    reply = client.xautoclaim(
-        stream, command_channel.SUPERVISOR_GROUP, _consumer(), min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=limit
-    )
+    reply = client.xautoclaim(stream, _group(), _consumer(), min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=limit)
     return reply[1] if reply else []
 
 
@@ -139,9 +142,7 @@ def ingest(limit: int = 1000) -> int:
     try:
         _ensure_group(client, stream)
         entries = list(_claim_stale(client, stream, limit))
-        reply = client.xreadgroup(
-            command_channel.SUPERVISOR_GROUP, _consumer(), {stream: ">"}, count=max(1, limit - len(entries))
-        )
+        reply = client.xreadgroup(_group(), _consumer(), {stream: ">"}, count=max(1, limit - len(entries)))
         for _name, items in reply or []:
             entries.extend(items)
     except redis.ResponseError as error:
@@ -172,5 +173,5 @@ def ingest(limit: int = 1000) -> int:
                 log.exception("event ingest: dropping event %s %r", entry_id, fields)
             done.append(entry_id)
     if done:
-        client.xack(stream, command_channel.SUPERVISOR_GROUP, *done)
+        client.xack(stream, _group(), *done)
     return len(entries)

@@ -75,6 +75,7 @@ class Config:
     start_timeout: float
     start_lock_ttl: float
     reconcile_interval: float
+    events_group: str
     proxy_connect_timeout: float
     proxy_read_timeout: float
     proxy_pool_size: int
@@ -324,6 +325,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         start_timeout=read.seconds("APP_START_TIMEOUT", 120.0),
         start_lock_ttl=read.seconds("APP_START_LOCK_TTL", 15.0, minimum=1.0),
         reconcile_interval=read.seconds("APP_RECONCILE_INTERVAL", 30.0),
+        events_group=read.identifier("APP_EVENTS_GROUP", default="supervisor"),
         proxy_connect_timeout=read.seconds("PROXY_CONNECT_TIMEOUT", 3.0),
         proxy_read_timeout=read.seconds("PROXY_READ_TIMEOUT", 30.0),
         proxy_pool_size=read.integer("PROXY_POOL_SIZE", 16, minimum=1, maximum=1024),

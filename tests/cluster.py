@@ -16,9 +16,13 @@ PostgreSQL server for every worker, so an app placed on both environments shares
 Short liveness settings: lease 0.5 s, offline after 3 s, heartbeat every 5 s.
 
 The in-process test settings (tests/settings.py) use the same Redis database and key prefix,
-so a test can act as the supervisor itself (actions → commands → events.ingest()). Note that
-the supervisor gunicorn and in-process code share the ``supervisor`` consumer group on
-``P:events``: an event is applied by whichever ingests it first, into its own database.
+so a test can act as the supervisor itself (actions → commands → events.ingest()). The
+supervisor gunicorn reads the workers' events through its own consumer group
+(APP_EVENTS_GROUP=supervisor_cluster), so it and in-process code each see every event.
+
+Reconciliation runs every 2 s on the workers: an app whose cached spec says
+``desired_running: false`` for an environment is stopped there, so start registry apps
+through requests/commands rather than ``manage.py host_app``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ def supervisor_environ() -> dict[str, str]:
         **services.supervisor_test_environ(),
         "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
         "DB_DATABASE": f"{services.RUN_ID}_supervisor_cluster",
+        # Its own consumer group: it and in-process tests (another database) each see every event.
+        "APP_EVENTS_GROUP": "supervisor_cluster",
         "APP_STORAGE_DIR": str(services.storage_dir() / "supervisor"),
         "APP_LEASE_INTERVAL": str(LEASE_INTERVAL),
         "APP_OFFLINE_AFTER": str(OFFLINE_AFTER),

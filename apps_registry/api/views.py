@@ -107,7 +107,19 @@ def _body(request: HttpRequest) -> dict:
         raise ApiError(400, errors={"body": [f"malformed JSON: {error}"]}) from None
     if not isinstance(data, dict):
         raise ApiError(400, errors={"body": ["the body must be a JSON object"]})
+    if _has_nul(data):  # PostgreSQL refuses NUL in text and JSON: a 400 here, not a 500 later
+        raise ApiError(400, errors={"body": ["text must not contain NUL (\\u0000) characters"]})
     return data
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _unknown_fields(data: dict, allowed: set[str], errors: dict[str, list[str]]) -> None:
