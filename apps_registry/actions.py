@@ -422,3 +422,11 @@ def interrupt_starts(app_name: str, environment_names: Sequence[str], *, before:
             via="queue",
         )
     return updated
+
+
+def close_start_request(request_id: str, *, error: str = "") -> None:
+    """The start job's verdict on its request, once it has seen every environment settle. It
+    overrides an earlier close by one environment's acknowledgement (which sees only itself)."""
+    AuditEntry.objects.filter(request_id=request_id, action="start").update(
+        result=AuditEntry.Result.ERROR if error else AuditEntry.Result.OK, error=error
+    )

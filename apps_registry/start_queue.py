@@ -246,7 +246,7 @@ class StartJob:
             error = self._start_one(env)
             if error:
                 errors.append(f"{env}: {error}")
-        actions.finish_request(self.request_id, error="; ".join(errors))
+        actions.close_start_request(self.request_id, error="; ".join(errors))
         return "error" if errors else "ok"
 
     def _start_one(self, env: str) -> str | None:

@@ -141,6 +141,7 @@ def test_create_with_start_queues_a_start(admin_api, envs, django_capture_on_com
     assert start_queue.job_id("quick", generation) in start_queue.get_queue().get_job_ids()
     assert start_queue.queue_positions()["quick"] >= 1
     assert AuditEntry.objects.get(request_id=body["request_id"]).result == "pending"
+    start_queue.get_queue().empty()  # the app exists only in this test's transaction
 
 
 @pytest.mark.parametrize(

@@ -204,6 +204,7 @@ def _environment_json(envs: list[Environment]) -> list[dict]:
 @endpoint("GET")
 def environments(request: HttpRequest) -> HttpResponse:
     _require(request, "apps_registry.view_environment")
+    _ingest()  # registrations create environments
     return _json({"environments": _environment_json(list(Environment.objects.order_by("name")))})
 
 
@@ -328,6 +329,7 @@ def _validate_create(data: dict) -> tuple[dict, dict[str, list[str]]]:
 def _create(request: HttpRequest) -> HttpResponse:
     _require(request, "apps_registry.add_application")
     data = _body(request)
+    _ingest()  # an environment that just registered may be named
     clean, errors = _validate_create(data)
     if errors:
         raise ApiError(400, errors=errors)
