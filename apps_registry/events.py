@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps_registry import actions, command_channel, redis_client
+from apps_registry import actions, command_channel, metrics, redis_client
 from apps_registry.models import AppStatus, Environment
 from apps_registry.names import is_valid_name
 
@@ -88,12 +88,23 @@ def _apply_status(payload: dict) -> None:
     actions.record_app_status(app, env, status, error=str(payload.get("error") or ""), at=_when(payload))
 
 
+def _observe_round_trip(payload: dict, env: str) -> None:
+    try:
+        seconds = max(0.0, float(payload["at"]) - float(payload["issued_at"]))
+    except (KeyError, TypeError, ValueError):
+        return
+    action = payload.get("action") if payload.get("action") in command_channel.ACTIONS else "invalid"
+    result = payload.get("result") if payload.get("result") in command_channel.RESULTS else "error"
+    metrics.observe_command_round_trip(action, env if is_valid_name(env) else "invalid", result, seconds)
+
+
 def _apply_ack(payload: dict) -> None:
     request_id = str(payload.get("request_id") or "")
     result = payload.get("result")
+    env = payload.get("env", "?")
+    _observe_round_trip(payload, str(env))
     if not request_id:
         return
-    env = payload.get("env", "?")
     if result == "ok":
         actions.finish_request(request_id)
     elif result == "superseded":

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from apps_registry import actions, command_channel, events, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
@@ -13,6 +14,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def emit(event_type: str, **payload) -> str:
     return redis_client.commands().xadd(
         command_channel.events_stream(), command_channel.encode_event(event_type, payload)
+    )
+
+
+def round_trips(action: str, result: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "appsup_command_round_trip_seconds_count", {"action": action, "environment": "env_x", "result": result}
+        )
+        or 0.0
     )
 
 
@@ -29,14 +39,27 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     assert (env.url, env.version, env.pid, env.apps_running) == ("http://127.0.0.1:9", "1.2", 42, ["crm"])
 
     app = actions.create_application(name="crm", environments=[env])
+    before = round_trips("stop", "ok")
     request_id = actions.request_stop(app)
     # Out of order: the newer "stopped" is applied first; the older "stopping" must not win.
     emit("status", app="crm", env="env_x", status="stopped", at=time.time() + 1)
     emit("status", app="crm", env="env_x", status="stopping", at=time.time())
-    emit("ack", id="c1", env="env_x", result="ok", request_id=request_id, app="crm", action="stop")
+    sent = time.time()
+    emit(
+        "ack",
+        id="c1",
+        env="env_x",
+        result="ok",
+        request_id=request_id,
+        app="crm",
+        action="stop",
+        issued_at=sent - 0.004,
+        at=sent,
+    )
     events.ingest()
     assert AppEnvironment.objects.get(application=app).status == "stopped"
     assert AuditEntry.objects.get(request_id=request_id).result == "ok"
+    assert round_trips("stop", "ok") == before + 1
 
     failed = actions.request_stop(app)
     emit("ack", id="c2", env="env_x", result="expired", request_id=failed, app="crm", action="stop")

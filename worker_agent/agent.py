@@ -508,6 +508,7 @@ class Agent:
             app=command.app,
             action=command.action,
             generation=command.generation,
+            issued_at=command.issued_at,
         )
         with self._track_lock:
             self._inflight.discard(command.id)
