@@ -43,9 +43,9 @@ READ_COUNT = 100
 CLAIM_IDLE_MS = 60_000
 BACKOFF_FIRST = 0.25
 BACKOFF_CAP = 5.0
-# On SIGTERM, commands already running get this long to finish before the agent exits
-# anyway (an unfinished command stays pending and runs again at the next start).
-SHUTDOWN_GRACE = 20.0
+# On SIGTERM, commands already running get this long to finish before the agent exits (under
+# the usual 10 s stop grace of Docker); an unfinished command stays pending and runs again.
+SHUTDOWN_GRACE = 8.0
 # Processed command ids remembered in memory (Redis remembers them longer).
 DONE_MEMORY = 10_000
 
