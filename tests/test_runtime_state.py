@@ -121,3 +121,48 @@ def test_supervisor_database_has_no_app_tables(db):
         tables = {row[0] for row in cursor.fetchall()}
     assert "apps_registry_application" in tables
     assert not {t for t in tables if t.startswith(("contacts_", "tasks_", "appsup_"))}
+
+
+def test_explicit_database_name_is_used(django_db_blocker):
+    explicit = f"{services.RUN_ID}_explicit_crm"
+    spec = {"name": "explicitdb", "options": {"modules": ["contacts"], "database": {"name": explicit}}}
+    with django_db_blocker.unblock():
+        runtime.start_app(spec)
+        assert _database_exists(explicit) and not _database_exists(f"{services.RUN_ID}_explicitdb")
+        runtime.remove_app("explicitdb", drop_data=True)
+        assert not _database_exists(explicit)
+    with pytest.raises(runtime.AppStartError, match="not a plain identifier"):
+        runtime.start_app({"name": "explicitdb", "options": {"database": {"name": 'x"; DROP'}}})
+    runtime.remove_app("explicitdb")
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
+def test_init_lock_excludes_a_second_holder(vendor, tmp_path, django_db_blocker):
+    if vendor == "sqlite":
+        db = app_databases.AppDatabase("locked", "app:locked", "sqlite", {"NAME": str(tmp_path / "locked.sqlite3")})
+    else:
+        db = app_databases.describe("lockedpg")
+    with django_db_blocker.unblock():
+        app_databases.ensure_exists(db)
+        held, release = threading.Event(), threading.Event()
+
+        def holder():
+            with app_databases.init_lock(db, timeout=5):
+                held.set()
+                release.wait(5)
+
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert held.wait(5)
+        try:
+            with (
+                pytest.raises(app_databases.DatabaseError, match="waiting for another initialisation"),
+                app_databases.init_lock(db, timeout=0.2),
+            ):
+                pass
+        finally:
+            release.set()
+            thread.join()
+        with app_databases.init_lock(db, timeout=2):
+            pass
+        app_databases.drop(db)
