@@ -245,4 +245,6 @@ def on_stopped_app_visit(app: Application) -> str | None:
     start queue hooks "start on first visit" in here; return the app's new status (for
     example ``"queued"``) when a start was requested, or None to report it stopped.
     """
-    return None
+    from apps_registry.first_visit import start_on_first_visit
+
+    return start_on_first_visit(app.name, app.options or {})

@@ -31,9 +31,14 @@ def on_stopped_app_visit(name: str) -> str | None:
 
     Returns the status to show instead (e.g. ``"queued"`` once a start on first visit is
     requested), or None to answer with the app's own status (stopped → 503, unknown → 404).
-    A hook for the start queue; it does nothing yet.
+    Standalone queues a start for apps that start on first visit; a worker leaves starting to
+    the supervisor.
     """
-    return None
+    if settings.APP_MODE != "standalone":
+        return None
+    from apps_registry.first_visit import start_on_first_visit
+
+    return start_on_first_visit(name)
 
 
 class _Route:
