@@ -149,17 +149,29 @@ class RegistryCollector:
             yield length
 
     def _worker(self) -> Iterator[Metric]:
+        """This environment's apps, from the runtime state file its agent writes."""
+        from collections import Counter
+
+        from django.conf import settings
+
+        from worker_agent import local_state
+
         try:
-            from worker_agent.runtime import running_apps
-        except ImportError:  # the runtime module is not there yet
-            return
-        hosted = GaugeMetricFamily(f"{NAMESPACE}_hosted_apps", "Apps this worker environment is serving")
-        try:
-            hosted.add_metric([], len(running_apps()))
+            apps = local_state.read_apps()
         except Exception as error:
-            log.warning("metrics: hosted apps unavailable: %s", error)
+            log.warning("metrics: runtime state unavailable: %s", error)
             return
+        counts = Counter(str(entry.get("status", "")) for entry in apps.values())
+        hosted = GaugeMetricFamily(f"{NAMESPACE}_hosted_apps", "Apps this worker environment is serving")
+        hosted.add_metric([], counts.get("running", 0))
         yield hosted
+        environment = settings.APP_CONFIG.environment_name
+        local = GaugeMetricFamily(
+            f"{NAMESPACE}_local_apps", "Apps on this environment by local status", labels=["environment", "status"]
+        )
+        for status in local_state.STATUSES:
+            local.add_metric([environment, status], counts.get(status, 0))
+        yield local
 
 
 def _environment_statuses(envs: list) -> dict[str, tuple[str, object]]:

@@ -128,6 +128,8 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
             with browser.open(f"{sup}/apps/demo/admin/?env={env_name}", timeout=10) as response:
                 assert "/apps/demo/admin/login/" in response.url
                 assert b'name="password"' in response.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['ENV_A']}/metrics", timeout=5) as response:
+            assert "appsup_hosted_apps 1.0" in response.read().decode()
         # The proxy's histogram, observed in a gunicorn worker, is in the supervisor's scrape.
         with urllib.request.urlopen(f"{sup}/metrics", timeout=5) as response:
             body = response.read().decode()

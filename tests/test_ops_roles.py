@@ -131,6 +131,7 @@ def test_health_readiness_and_metrics_on_every_role(roles, role):
     assert "appsup_scrape_duration_seconds" in body
     if role == "worker":
         assert "appsup_hosted_apps 0.0" in body
+        assert 'appsup_local_apps{environment="ops_env",status="running"} 0.0' in body
     else:
         assert 'appsup_environments{status="online"}' in body
         assert "appsup_start_queue_waiting 0.0" in body
@@ -138,13 +139,14 @@ def test_health_readiness_and_metrics_on_every_role(roles, role):
     if role == "supervisor":
         assert "appsup_start_queue_jobs 0.0" in body
 
-    # The processes the entrypoint runs beside gunicorn for this role.
-    log = process.log()
-    assert "Booting worker" in log
-    if role == "supervisor":
-        assert "started queue" in log and "Listening on app_starts" in log
-    if role == "worker":
-        assert "started agent" in log and "agent for environment ops_env starting" in log
+    # The processes the entrypoint runs beside gunicorn for this role (they may still be
+    # booting when the web server is ready).
+    expected = {
+        "supervisor": ["Booting worker", "started queue", "Listening on app_starts"],
+        "worker": ["Booting worker", "started agent", "agent for environment ops_env starting"],
+        "standalone": ["Booting worker"],
+    }[role]
+    wait_until(lambda: all(text in process.log() for text in expected), timeout=30, message=f"{expected} in log")
 
 
 def test_sigterm_to_the_entrypoint_stops_everything_it_started(roles):
