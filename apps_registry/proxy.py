@@ -22,12 +22,13 @@ import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
+from wsgiref.util import is_hop_by_hop
 
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from revproxy.response import get_streaming_amt
-from revproxy.utils import cookie_from_string, set_response_headers, should_stream
+from revproxy.utils import cookie_from_string, should_stream
 from revproxy.views import QUOTE_SAFE, ProxyView
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -291,11 +292,18 @@ class AppProxyView(ProxyView):
             finally:
                 upstream.release_conn()
             response = HttpResponse(content, status=upstream.status, content_type=content_type)
-        set_response_headers(response, upstream_headers)
-        for header in list(response.headers):
+        # Like revproxy's set_response_headers, but repeated headers (Vary, Link…) are joined
+        # instead of the last one winning, and Connection-listed headers are dropped too.
+        for header in {key.lower(): key for key in upstream_headers}.values():
             lowered = header.lower()
-            if lowered in listed or lowered in _DROPPED_RESPONSE_HEADERS or lowered.startswith("proxy-"):
-                del response.headers[header]
+            if (
+                is_hop_by_hop(lowered)
+                or lowered in listed
+                or lowered in _DROPPED_RESPONSE_HEADERS
+                or lowered.startswith("proxy-")
+            ):
+                continue
+            response[header] = ", ".join(upstream_headers.getlist(header))
         location = upstream_headers.get("Location")
         if location:
             response["Location"] = _public_location(request, location, placement)

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 from apps_registry import liveness
-from apps_registry.proxy_routing import ENV_PARAM, AppRoute
+from apps_registry.proxy_routing import ENV_COOKIE, ENV_PARAM, AppRoute
 
 _STATUS_TEXT = {
     "stopped": "is stopped",
@@ -123,7 +123,7 @@ def chooser(request: HttpRequest, app: AppRoute, notice: str) -> HttpResponse:
         }
         for p in app.placements
     ]
-    current = request.COOKIES.get("appsup_env", "")
+    current = request.COOKIES.get(ENV_COOKIE, "")
     if wants_json(request):
         body = {"app": app.name, "choose": [{k: v for k, v in row.items() if k != "href"} for row in rows]}
         response = HttpResponse(json.dumps({**body, "notice": notice}), status=300, content_type="application/json")
