@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -195,10 +196,18 @@ class Cluster:
     def role_env(self, role: str) -> dict[str, str]:
         env = self.base_env()
         prefix = os.environ.get("DB_DATABASE") or "appsup"
+        if not re.match(r"^[a-z][a-z0-9_]{0,40}$", prefix):
+            raise SystemExit(
+                f"DB_DATABASE is the cluster's database name prefix: lowercase letters, digits, _ (got {prefix!r})"
+            )
         metrics_dir = self.dir / role / "metrics"
         env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if role == "supervisor":
-            env.update(APP_MODE="supervisor", APP_STORAGE_DIR=str(self.dir / "supervisor"))
+            env.update(
+                APP_MODE="supervisor",
+                APP_STORAGE_DIR=str(self.dir / "supervisor"),
+                DB_STORAGE=str(self.dir / "supervisor" / "db.sqlite3"),
+            )
         else:
             # Both workers share one storage directory: the apps' SQLite files and the
             # per-environment runtime state files (named after the environment) live there.
@@ -235,12 +244,16 @@ class Cluster:
             "user": os.environ.get("DB_USER", "postgres"),
             "password": os.environ.get("DB_PASSWORD", ""),
         }
-        with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
-            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-            for name in names:
-                if name not in existing:
-                    conn.execute(f'CREATE DATABASE "{name}"')
-                    self.out.say(f"created PostgreSQL database {name}")
+        try:
+            with psycopg.connect(dbname="postgres", autocommit=True, connect_timeout=5, **params) as conn:
+                existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+                for name in names:
+                    if name not in existing:
+                        conn.execute(f'CREATE DATABASE "{name}"')  # name checked in role_env
+                        self.out.say(f"created PostgreSQL database {name}")
+        except psycopg.Error as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SystemExit(f"PostgreSQL at {params['host']}:{params['port']}: {first}") from None
 
     # --- Processes ---------------------------------------------------------------------
 
