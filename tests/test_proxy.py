@@ -148,7 +148,6 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     from django.db import connection
 
     from apps_registry import actions
-    from apps_registry.models import Application, Environment
 
     echo, echo2 = _echo_server("echo"), _echo_server("echo2")
     silent, held = _silent_server()
@@ -208,9 +207,21 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
         for conn in held:
             conn.close()
         with django_db_blocker.unblock():
-            Application.objects.filter(name__in=APPS).delete()
-            Environment.objects.filter(name__in=ENVS).delete()
+            _forget(APPS, ENVS)
         assert "Traceback" not in log, log[-3000:]
+
+
+def _forget(apps, envs) -> None:
+    """Remove this module's registry rows and their config-cache entries (no commands sent)."""
+    from apps_registry.discovery import get_discovery
+    from apps_registry.models import Application, Environment
+
+    Application.objects.filter(name__in=apps).delete()
+    Environment.objects.filter(name__in=envs).delete()
+    for name in apps:
+        get_discovery().unpublish_app(name)
+    for name in envs:
+        get_discovery().unpublish_environment(name)
 
 
 class Answer:
@@ -567,7 +578,6 @@ class Browser:
 def hosted(stack, django_db_blocker, tmp_path_factory):
     """A worker gunicorn (threads) hosting px_crm via ``manage.py host_app``, registered as env_px."""
     from apps_registry import actions
-    from apps_registry.models import Application, Environment
 
     storage = tmp_path_factory.mktemp("env_px")
     port = free_port()
@@ -602,8 +612,7 @@ def hosted(stack, django_db_blocker, tmp_path_factory):
     finally:
         web.stop()
         with django_db_blocker.unblock():
-            Application.objects.filter(name=HOSTED).delete()
-            Environment.objects.filter(name="env_px").delete()
+            _forget([HOSTED], ["env_px"])
         assert "Traceback" not in web.log(), web.log()[-3000:]
 
 
