@@ -15,8 +15,9 @@ from tests import services
 from tests.processes import ROOT, manage
 
 CONFIG_SOURCE = (ROOT / "supervisor_site" / "config.py").read_text()
-# Every variable config.py reads: read.raw("X"), read.url("X", ...), environ.get("X") ...
-VARIABLES = sorted(set(re.findall(r'(?:read\.\w+|environ\.get)\(\s*"([A-Z][A-Z0-9_]+)"', CONFIG_SOURCE)))
+# Every variable config.py reads: read.raw("X"), read.url("X", ...), environ.get("X"),
+# helper(read, "X") ...: the first argument of a call, spelt like an environment variable.
+VARIABLES = sorted(set(re.findall(r'\(\s*(?:read,\s*)?"([A-Z][A-Z0-9_]+)"', CONFIG_SOURCE)))
 
 REDIS = services.redis_url()
 SUPERVISOR = {  # the seed's supervisor set, as the document spells it
@@ -264,6 +265,10 @@ def test_lists_and_numbers(tmp_path):
         ({"PROXY_MAX_UPLOAD_BYTES": "1e6"}, "PROXY_MAX_UPLOAD_BYTES"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"TRUSTED_PROXY_IPS": "10.0.0.0/33"}, "TRUSTED_PROXY_IPS"),
+        ({"METRICS_ALLOWED_IPS": "localhost"}, "METRICS_ALLOWED_IPS"),
+        ({"APP_EVENTS_GROUP": "Supervisor Group"}, "APP_EVENTS_GROUP"),
+        ({"PROXY_ROUTE_CACHE_SECONDS": "-1"}, "PROXY_ROUTE_CACHE_SECONDS"),
     ],
 )
 def test_bad_values_name_their_variable(tmp_path, variables, variable):
