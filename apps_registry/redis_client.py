@@ -23,6 +23,9 @@ def _client(url: str) -> redis.Redis:
         socket_connect_timeout=2.0,
         health_check_interval=30,
         decode_responses=True,
+        # Everything we write is UTF-8; bytes that are not (forged into a stream) must reach
+        # the input validation as text instead of failing the whole read.
+        encoding_errors="replace",
     )
 
 

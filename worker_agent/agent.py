@@ -83,20 +83,20 @@ def parse_command(entry_id: str, fields: dict[str, str]) -> Command:
     if "json" in fields:  # the whole command as one JSON document is accepted too
         try:
             data = json.loads(fields["json"])
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
             raise CommandError(f"bad JSON: {error}") from None
         if not isinstance(data, dict):
             raise CommandError("bad JSON: not an object")
         fields = {key: value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
     command_id = fields.get("id", "")
     if not channel.COMMAND_ID_RE.match(command_id):
-        raise CommandError(f"missing or invalid command id {command_id!r}")
+        raise CommandError(f"missing or invalid command id {command_id[:80]!r}")
     action = fields.get("action", "")
     if action not in channel.ACTIONS:
-        raise CommandError(f"unknown action {action!r}; expected one of {', '.join(channel.ACTIONS)}")
+        raise CommandError(f"unknown action {action[:40]!r}; expected one of {', '.join(channel.ACTIONS)}")
     app = fields.get("app", "")
     if not is_valid_name(app) or app in RESERVED_APP_NAMES:
-        raise CommandError(f"invalid app name {app!r}")
+        raise CommandError(f"invalid app name {app[:60]!r}")
     try:
         generation = int(fields.get("generation", ""))
         issued_at = float(fields.get("issued_at") or time.time())
@@ -107,7 +107,7 @@ def parse_command(entry_id: str, fields: dict[str, str]) -> Command:
         raise CommandError("generation must not be negative")
     drop_data = fields.get("drop_data", "0").lower()
     if drop_data not in ("0", "1", "true", "false", ""):
-        raise CommandError(f"drop_data must be 0 or 1 (got {drop_data!r})")
+        raise CommandError(f"drop_data must be 0 or 1 (got {drop_data[:20]!r})")
     return Command(
         entry_id=entry_id,
         id=command_id,
@@ -446,7 +446,13 @@ class Agent:
                 return
             self._cursor = entries[-1][0]  # keep paging through our pending entries
         for entry_id, fields in entries:
-            self._receive(entry_id, fields)
+            try:
+                self._receive(entry_id, fields)
+            except redis.RedisError:
+                raise
+            except Exception as error:  # one bad entry must not hold up the rest of the batch
+                log.exception("cannot handle command entry %s", entry_id)
+                self._acknowledge(f"entry-{entry_id}", entry_id, "error", f"cannot handle this entry: {error!r}"[:500])
         if self._cursor not in ("0", ">") and len(entries) < READ_COUNT:
             self._cursor = ">"
 
