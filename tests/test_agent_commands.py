@@ -233,6 +233,13 @@ def test_one_app_on_both_environments_shares_its_data(envs, cluster_logs):
     assert "/login/" not in response.geturl()
     assert response.status == 200
 
+    # The periodic heartbeat (every 5 s here) carries the apps each environment runs.
+    def listed_everywhere():
+        events.ingest()
+        return all(app.name in env.apps_running for env in Environment.objects.filter(name__in=["env_a", "env_b"]))
+
+    wait_until(listed_everywhere, timeout=12, interval=0.2, message="heartbeats listing the app")
+
 
 def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, cluster_logs):
     client = redis_client.commands()
