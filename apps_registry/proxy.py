@@ -27,6 +27,7 @@ from wsgiref.util import is_hop_by_hop
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.views.generic import View
 from revproxy.response import get_streaming_amt
 from revproxy.utils import cookie_from_string, should_stream
 from revproxy.views import QUOTE_SAFE, ProxyView
@@ -134,6 +135,12 @@ class AppProxyView(ProxyView):
     """The supervisor's ``/apps/`` route."""
 
     http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+
+    def __init__(self, **kwargs) -> None:
+        # revproxy's __init__ logs "ProxyView created" at INFO for every request (a view
+        # instance per request) and compiles rewrite rules we do not use: skip it.
+        View.__init__(self, **kwargs)
+        self.log = log
 
     def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         parsed = proxy_routing.split_app_path(request.path_info, request.META.get("RAW_URI"))
