@@ -266,3 +266,23 @@ def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, clu
     wait_status(app, "env_a", "running")
     assert Environment.objects.filter(name="env_a").exists()
     wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="valid command after bad ones")
+
+
+def test_command_interrupted_by_sigkill_runs_again_after_restart(envs, cluster_logs):
+    worker = cluster_logs.env_b
+    app = new_app("crashed", [envs["env_b"]])
+    client = redis_client.commands()
+
+    def live_status():
+        raw = client.hget(command_channel.status_key(app.name), "env_b")
+        return raw and json.loads(raw)["status"]
+
+    command_id = command_channel.send_command("env_b", "start", app.name, generation=app.generation + 1, request_id="c")
+    wait_until(lambda: live_status() == "starting", timeout=20, interval=0.005, message="start under way")
+    worker.kill_agent()  # read but never acknowledged: pending in the group
+    assert client.llen(command_channel.ack_key(command_id)) == 0
+    worker.start_agent()
+    ack = command_channel.wait_for_ack(command_id, 60)
+    assert ack["result"] == "ok", ack
+    this_life = worker.agent.log().split("agent for environment env_b starting")[-1]
+    assert f"command {command_id} start {app.name}: ok" in this_life
