@@ -286,3 +286,14 @@ def test_command_interrupted_by_sigkill_runs_again_after_restart(envs, cluster_l
     assert ack["result"] == "ok", ack
     this_life = worker.agent.log().split("agent for environment env_b starting")[-1]
     assert f"command {command_id} start {app.name}: ok" in this_life
+
+
+def test_failed_start_shows_error_status_with_its_message(envs, cluster_logs, start_job_inline):
+    app = new_app("broken", [envs["env_a"]], modules=["contacts", "payroll"])
+    request_id = actions.request_start(app)
+    wait_status(app, "env_a", "error", timeout=20)
+    error = status(app, "env_a")[1]
+    assert "payroll" in error
+    assert start_job_inline and "payroll" in start_job_inline[0]
+    entry = AuditEntry.objects.get(request_id=request_id)
+    assert entry.result == "error" and "payroll" in entry.error
