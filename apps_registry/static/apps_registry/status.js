@@ -1,7 +1,8 @@
 // Live status badges on the Applications and Environments lists: polls the staff-only JSON
 // status endpoint every 2 s and rewrites the badges in place (no page reload). Queued apps
 // show their position in the start queue, errors their message as a tooltip.
-(function () {
+// The admin puts this script in <head>: wait for <body> before looking at it.
+function appsupStatusInit() {
   "use strict";
   var ENDPOINT = "/admin/app-supervisor/status.json";
   var INTERVAL_MS = 2000;
@@ -58,4 +59,9 @@
 
   poll();
   window.setInterval(poll, INTERVAL_MS);
-})();
+}
+if (document.readyState === "loading") {
+  document.addEventListener("DOMContentLoaded", appsupStatusInit);
+} else {
+  appsupStatusInit();
+}
