@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from django.core.management import call_command
@@ -217,13 +218,15 @@ def test_readers_never_see_a_half_cache(redis_conn):
 
     def read() -> None:
         reader = RemoteDiscovery()
-        while not stop.is_set():
+        # Keeps reading after the rebuilds until it has seen the complete cache once.
+        deadline = time.monotonic() + 30
+        while (not stop.is_set() or 200 not in counts) and time.monotonic() < deadline:
             try:
                 counts.add(len(reader.apps_for_environment("env_a")))
             except CacheNotReady:
                 counts.add(-1)
 
-    thread = threading.Thread(target=read)
+    thread = threading.Thread(target=read, daemon=True)
     thread.start()
     try:
         for _ in range(10):
@@ -231,7 +234,7 @@ def test_readers_never_see_a_half_cache(redis_conn):
             remote.rebuild()
     finally:
         stop.set()
-        thread.join()
+        thread.join(timeout=10)
     assert counts <= {-1, 200} and 200 in counts
 
 
