@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -186,6 +187,25 @@ def install(model_admin_class: type) -> None:
         model_admin_class.list_display = [*model_admin_class.list_display, "operations"]
     model_admin_class.recent_history = recent_history
 
+    # "Start now" on the add page: the new app's start is queued like any other.
+    model_admin_class.form = type(
+        "StartNowApplicationForm",
+        (model_admin_class.form,),
+        {
+            "start_now": forms.BooleanField(
+                label="Start now", required=False, help_text="Queue a start on its environments once created."
+            )
+        },
+    )
+    original_save_model = model_admin_class.save_model
+
+    def save_model(self, request, obj, form, change):
+        original_save_model(self, request, obj, form, change)
+        if not change and form.cleaned_data.get("start_now") and request.user.has_perm(permission_name("start")):
+            actions.request_start(Application.objects.get(pk=obj.pk), request.user)
+
+    model_admin_class.save_model = save_model
+
     original_urls = model_admin_class.get_urls
     original_changelist = model_admin_class.changelist_view
     original_readonly = model_admin_class.get_readonly_fields
@@ -220,6 +240,8 @@ def install(model_admin_class: type) -> None:
         fieldsets = list(original_fieldsets(self, request, obj))
         if obj is not None:
             fieldsets.append(("Recent history", {"fields": ["recent_history"]}))
+        elif request.user.has_perm(permission_name("start")):
+            fieldsets.append(("Start", {"fields": ["start_now"]}))
         return fieldsets
 
     model_admin_class.get_urls = get_urls

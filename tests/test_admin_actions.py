@@ -177,3 +177,25 @@ def test_first_visit_queues_one_start(envs, redis_conn):
     assert first_visit.start_on_first_visit(lazy.name) == "queued"  # a second visitor: no second request
     assert AuditEntry.objects.filter(app_name="lazy", action="start", via="first_visit").count() == 1
     assert set(AppEnvironment.objects.filter(application=lazy).values_list("status", flat=True)) == {"queued"}
+
+
+def test_start_now_on_the_add_page_queues_a_start(envs):
+    client, _ = _client("root", superuser=True)
+    assert "Start now" in client.get(f"{CHANGELIST}add/").content.decode()
+    data = {
+        "name": "eager",
+        "target_environments": [envs[0].pk],
+        "start_mode": "manual",
+        "admin_username": "admin",
+        "admin_password": "s3cret-Pass",
+        "start_now": "on",
+    }
+    assert client.post(f"{CHANGELIST}add/", data).status_code == 302
+    assert AuditEntry.objects.filter(app_name="eager", action="start", user__username="root").count() == 1
+    assert AppEnvironment.objects.get(application__name="eager").status == "queued"
+    # Without the start permission the box is not offered, and nothing is started.
+    other, _ = _client("adder", "add_application", "view_application", "view_environment")
+    assert "Start now" not in other.get(f"{CHANGELIST}add/").content.decode()
+    other.post(f"{CHANGELIST}add/", {**data, "name": "patient"})
+    assert Application.objects.filter(name="patient").exists()
+    assert not AuditEntry.objects.filter(app_name="patient", action="start").exists()
