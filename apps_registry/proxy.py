@@ -63,6 +63,7 @@ _DROPPED_REQUEST_HEADERS = frozenset(
         "HTTP_X_FORWARDED_PROTO",
         "HTTP_X_REAL_IP",
         "HTTP_FORWARDED",
+        "HTTP_EXPECT",  # the supervisor's server already answered any "100-continue"
     }
 )
 # Response headers the supervisor's own server sets, or that describe the worker's hop.
@@ -240,7 +241,15 @@ class AppProxyView(ProxyView):
         query = proxy_routing.safe_query(proxy_routing.query_without_env(request.META.get("QUERY_STRING", "")))
         url = placement.target_url + path + (f"?{query}" if query else "")
         headers = self._upstream_headers(request, name, placement)
-        body = request if length else None
+        body: HttpRequest | bytes | None = request if length else None
+        if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # Django reads no body without Content-Length; the server has de-chunked it, so
+            # read it here (bounded) and send it with a length.
+            data = request.META["wsgi.input"].read(config.proxy_max_upload_bytes + 1)
+            if len(data) > config.proxy_max_upload_bytes:
+                return proxy_pages.too_large(request, config.proxy_max_upload_bytes)
+            headers["Content-Length"] = str(len(data))
+            body = data or None
         method = request.method or "GET"
         try:
             upstream = POOLS.get(placement).urlopen(

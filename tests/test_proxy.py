@@ -351,6 +351,7 @@ def test_supervisor_credentials_and_hop_by_hop_headers_stay_behind(stack):
         "Trailer": "X-Whatever",
         "Proxy-Authorization": "Basic eA==",
         "Upgrade": "h2c",
+        "Expect": "100-continue",
         "X-App-Thing": "kept",
         "X-Forwarded-For": "203.0.113.9",
         "X-Forwarded-Host": "evil.example",
@@ -358,7 +359,16 @@ def test_supervisor_credentials_and_hop_by_hop_headers_stay_behind(stack):
     }
     received = call(stack, "GET", "/apps/echoapp/echo", headers).received
     assert received["cookie"] == "app_echoapp_sessionid=mine"
-    for name in ("authorization", "x-secret", "keep-alive", "te", "trailer", "proxy-authorization", "upgrade"):
+    for name in (
+        "authorization",
+        "x-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "upgrade",
+        "expect",
+    ):
         assert name not in received, name
     assert received["x-app-thing"] == "kept"
     assert received["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
@@ -401,6 +411,13 @@ def test_upload_streams_through_and_oversize_is_413(stack):
     assert answer.status == 200
     assert answer.json()["body_length"] == len(body)
     assert answer.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+    chunks = [b"a" * 5000, b"b" * 7000]
+    conn = http.client.HTTPConnection("127.0.0.1", stack["port"], timeout=10)
+    conn.request("POST", "/apps/echoapp/upload", body=iter(chunks), encode_chunked=True)
+    chunked = json.loads(conn.getresponse().read())
+    conn.close()
+    assert chunked["body_length"] == 12000 and chunked["body_sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
 
     before = len(stack["echo"].seen)
     conn = http.client.HTTPConnection("127.0.0.1", stack["port"], timeout=10)
