@@ -2,8 +2,10 @@
 JSON when ``LOG_FORMAT=json``.
 
 The app comes from, in order: ``extra={"app": ...}`` on the call, ``log_context(app=...)``
-around the work, or the hosted app serving the current request (its database alias). The
-environment comes from ``extra``/``log_context`` or, on a worker, from ENVIRONMENT_NAME.
+around the work, the hosted app serving the current request (its database alias), or the
+``/apps/<name>/`` path of the request a record is about (Django's request and proxy logs pass
+it as ``extra={"request": ...}``). The environment comes from ``extra``/``log_context`` or, on a
+worker, from ENVIRONMENT_NAME.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -18,6 +21,7 @@ from contextvars import ContextVar
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 _context: ContextVar[tuple[str, str]] = ContextVar("log_context", default=("", ""))
+_APP_PATH = re.compile(r"^/apps/([a-z][a-z0-9_]*)/")
 
 
 @contextlib.contextmanager
@@ -38,6 +42,11 @@ def _hosted_app() -> str:
     return alias[len(APP_ALIAS_PREFIX) :] if alias and alias.startswith(APP_ALIAS_PREFIX) else ""
 
 
+def _app_of_request(record: logging.LogRecord) -> str:
+    match = _APP_PATH.match(str(getattr(getattr(record, "request", None), "path", "") or ""))
+    return match.group(1) if match else ""
+
+
 def _own_environment() -> str:
     try:
         from django.conf import settings
@@ -51,7 +60,7 @@ def _own_environment() -> str:
 def context_of(record: logging.LogRecord) -> tuple[str, str]:
     """(app, environment) for this record; empty strings where unknown."""
     ctx_app, ctx_env = _context.get()
-    app = getattr(record, "app", "") or ctx_app or _hosted_app()
+    app = getattr(record, "app", "") or ctx_app or _hosted_app() or _app_of_request(record)
     environment = getattr(record, "environment", "") or ctx_env or _own_environment()
     return str(app or ""), str(environment or "")
 

@@ -134,3 +134,11 @@ def test_log_lines_carry_app_and_environment():
     finally:
         current_app_alias.reset(token)
     assert (payload["app"], payload["environment"]) == ("crm", "env_b")
+
+    # Django's request log (e.g. a 502 from the supervisor's proxy) names the app by its path.
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/apps/sales_2/admin/")
+    failed = logging.makeLogRecord({"name": "django.request", "msg": "Bad Gateway", "request": request})
+    assert json.loads(JsonFormatter().format(failed))["app"] == "sales_2"
+    assert "[app=sales_2] Bad Gateway" in TextFormatter().format(failed)
