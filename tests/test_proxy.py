@@ -139,7 +139,7 @@ def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
     return listener, held
 
 
-APPS = ("echoapp", "multi", "stoppedapp", "queuedapp", "deadapp", "offapp", "slowapp")
+APPS = ("echoapp", "multi", "stoppedapp", "queuedapp", "deadapp", "offapp", "slowapp", "flipapp")
 ENVS = ("env_echo", "env_echo2", "env_dead", "env_off", "env_slow")
 
 
@@ -172,6 +172,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
             "deadapp": ([env_dead], "running"),
             "offapp": ([env_off], "running"),
             "slowapp": ([env_slow], "running"),
+            "flipapp": ([env_echo], "running"),
         }
         for name, (envs, status) in placements.items():
             actions.create_application(name=name, environments=envs, via="test")
@@ -197,7 +198,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     supervisor = gunicorn("supervisor", port, env, log_dir, workers=1, threads=4).start()
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30, message="supervisor up")
-        yield {"port": port, "echo": echo, "echo2": echo2, "supervisor": supervisor, "held": held}
+        yield {"port": port, "echo": echo, "echo2": echo2, "supervisor": supervisor, "held": held, "env": env}
     finally:
         supervisor.stop()
         log = supervisor.log()
@@ -319,6 +320,20 @@ def test_app_not_running_is_503_with_status_and_retry_after(stack, app, status):
     assert int(data.headers["Retry-After"]) > 0
     page = call(stack, "GET", f"/apps/{app}/admin/")
     assert page.status == 503 and status.encode() in page.body
+
+
+def test_a_status_change_is_seen_once_the_route_cache_expires(stack):
+    assert call(stack, "GET", "/apps/flipapp/echo").status == 200
+    # The change comes from another process, through the named action, as a worker's report would.
+    code = "from apps_registry import actions; actions.record_app_status('flipapp', 'env_echo', 'stopped')"
+    result = manage(["shell", "-c", code], stack["env"])
+    assert result.returncode == 0, result.stderr
+    wait_until(
+        lambda: call(stack, "GET", "/apps/flipapp/echo", {"Accept": "application/json"}).status == 503,
+        timeout=3,  # PROXY_ROUTE_CACHE_SECONDS defaults to 1
+        interval=0.1,
+        message="stop seen through the route cache",
+    )
 
 
 def test_dead_or_offline_environment_is_502_naming_it(stack):
