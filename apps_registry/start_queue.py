@@ -62,6 +62,28 @@ def lock_key(app_name: str) -> str:
     return redis_client.key("lock", "start", app_name)
 
 
+def pending_key() -> str:
+    """Hash app → generation of every start request not finished by its job yet. A worker's
+    own ``starting`` (reconciliation, restart) is not in it, so recovery leaves that alone."""
+    return redis_client.key("start", "pending")
+
+
+_FORGET = """
+if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('hdel', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+def _forget_pending(app_name: str, generation: int | str) -> None:
+    """Drop the app's pending-start entry if it is still this generation's."""
+    try:
+        redis_client.commands().eval(_FORGET, 1, pending_key(), app_name, str(generation))
+    except Exception:  # recovery drops it later
+        log.warning("could not clear the pending start of %s", app_name, exc_info=True)
+
+
 class StartLock:
     """A per-app lock: ``SET NX PX`` with an owner token, renewed by a thread while held,
     released only by its owner (compare-and-delete). If renewal fails the lock is lost and
@@ -131,6 +153,7 @@ def enqueue_start(
 ) -> None:
     """Put a start on the queue. Called after the request's transaction committed."""
     timeout = settings.APP_CONFIG.start_timeout
+    redis_client.commands().hset(pending_key(), app_name, str(generation))
     get_queue().enqueue(
         run_start,
         app_name,
@@ -162,9 +185,13 @@ def queue_positions() -> dict[str, int]:
 def run_start(app_name: str, environments: list[str], *, generation: int, request_id: str, attempt: int = 0) -> str:
     """The RQ job. Runs in a forked work-horse, so it opens its own database connections and
     closes them at the end."""
+    outcome = "failed"
     try:
-        return StartJob(app_name, environments, generation=generation, request_id=request_id).run(attempt)
+        outcome = StartJob(app_name, environments, generation=generation, request_id=request_id).run(attempt)
+        return outcome
     finally:
+        if outcome != "requeued":
+            _forget_pending(app_name, generation)
         connections.close_all()
 
 
@@ -315,23 +342,28 @@ def _default_ingest() -> Callable[[], object]:
 def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, list[str]]:
     """Find starts whose job died and mark them ``error`` ("start interrupted").
 
-    A placement is suspect when it has been ``queued``/``starting`` for longer than the lock
-    TTL. It belongs to a live job if the app's lock is held, a job of the app waits in the
-    queue, or a job of the app started within the lock TTL (it may not hold the lock yet).
-    Returns app name → environments marked."""
+    Only apps with a pending start request (``pending_key``) are looked at. Such an app is
+    suspect when none of its jobs is alive: the app's lock is not held, no job of the app waits
+    in the queue, and none started within the lock TTL (it may not hold the lock yet). Its
+    placements ``queued``/``starting`` for longer than the TTL are then marked; a pending entry
+    with nothing left queued or starting is dropped. Returns app name → environments marked."""
     ttl = settings.APP_CONFIG.start_lock_ttl
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=ttl)
-    suspects: dict[str, list[str]] = {}
-    rows = AppEnvironment.objects.filter(
-        status__in=(AppStatus.QUEUED, AppStatus.STARTING), status_changed_at__lt=cutoff
-    ).values_list("application__name", "environment__name")
-    for app_name, env in rows:
-        suspects.setdefault(app_name, []).append(env)
-    if not suspects:
-        return {}
-    names = sorted(suspects)
     client = redis_client.commands()
+    pending = client.hgetall(pending_key())
+    if not pending:
+        return {}
+    suspects: dict[str, list[str]] = {}
+    busy: set[str] = set()
+    rows = AppEnvironment.objects.filter(
+        application__name__in=list(pending), status__in=(AppStatus.QUEUED, AppStatus.STARTING)
+    ).values_list("application__name", "environment__name", "status_changed_at")
+    for app_name, env, changed in rows:
+        busy.add(app_name)
+        if changed < cutoff:
+            suspects.setdefault(app_name, []).append(env)
+    names = sorted(pending)
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.exists(lock_key(name))
@@ -343,9 +375,13 @@ def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, list
     for name in names:
         if name in locked or name in waiting or name in recent:
             continue
-        if actions.interrupt_starts(name, suspects[name], before=cutoff):
+        if name not in busy:
+            _forget_pending(name, pending[name])  # its job finished its work, then died
+            continue
+        if name in suspects and actions.interrupt_starts(name, suspects[name], before=cutoff):
             log.warning("start of %s on %s was interrupted", name, ", ".join(suspects[name]))
             recovered[name] = suspects[name]
+            _forget_pending(name, pending[name])
     return recovered
 
 

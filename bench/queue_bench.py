@@ -84,6 +84,7 @@ def main() -> None:
                 actions.request_start(app)
             requested = time.monotonic() - started
             while True:
+                events.ingest()  # as the admin's status endpoint does: apply the workers' reports
                 done = placements.filter(status__in=["running", "error"]).count()
                 if done == 2 * args.apps:
                     break
@@ -92,6 +93,9 @@ def main() -> None:
                 time.sleep(0.1)
             wall = time.monotonic() - started
             errors = placements.filter(status="error").count()
+            messages = sorted(set(placements.filter(status="error").values_list("error", flat=True)))[:5]
+            if messages:
+                print(json.dumps({"queue_workers": count, "error_messages": messages}), flush=True)
             for worker in workers:
                 worker.stop()
             results.append(
