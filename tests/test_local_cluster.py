@@ -137,6 +137,11 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
             r'appsup_proxy_request_duration_seconds_count\{app="demo",environment="env_a",status_class="2xx"\} [1-9]',
             body,
         ), body[-3000:]
+        # The demo's start commands were acknowledged; whichever supervisor process ingested
+        # the acks (web, queue, or the setup command) counted the round trips.
+        for env_name in ("env_a", "env_b"):
+            labels = f'action="start",environment="{env_name}",result="ok"'
+            assert re.search(rf"appsup_command_round_trip_seconds_count\{{{labels}\}} [1-9]", body), body[-3000:]
     finally:
         if popen.poll() is None:
             os.killpg(popen.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
