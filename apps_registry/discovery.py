@@ -28,6 +28,7 @@ from typing import Protocol
 import redis
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
+from django.db import connection
 from django.utils import timezone
 
 from apps_registry import redis_client, specs
@@ -314,10 +315,14 @@ def get_discovery() -> Discovery:
 
 
 class EnsureConfigCacheMiddleware:
-    """Rebuilds the Redis cache on the first request after it went missing (supervisor only).
+    """Rebuilds the Redis cache at start-up and on the first request after it went missing
+    (supervisor only).
 
-    The check is throttled to one EXISTS per ENSURE_INTERVAL per process; a Redis outage is
-    logged and does not fail the request, since the admin works from the database.
+    Django builds its middleware when the WSGI application is created, i.e. when a gunicorn
+    worker boots: the first check runs then, so workers get their cache even before anyone
+    visits the supervisor. After that the check is throttled to one EXISTS per
+    ENSURE_INTERVAL per process. Failures are logged and never fail a request: the admin
+    works from the database, and the next check tries again.
     """
 
     def __init__(self, get_response):
@@ -325,10 +330,17 @@ class EnsureConfigCacheMiddleware:
         if config.mode == "worker" or config.discovery_adapter != "remote":
             raise MiddlewareNotUsed
         self.get_response = get_response
+        self._check()
+        if not connection.in_atomic_block:
+            connection.close()  # opened at boot, outside any request: do not keep it idle
 
-    def __call__(self, request):
+    @staticmethod
+    def _check() -> None:
         try:
             get_discovery().ensure_built()
-        except (redis.RedisError, RuntimeError) as error:
+        except Exception as error:  # Redis or the database down: retried on a later request
             log.warning("config cache check failed: %s", error)
+
+    def __call__(self, request):
+        self._check()
         return self.get_response(request)

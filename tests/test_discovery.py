@@ -289,3 +289,11 @@ def test_failed_write_does_not_fail_the_change_and_is_repaired(envs, redis_conn,
     remote.ensure_built(force=True)
     assert remote.get_app("offline_edit")["name"] == "offline_edit"
     assert remote.get_environment("env_b")["name"] == "env_b"  # the database still has it
+
+
+def test_middleware_builds_the_cache_when_the_process_starts(envs, redis_conn, monkeypatch):
+    monkeypatch.setattr(discovery, "_adapter", RemoteDiscovery())  # a freshly booted process
+    Application.objects.create(name="boot_app")
+    redis_conn.flushdb()
+    discovery.EnsureConfigCacheMiddleware(lambda request: None)  # what WSGIHandler() does at boot
+    assert cached(redis_conn, "app", "boot_app")["name"] == "boot_app"
