@@ -161,6 +161,7 @@ def _operation(verb: str, permission: str) -> dict:
             **_ERRORS,
             **_NOT_FOUND,
             "413": _json_response("Body too large", "Error"),
+            "503": _json_response("Redis unavailable: recorded, applied when it is back", "Error"),
         },
     }
 

@@ -10,6 +10,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
+import redis
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
@@ -77,6 +78,15 @@ def endpoint(*methods: str) -> Callable:
                 return view(request, *args, **kwargs)
             except ApiError as error:
                 return _json(error.payload, error.status)
+            except redis.RedisError as error:
+                # The registry change is committed; the workers converge to it from the rebuilt
+                # cache once Redis is back. Say so instead of a bare 500.
+                log.warning("API %s %s: Redis unavailable: %s", request.method, request.path, error)
+                message = (
+                    "Redis (the command channel) is unavailable; the request is recorded in the registry "
+                    "and the workers will apply it when Redis is back"
+                )
+                return _json({"error": message}, 503)
 
         return wrapper
 

