@@ -12,7 +12,7 @@ from apps_registry.models import Environment
 from tests.cluster import LEASE_INTERVAL, OFFLINE_AFTER
 from tests.processes import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from apps_registry.models import AppEnvironment, Application, AuditEntry, Enviro
 from tests import services
 from tests.processes import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "correct horse battery"
 # The workers check it with their default hashers (the test process only knows MD5).

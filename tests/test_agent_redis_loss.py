@@ -19,6 +19,8 @@ from tests.cluster import worker_environ
 from tests.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
 from worker_agent import local_state
 
+pytestmark = pytest.mark.cluster
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 ENV = "env_r"
 
