@@ -1,0 +1,383 @@
+"""Run every benchmark in bench/ and write their figures into docs/benchmarks.md.
+
+    bash bench/run [--only NAME,...] [--skip NAME,...] [--quick] [--no-write]
+
+Each ``bench/*.py`` script (every one present, not a fixed list) runs in turn; its output goes
+to ``test-artifacts/bench/<name>.out``, the JSON documents it prints are parsed, and its figures
+are kept in ``test-artifacts/bench/<name>.json`` (so ``--only`` reruns one benchmark and the
+report still shows the others' latest figures, each with its date). The fault
+suite (tests/faults) runs too, for its measured recovery times. Then the block between the
+``bench/run`` markers at the top of docs/benchmarks.md is rewritten: each figure, its target,
+whether it was met, the machine, and the command that reproduces it. The hand-written sections
+below the block (set-up details, earlier runs, readings) are left as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+DOC = ROOT / "docs" / "benchmarks.md"
+OUT = ROOT / "test-artifacts" / "bench"
+RECOVERY = ROOT / "test-artifacts" / "faults" / "recovery.json"
+BEGIN, END = "<!-- bench/run: begin (generated; edit bench/report.py, not this block) -->", "<!-- bench/run: end -->"
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+# Redis database numbers the benches that take one may use (nothing else should be there).
+BENCH_REDIS_DB = os.environ.get("BENCH_REDIS_DB", "14")
+FAULTS_REDIS_DB = os.environ.get("BENCH_FAULTS_REDIS_DB", "15")
+
+Figure = tuple[str, str, str, bool | None]  # (figure, measured, target, met or None)
+
+
+def json_documents(text: str) -> list:
+    """Every JSON object or array printed at the start of a line, in order."""
+    decoder, found, index = json.JSONDecoder(), [], 0
+    for match in re.finditer(r"(?m)^[\[{]", text):
+        if match.start() < index:
+            continue
+        try:
+            value, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        found.append(value)
+        index = end
+    return found
+
+
+def _dicts(docs: list) -> list[dict]:
+    flat: list[dict] = []
+    for doc in docs:
+        flat.extend(d for d in (doc if isinstance(doc, list) else [doc]) if isinstance(d, dict))
+    return flat
+
+
+def _met(value: float, limit: float, at_most: bool = True) -> bool:
+    return value <= limit if at_most else value >= limit
+
+
+# --- What each known script's output means: its figures and their targets ----------------------
+
+
+def command_roundtrip(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "variant" not in row:
+            continue
+        label = row["variant"].split(":")[0]
+        target = label == "channel"
+        figures.append(
+            (
+                f"command round trip, {row['variant']}: p50",
+                f"{row['p50_ms']} ms",
+                "≤ 20 ms" if target else "",
+                _met(row["p50_ms"], 20) if target else None,
+            )
+        )
+        figures.append(
+            (
+                f"command round trip, {row['variant']}: p99",
+                f"{row['p99_ms']} ms",
+                "≤ 100 ms" if target else "",
+                _met(row["p99_ms"], 100) if target else None,
+            )
+        )
+    return figures
+
+
+def hosted_apps(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "rss_per_app_mb" not in row:
+            continue
+        figures.append(
+            (
+                f"{row['apps']} hosted apps ({row['database']}): resident memory per app",
+                f"{row['rss_per_app_mb']} MB",
+                "≤ 5 MB",
+                _met(row["rss_per_app_mb"], 5),
+            )
+        )
+        cold = row["cold_first_request_ms"]
+        figures.append(("first request to a cold app, p50 / p99", f"{cold['p50']} / {cold['p99']} ms", "", None))
+        warm = row["warm_request_ms"]
+        figures.append(("the same page warm, p50 / p99", f"{warm['p50']} / {warm['p99']} ms", "", None))
+    return figures
+
+
+def proxy_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        direct = {page: row.get(f"{page}.direct") for page in ("changelist", "tiny")}
+        for key, value in row.items():
+            if not isinstance(value, dict) or "." not in key or key.endswith(".direct"):
+                continue
+            page, target = key.split(".", 1)
+            base = direct.get(page)
+            if not base or not base.get("rps"):
+                continue
+            ratio = value["rps"] / base["rps"]
+            cpu = (
+                base["worker_cpu_ms"] / (base["worker_cpu_ms"] + value["proxy_cpu_ms"]) if value["proxy_cpu_ms"] else 1
+            )
+            checked = page == "changelist" and target == "supervisor"
+            figures.append(
+                (
+                    f"proxy, {page} page via {target}: req/s ratio to direct (CPU-bound ratio)",
+                    f"{ratio:.2f} ({cpu:.2f})",
+                    "≥ 0.8" if checked else ("reference" if target == "nginx" else ""),
+                    _met(ratio, 0.8, at_most=False) if checked else None,
+                )
+            )
+            figures.append((f"proxy, {page} page via {target}: p50", f"{value['p50_ms']} ms", "", None))
+    return figures
+
+
+def queue_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "queue_workers" in row and "wall_s" in row:
+            figures.append(
+                (
+                    f"start queue, {row['apps']} apps × 2 environments, {row['queue_workers']} queue worker(s): wall",
+                    f"{row['wall_s']} s ({row['starts_per_s']} starts/s)",
+                    "",
+                    None,
+                )
+            )
+        if "ratio" in row:
+            figures.append(
+                (f"start queue, wall ratio {row['compared']}", f"{row['ratio']}", "≤ 0.5", _met(row["ratio"], 0.5))
+            )
+    return figures
+
+
+def api_bench(docs: list) -> list[Figure]:
+    return [
+        (
+            f"API GET /api/v1/apps at {row['apps']} apps, {row['clients']} clients",
+            f"{row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms",
+            "",
+            None,
+        )
+        for row in _dicts(docs)
+        if "requests_per_s" in row
+    ]
+
+
+def generic(docs: list) -> list[Figure]:
+    """A script this report does not know yet: its top-level numbers, without targets."""
+    figures = []
+    for row in _dicts(docs):
+        for key, value in row.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                figures.append((key, str(value), row.get("target", ""), None))
+    return figures
+
+
+INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
+    "command_roundtrip": command_roundtrip,
+    "hosted_apps": hosted_apps,
+    "proxy_bench": proxy_bench,
+    "queue_bench": queue_bench,
+    "api_bench": api_bench,
+}
+# Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
+QUICK_ARGS = {
+    "command_roundtrip": ["--commands", "50"],
+    "hosted_apps": ["--apps", "20"],
+    "proxy_bench": ["--seconds", "3", "--rounds", "1"],
+    "queue_bench": ["--apps", "10"],
+    "api_bench": ["--apps", "200", "--seconds", "5"],
+}
+
+
+def script_args(name: str, script: Path, quick: bool) -> list[str]:
+    args = list(QUICK_ARGS.get(name, [])) if quick else []
+    if "--redis-db" in script.read_text():
+        args += ["--redis-db", BENCH_REDIS_DB]
+    return args
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+
+def run_script(name: str, command: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, float]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    print(f"bench/run: {name}: {' '.join(command)}", flush=True)
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        code, output = done.returncode, done.stdout + "\n--- stderr ---\n" + done.stderr
+    except subprocess.TimeoutExpired as error:
+        code, output = -1, f"timed out after {timeout:.0f} s\n{error.stdout or ''}"
+    seconds = time.monotonic() - started
+    (OUT / f"{name}.out").write_text(output)
+    print(f"bench/run: {name}: exit {code} in {seconds:.0f} s (output in {OUT.relative_to(ROOT)}/{name}.out)")
+    return code, output, seconds
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {kb / 1024 / 1024:.0f} GB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (
+        f"{os.cpu_count()} × {cpu}{memory}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}"
+    )
+
+
+def render(rows: list[dict], faults: dict | None, started: str, load: tuple[float, float]) -> str:
+    lines = [
+        BEGIN,
+        "## Latest run of every benchmark",
+        "",
+        f"Generated by `bash bench/run` (or `make bench`) on {started}. Machine: {machine()}. "
+        f"Load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after: the machine is shared, so trust ratios "
+        "and orders of magnitude more than absolute figures. Raw outputs: `test-artifacts/bench/`.",
+        "",
+        "| benchmark | figure | measured | target | met | reproduce |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        command = f"`{row['command']}`" + (f" ({row['finished']})" if row.get("finished") else "")
+        if row["code"] is None:
+            lines.append(f"| {row['name']} | not run yet | — | — | — | {command} |")
+            continue
+        if row["code"] != 0:
+            lines.append(f"| {row['name']} | did not finish (exit {row['code']}) | — | — | — | {command} |")
+            continue
+        if not row["figures"]:
+            lines.append(f"| {row['name']} | no figures in its output | — | — | — | {command} |")
+        for index, (figure, measured, target, met) in enumerate(row["figures"]):
+            verdict = "—" if met is None else ("yes" if met else "**no**")
+            shown = command if index == 0 else "″"
+            lines.append(f"| {row['name']} | {figure} | {measured} | {target or '—'} | {verdict} | {shown} |")
+    lines += ["", "### Measured recovery (fault injection, tests/faults)", ""]
+    if faults:
+        lines += [
+            f"Measured {faults.get('measured_at', '')} with `TEST_REDIS_DB={FAULTS_REDIS_DB} .venv/bin/python -m "
+            "pytest tests/faults -s` (a private cluster: supervisor, queue worker, env_a and env_b, a private "
+            "redis-server, PostgreSQL; proxied GETs of an app's login page, 10/s per stream, all the while).",
+            "",
+            "| fault | requests during | failed | failing for | recovered after | details |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for result in faults.get("results", []):
+            details = ", ".join(
+                f"{k}={v}"
+                for k, v in result.items()
+                if k not in ("fault", "stream", "requests", "failed", "failed_share", "failing_for_s", "recovery_s")
+            )
+            lines.append(
+                f"| {result['fault']} | {result['requests']} | {result['failed']} ({result['failed_share']:.0%}) "
+                f"| {result['failing_for_s']} s | {result['recovery_s']} s | {details} |"
+            )
+    else:
+        lines.append("The fault suite did not run or wrote no figures (see test-artifacts/bench/faults.out).")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_doc(block: str) -> None:
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:  # first run: after the title and its introduction, before the first section
+        match = re.search(r"(?m)^## ", text)
+        at = match.start() if match else len(text)
+        text = text[:at] + block + "\n\n" + text[at:]
+    DOC.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated names (script names without .py, or faults)")
+    parser.add_argument("--skip", default="", help="comma-separated names to leave out")
+    parser.add_argument("--quick", action="store_true", help="small runs, to check the whole chain quickly")
+    parser.add_argument("--no-write", action="store_true", help="print the block instead of writing the doc")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
+    args = parser.parse_args()
+    only = {n for n in args.only.split(",") if n}
+    skip = {n for n in args.skip.split(",") if n}
+    wanted = lambda name: (not only or name in only) and name not in skip  # noqa: E731
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rows: list[dict] = []
+    for script in sorted(BENCH.glob("*.py")):
+        name = script.stem
+        if script.name == Path(__file__).name or name.startswith("_") or not wanted(name):
+            continue
+        extra = script_args(name, script, args.quick)
+        command = [PYTHON, str(script.relative_to(ROOT)), *extra]
+        code, output, seconds = run_script(name, command, env, args.timeout)
+        interpret = INTERPRETERS.get(name, generic)
+        try:
+            figures = interpret(json_documents(output)) if code == 0 else []
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            figures = [("output not understood", repr(error)[:80], "", False)]
+        shown = " ".join([".venv/bin/python", str(script.relative_to(ROOT)), *extra])
+        row = {"name": name, "code": code, "figures": figures, "command": shown, "seconds": round(seconds)}
+        row["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        (OUT / f"{name}.json").write_text(json.dumps(row, indent=1))
+    # Every benchmark present, from its latest stored run (this one's or an earlier one's).
+    for script in sorted(BENCH.glob("*.py")):
+        if script.name == Path(__file__).name or script.stem.startswith("_"):
+            continue
+        stored = OUT / f"{script.stem}.json"
+        if stored.exists():
+            rows.append(json.loads(stored.read_text()))
+        else:
+            command = f".venv/bin/python {script.relative_to(ROOT)}"
+            rows.append({"name": script.stem, "code": None, "figures": [], "command": command})
+
+    faults = None
+    if wanted("faults"):
+        command = [PYTHON, "-m", "pytest", "tests/faults", "-q", "-s", "-p", "no:randomly"]
+        code, _output, _seconds = run_script("faults", command, {**env, "TEST_REDIS_DB": FAULTS_REDIS_DB}, 900)
+        if code == 0 and RECOVERY.exists():
+            faults = json.loads(RECOVERY.read_text())
+    elif RECOVERY.exists():
+        faults = json.loads(RECOVERY.read_text())
+
+    block = render(rows, faults, started, (load_before, os.getloadavg()[0]))
+    if args.no_write:
+        print(block)
+    else:
+        write_doc(block)
+        print(f"bench/run: wrote {DOC.relative_to(ROOT)}")
+    missed = [f"{r['name']}: {f[0]}" for r in rows for f in r["figures"] if f[3] is False]
+    failed = [r["name"] for r in rows if r["code"] not in (0, None)]
+    for line in missed:
+        print(f"bench/run: target missed: {line}")
+    if failed:
+        print(f"bench/run: did not finish: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
