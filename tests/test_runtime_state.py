@@ -12,6 +12,17 @@ from tests import services
 from worker_agent import app_databases, local_state, runtime
 
 
+@pytest.fixture(autouse=True)
+def _forget_app_aliases():
+    """App aliases registered by a test leave this process with it (their databases are gone)."""
+    before = set(connections.settings)
+    yield
+    for alias in set(connections.settings) - before:
+        connections[alias].close()
+        del connections[alias]
+        connections.settings.pop(alias)
+
+
 @pytest.fixture
 def state_file(tmp_path):
     return tmp_path / "runtime" / "env_t.json"
