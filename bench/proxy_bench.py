@@ -243,6 +243,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         for name, port in targets.items():
             status, body = fetch(f"http://127.0.0.1:{port}{pages['changelist']}", cookie)
             assert status == 200 and body.count(b"Contact ") >= 25, (name, status)
+            print(f"{name}: changelist {len(body)} bytes", file=sys.stderr)
             assert fetch(f"http://127.0.0.1:{port}{pages['tiny']}", cookie)[0] == 302, name
         for port in targets.values():  # warm every process and pool
             wrk(f"http://127.0.0.1:{port}{pages['changelist']}", cookie, 2, args.connections)
