@@ -1,6 +1,6 @@
 """API read throughput: ``GET /api/v1/apps`` with 1,000 apps registered.
 
-    .venv/bin/python bench/api_bench.py [--apps 1000] [--clients 4] [--seconds 15] [--redis-db 14]
+    .venv/bin/python bench/api_bench.py [--apps 1000] [--clients 4] [--seconds 15] [--redis-db 12]
 
 What it does: creates a PostgreSQL registry database, migrates it, registers two
 environments and N apps placed on both (through ``actions.create_application``) and an API
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--redis-db", default="14", help="a Redis database number free for the bench")
+    parser.add_argument("--redis-db", default="12", help="a Redis database number free for the bench")
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
 

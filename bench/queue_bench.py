@@ -1,6 +1,6 @@
 """Start queue throughput: N apps × 2 environments with 1 and with 4 queue workers.
 
-    .venv/bin/python bench/queue_bench.py [--apps 100] [--workers 1,4] [--redis-db 14]
+    .venv/bin/python bench/queue_bench.py [--apps 100] [--workers 1,4] [--redis-db 11]
 
 What it does: starts the test cluster's real processes (tests/cluster.py: a supervisor
 gunicorn and two workers env_a/env_b, each gunicorn + ``run_worker``, PostgreSQL on loopback,
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, default=100)
     parser.add_argument("--workers", default="1,4", help="queue-worker counts to compare")
-    parser.add_argument("--redis-db", default="14", help="a Redis database number free for the bench")
+    parser.add_argument("--redis-db", default="11", help="a Redis database number free for the bench")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
@@ -44,6 +44,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="queue-bench-"))
     cluster = Cluster(log_dir)
     results = []
+    started_workers: list = []
     try:
         # This process plays the supervisor: the cluster's settings, set up before its start
         # (which waits for the agents' leases through our Redis client).
@@ -77,6 +78,7 @@ def main() -> None:
                 ).start()
                 for i in range(count)
             ]
+            started_workers += workers
             time.sleep(3)  # let them connect; the clock starts at the first request
             placements = AppEnvironment.objects.filter(application__name__startswith=prefix)
             started = time.monotonic()
@@ -111,6 +113,8 @@ def main() -> None:
             )
             print(json.dumps(results[-1]), flush=True)
     finally:
+        for worker in started_workers:
+            worker.stop()
         cluster.stop()
         services.release_redis_db()
         services.drop_run_databases()
