@@ -174,6 +174,46 @@ def api_bench(docs: list) -> list[Figure]:
     ]
 
 
+def admin_list(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        for page in row.get("pages", []):
+            figures.append(
+                (
+                    f"admin at {row['apps']:,} apps × {row['environments']} environments, {page['page']}",
+                    f"p50 {page['p50_ms']} ms, p99 {page['p99_ms']} ms, {page['queries']} queries",
+                    "queries independent of the number of apps",
+                    None,
+                )
+            )
+    return figures
+
+
+def heartbeats(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "beats_per_s" not in row:
+            continue
+        label = f"{row['environments']} environments heartbeating every second"
+        figures += [
+            (f"{label}: supervisor CPU", f"{row['supervisor_cpu_pct_of_one_core']} % of a core", "", None),
+            (f"{label}: Redis CPU", f"{row['redis_cpu_pct_of_one_core']} % of a core", "", None),
+            (
+                f"{label}: status endpoint (applies the events), p50 / p99",
+                f"{row['status_endpoint_p50_ms']} / {row['status_endpoint_p99_ms']} ms",
+                "",
+                None,
+            ),
+            (
+                f"{label}: online at the end, events backlog",
+                f"{row['online_at_end']} / {row['environments']}, {row['events_backlog_at_end']}",
+                "all online",
+                row["online_at_end"] == row["environments"],
+            ),
+        ]
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -190,6 +230,8 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "proxy_bench": proxy_bench,
     "queue_bench": queue_bench,
     "api_bench": api_bench,
+    "admin_list": admin_list,
+    "heartbeats": heartbeats,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -198,6 +240,8 @@ QUICK_ARGS = {
     "proxy_bench": ["--seconds", "3", "--rounds", "1"],
     "queue_bench": ["--apps", "10"],
     "api_bench": ["--apps", "200", "--seconds", "5"],
+    "admin_list": ["--apps", "1000", "--requests", "5"],
+    "heartbeats": ["--environments", "50", "--seconds", "8"],
 }
 
 
