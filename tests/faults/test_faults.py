@@ -93,7 +93,7 @@ def test_worker_sigkilled_goes_offline_and_its_apps_come_back(fault_cluster, api
     # Detection: unknown once the lease is 2 intervals old, offline after OFFLINE_AFTER.
     wait_until(lambda: api.env_statuses().get("env_a") == "offline", timeout=OFFLINE_AFTER + 10, interval=0.1)
     detected = time.monotonic() - injected
-    assert detected <= OFFLINE_AFTER + 2 * LEASE_INTERVAL + 1.0, detected
+    assert detected <= OFFLINE_AFTER + 2 * LEASE_INTERVAL + 2.0, detected
     assert api.env_statuses()["env_b"] == "online"
     # Pinned to env_a, requests fail until the proxy stops choosing it, then go to env_b.
     failover = load.wait_ok_streak(injected, "env_a", streak=5, timeout=20)
@@ -190,9 +190,7 @@ def test_queue_worker_sigkilled_mid_start_resumes_or_is_interrupted(fault_cluste
         fault_cluster.start_queue_worker()
     code, body = api("POST", "/apps", {"name": "f_killed", "environments": ["env_a", "env_b"], "start": True})
     assert code == 201, body
-    wait_until(
-        lambda: api.statuses("f_killed").get("env_a") == "starting", timeout=30, interval=0.02, message="mid-start"
-    )
+    wait_until(lambda: "starting" in api.statuses("f_killed").values(), timeout=30, interval=0.02, message="mid-start")
     injected = time.monotonic()
     fault_cluster.queue.kill()
     fault_cluster.start_queue_worker()

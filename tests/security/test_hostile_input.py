@@ -152,6 +152,27 @@ def test_api_create_with_hostile_names_is_400_never_500(envs, root_api, name):
     assert not Application.objects.exists()
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=hostile_text | st.sampled_from(sorted(RESERVED_APP_NAMES)))
+def test_admin_add_form_with_hostile_names_is_refused_never_500(envs, name):
+    assume(not is_valid_name(name) or name in RESERVED_APP_NAMES)
+    browser = Client()
+    browser.force_login(
+        User.objects.get_or_create(username="root", defaults={"is_staff": True, "is_superuser": True})[0]
+    )
+    form = {
+        "name": name,
+        "display_name": "x",
+        "target_environments": [envs[0].pk],
+        "start_mode": "manual",
+        "admin_username": "admin",
+    }
+    response = browser.post("/admin/apps_registry/application/add/", form)
+    assert response.status_code == 200, response.status_code  # the form again, with its errors
+    assert b"errorlist" in response.content
+    assert not Application.objects.exists()
+
+
 @FUZZ
 @given(value=st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(), st.lists(st.text())))
 def test_api_create_with_non_string_names_is_400(envs, root_api, value):
