@@ -167,17 +167,33 @@ def _applications():
     return Application.objects.prefetch_related(Prefetch("placements", queryset=placements)).order_by("name")
 
 
-def app_json(app: Application) -> dict:
-    placements = list(app.placements.all())
-    return {
-        "name": app.name,
-        "display_name": app.display_name,
-        "environments": [p.environment.name for p in placements],
-        "statuses": {p.environment.name: p.status for p in placements},
-        "errors": {p.environment.name: p.error for p in placements if p.error},
-        "modules": app.modules,
-        "start_mode": app.start_mode,
-    }
+def apps_json(names: list[str] | None = None) -> list[dict]:
+    """The App representation of every app (or of ``names``), from two flat queries: model
+    instances and per-row prefetch querysets cost ~10x more at a thousand apps."""
+    apps = Application.objects.order_by("name")
+    placements = AppEnvironment.objects.order_by("environment__name")
+    if names is not None:
+        apps = apps.filter(name__in=names)
+        placements = placements.filter(application__name__in=names)
+    by_app: dict[int, list[tuple[str, str, str]]] = {}
+    for app_id, env, status, error in placements.values_list("application_id", "environment__name", "status", "error"):
+        by_app.setdefault(app_id, []).append((env, status, error))
+    result = []
+    for pk, name, display_name, options in apps.values_list("pk", "name", "display_name", "options"):
+        rows = by_app.get(pk, [])
+        options = options or {}
+        result.append(
+            {
+                "name": name,
+                "display_name": display_name,
+                "environments": [env for env, _s, _e in rows],
+                "statuses": {env: status for env, status, _e in rows},
+                "errors": {env: error for env, _s, error in rows if error},
+                "modules": list(options.get("modules", [])),
+                "start_mode": options.get("start_mode", StartMode.MANUAL.value),
+            }
+        )
+    return result
 
 
 def _get_app(name: str) -> Application:
@@ -224,7 +240,7 @@ def apps(request: HttpRequest) -> HttpResponse:
         return _create(request)
     _require(request, "apps_registry.view_application")
     _ingest()
-    return _json({"apps": [app_json(app) for app in _applications()]})
+    return _json({"apps": apps_json()})
 
 
 @endpoint("GET", "DELETE")
@@ -239,7 +255,8 @@ def app_detail(request: HttpRequest, name: str) -> HttpResponse:
         return HttpResponse(status=204)
     _require(request, "apps_registry.view_application")
     _ingest()
-    return _json(app_json(_get_app(name)))
+    app = _get_app(name)
+    return _json(apps_json([app.name])[0])
 
 
 @endpoint("POST")
@@ -373,7 +390,7 @@ def _create(request: HttpRequest) -> HttpResponse:
     payload = {}
     if clean["start"]:
         payload["request_id"] = actions.request_start(app, request.api_user, via="api")
-    payload.update(app_json(_get_app(app.name)))
+    payload.update(apps_json([app.name])[0])
     if generated:
         # Shown once, as the admin does; only its hash is stored.
         payload["initial_admin"] = {"username": clean["admin_username"].strip(), "password": password}
