@@ -184,14 +184,14 @@ def queue_positions() -> dict[str, int]:
 
 def run_start(app_name: str, environments: list[str], *, generation: int, request_id: str, attempt: int = 0) -> str:
     """The RQ job. Runs in a forked work-horse, so it opens its own database connections and
-    closes them at the end."""
-    outcome = "failed"
+    closes them at the end. If it fails unexpectedly its pending entry stays, so the recovery
+    check marks what it left ``queued``/``starting`` as interrupted."""
     try:
         outcome = StartJob(app_name, environments, generation=generation, request_id=request_id).run(attempt)
-        return outcome
-    finally:
         if outcome != "requeued":
             _forget_pending(app_name, generation)
+        return outcome
+    finally:
         connections.close_all()
 
 
