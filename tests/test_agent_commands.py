@@ -302,3 +302,6 @@ def test_failed_start_shows_error_status_with_its_message(envs, cluster_logs, st
     assert start_job_inline and "payroll" in start_job_inline[0]
     entry = AuditEntry.objects.get(request_id=request_id)
     assert entry.result == "error" and "payroll" in entry.error
+    # Reconciliation (every 2 s here) does not retry the failed start in a loop.
+    time.sleep(2.5)  # longer than one reconciliation interval: a retry would show by now
+    assert "reconciliation: starting " + app.name not in cluster_logs.env_a.agent.log()

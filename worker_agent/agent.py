@@ -244,6 +244,10 @@ class Agent:
         self._group_link_generation = -1
         self._cursor = "0"
         self._next_reconcile = 0.0
+        self._cache_ready = True
+        # Apps whose start failed here, with the generation it failed at: reconciliation does
+        # not retry those in a loop; a new request (a newer generation) tries again.
+        self._failed: dict[str, int] = {}
         self.lanes = AppLanes(config.command_concurrency, self._run_task)
 
     # --- runtime and discovery (other modules, looked up lazily) ------------------------
@@ -556,7 +560,9 @@ class Agent:
             if not isinstance(error, runtime.AppStartError):
                 log.exception("start of %s failed", app)
             self.emit_status(app, "error", message)
+            self._failed[app] = self._spec_generation(spec)
             raise CommandError(message) from None
+        self._failed.pop(app, None)
         self.emit_status(app, "running")
 
     def _stop(self, app: str) -> None:
@@ -613,6 +619,13 @@ class Agent:
 
     # --- reconciliation -------------------------------------------------------------------
 
+    @staticmethod
+    def _spec_generation(spec: dict) -> int:
+        try:
+            return int(spec.get("generation") or 0)
+        except (TypeError, ValueError):
+            return 0
+
     def _desired(self, spec: dict) -> bool:
         placement = (spec.get("environments") or {}).get(self.env)
         return bool(placement and placement.get("desired_running"))
@@ -627,16 +640,23 @@ class Agent:
         except redis.RedisError:
             raise
         except CacheNotReady:
-            log.info("reconciliation postponed: the configuration cache is not built yet")
+            if self._cache_ready:  # one line per change, not one per interval
+                log.info("reconciliation postponed until the supervisor builds the configuration cache")
+            self._cache_ready = False
             return
         except Exception:
             log.exception("reconciliation: cannot list this environment's apps")
             return
+        if not self._cache_ready:
+            log.info("configuration cache available: reconciling %d app(s) placed here", len(specs or []))
+        self._cache_ready = True
         for spec in specs or []:
             name = spec.get("name")
             if not is_valid_name(name):
                 continue
             desired = self._desired(spec)
+            if desired and self._failed.get(name) == self._spec_generation(spec):
+                continue  # it failed for this very request: wait for a new one, do not loop
             if desired != (name in running) and not self.lanes.queued(name):
                 self.lanes.submit(name, Converge(name, desired))
 
@@ -677,6 +697,8 @@ class Agent:
             return  # the cache is behind a command this agent already saw
         desired = self._desired(spec)
         running = task.app in self._running_apps()
+        if desired and self._failed.get(task.app) == self._spec_generation(spec):
+            return
         try:
             if desired and not running:
                 log.info("reconciliation: starting %s", task.app)
