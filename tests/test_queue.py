@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps_registry.api import schema_check
 from tests import services
 from tests.processes import PYTHON, Process, manage, wait_until
 
@@ -29,12 +30,29 @@ LOCK_TTL = "2"
 ENVS = ["env_a", "env_b"]
 
 
+def _template(path: str) -> str:
+    parts = path.split("?")[0].strip("/").split("/")
+    if parts[0] == "apps" and len(parts) > 1:
+        parts[1] = "{name}"
+    return "/" + "/".join(parts)
+
+
 class Api:
+    """The live supervisor's API; every answer is checked against its served OpenAPI document."""
+
     def __init__(self, base: str, token: str):
         self.base = base
         self.token = token
+        with urllib.request.urlopen(f"{base}/api/v1/openapi.json", timeout=30) as response:
+            self.document = json.loads(response.read())
 
     def __call__(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        status, payload = self._call(method, path, body)
+        problems = schema_check.response_errors(self.document, _template(path), method, status, payload)
+        assert not problems, f"{method} {path} -> {status}: {problems}"
+        return status, payload
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"{self.base}/api/v1{path}",
