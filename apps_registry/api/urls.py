@@ -10,5 +10,5 @@ urlpatterns = [
     path("apps", views.apps, name="api_apps"),
     path("apps/<str:name>", views.app_detail, name="api_app"),
     path("apps/<str:name>/<str:operation>", views.app_operation, name="api_app_operation"),
-    re_path(r"^(?P<rest>.*)$", views.not_found),
+    re_path(r"^(?P<rest>(?s:.*))$", views.not_found),  # (?s): a path with a newline is JSON 404 too
 ]

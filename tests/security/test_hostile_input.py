@@ -213,6 +213,7 @@ def test_api_create_with_hostile_text_fields_is_4xx_never_500(envs, root_api, fi
 
 @FUZZ
 @given(name=hostile_text, operation=st.sampled_from(["", "/start", "/stop", "/restart", "/../start", "/x"]))
+@example(name="\n", operation="/../start")
 def test_api_paths_with_hostile_names_are_json_4xx(envs, root_api, name, operation):
     client = root_api
     actions.create_application(name="shop", environments=envs) if not Application.objects.exists() else None
