@@ -430,3 +430,28 @@ def close_start_request(request_id: str, *, error: str = "") -> None:
     AuditEntry.objects.filter(request_id=request_id, action="start").update(
         result=AuditEntry.Result.ERROR if error else AuditEntry.Result.OK, error=error
     )
+
+
+def resume_start_request(app_name: str, environment_names: Sequence[str]) -> str:
+    """A start request's job was lost before it reached the queue: it is enqueued again under
+    the same request id (or a new one if its audit entry is already closed). Audited."""
+    pending = (
+        AuditEntry.objects.filter(app_name=app_name, action="start", result=AuditEntry.Result.PENDING)
+        .order_by("-at", "-id")
+        .values_list("request_id", flat=True)
+        .first()
+    )
+    if pending:
+        audit("start_resumed", app_name=app_name, environments=environment_names, via="queue")
+        return pending
+    # Its entry was closed already: record the new attempt as a start of its own.
+    request_id = new_request_id()
+    audit(
+        "start",
+        app_name=app_name,
+        environments=environment_names,
+        result=AuditEntry.Result.PENDING,
+        request_id=request_id,
+        via="queue",
+    )
+    return request_id

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import rq
 from django.conf import settings
 from django.db import connections
+from django.db.models import Q
 from django.utils import timezone
 
 from apps_registry import actions, redis_client
@@ -339,31 +340,43 @@ def _default_ingest() -> Callable[[], object]:
 # --- Recovery --------------------------------------------------------------------------------
 
 
-def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, list[str]]:
-    """Find starts whose job died and mark them ``error`` ("start interrupted").
+def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, dict[str, list[str]]]:
+    """Find starts whose job died or was never queued, and deal with them.
 
-    Only apps with a pending start request (``pending_key``) are looked at. Such an app is
-    suspect when none of its jobs is alive: the app's lock is not held, no job of the app waits
-    in the queue, and none started within the lock TTL (it may not hold the lock yet). Its
-    placements ``queued``/``starting`` for longer than the TTL are then marked; a pending entry
-    with nothing left queued or starting is dropped. Returns app name → environments marked."""
+    - Apps with a pending start request (``pending_key``) but no live job — the app's lock is
+      not held, no job of the app waits in the queue, none started within the lock TTL (it may
+      not hold the lock yet): their placements ``queued``/``starting`` for longer than the TTL
+      become ``error`` "start interrupted"; a pending entry with nothing left queued or starting
+      is dropped. A ``starting`` reported by a worker's own reconciliation or restart has no
+      pending entry, so it is never mistaken for a dead job.
+    - Placements ``queued`` for longer than the TTL whose app has no pending entry and no live
+      job lost their job before it reached the queue (the supervisor died between commit and
+      enqueue, or Redis lost its data): their start is enqueued again.
+
+    Returns ``{"interrupted": {app: envs}, "resumed": {app: envs}}``."""
     ttl = settings.APP_CONFIG.start_lock_ttl
     now = now or timezone.now()
     cutoff = now - dt.timedelta(seconds=ttl)
     client = redis_client.commands()
     pending = client.hgetall(pending_key())
-    if not pending:
-        return {}
     suspects: dict[str, list[str]] = {}
+    lost: dict[str, list[str]] = {}
     busy: set[str] = set()
     rows = AppEnvironment.objects.filter(
-        application__name__in=list(pending), status__in=(AppStatus.QUEUED, AppStatus.STARTING)
+        Q(application__name__in=list(pending), status__in=(AppStatus.QUEUED, AppStatus.STARTING))
+        | Q(status=AppStatus.QUEUED, status_changed_at__lt=cutoff)
     ).values_list("application__name", "environment__name", "status_changed_at")
     for app_name, env, changed in rows:
-        busy.add(app_name)
-        if changed < cutoff:
-            suspects.setdefault(app_name, []).append(env)
-    names = sorted(pending)
+        if app_name in pending:
+            busy.add(app_name)
+            if changed < cutoff:
+                suspects.setdefault(app_name, []).append(env)
+        else:
+            lost.setdefault(app_name, []).append(env)
+    names = sorted(set(pending) | set(lost))
+    result: dict[str, dict[str, list[str]]] = {"interrupted": {}, "resumed": {}}
+    if not names:
+        return result
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.exists(lock_key(name))
@@ -371,18 +384,30 @@ def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, list
     queue = get_queue()
     waiting = {app_of_job(id_) for id_ in queue.get_job_ids()}
     recent = _recently_started(queue, now - dt.timedelta(seconds=ttl))
-    recovered: dict[str, list[str]] = {}
     for name in names:
         if name in locked or name in waiting or name in recent:
             continue
-        if name not in busy:
+        if name in lost:
+            _resume(name, lost[name])
+            result["resumed"][name] = lost[name]
+        elif name not in busy:
             _forget_pending(name, pending[name])  # its job finished its work, then died
-            continue
-        if name in suspects and actions.interrupt_starts(name, suspects[name], before=cutoff):
+        elif name in suspects and actions.interrupt_starts(name, suspects[name], before=cutoff):
             log.warning("start of %s on %s was interrupted", name, ", ".join(suspects[name]))
-            recovered[name] = suspects[name]
+            result["interrupted"][name] = suspects[name]
             _forget_pending(name, pending[name])
-    return recovered
+    return result
+
+
+def _resume(app_name: str, environments: list[str]) -> None:
+    """Enqueue again a start whose job never reached the queue, under the app's current
+    generation (placements are still ``queued`` only if no later request changed them)."""
+    generation = Application.objects.filter(name=app_name).values_list("generation", flat=True).first()
+    if generation is None:
+        return
+    request_id = actions.resume_start_request(app_name, environments)
+    log.warning("start of %s on %s never reached the queue: enqueued again", app_name, ", ".join(environments))
+    enqueue_start(app_name, environments, generation=generation, request_id=request_id)
 
 
 def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:

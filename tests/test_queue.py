@@ -104,7 +104,20 @@ class QueueWorkers:
             args = [PYTHON, "manage.py", "rqworker", "app_starts"]
             started.append(Process(f"rqworker-{self.count}", args, env, self.log_dir).start())
         self.processes += started
+        self.wait_ready()
         return started
+
+    def wait_ready(self) -> None:
+        """Until every live queue worker listens: a job must not find only the first one up."""
+        from rq import Worker
+
+        from apps_registry import start_queue
+
+        queue = start_queue.get_queue()
+        alive = sum(1 for p in self.processes if p.alive())
+        wait_until(
+            lambda: Worker.count(queue=queue) >= alive, timeout=30, interval=0.05, message="queue workers listening"
+        )
 
     def stop_all(self) -> None:
         for process in self.processes:
