@@ -32,6 +32,9 @@ _CLAIM_EVERY = 10.0
 _group_ready: set[str] = set()
 _last_claim = 0.0
 _redis_down = False
+_OFFSET_EVERY = 60.0
+_offset = 0.0
+_offset_measured = float("-inf")
 
 
 def _group() -> str:
@@ -53,6 +56,32 @@ def _ensure_group(client: redis.Redis, stream: str) -> None:
     _group_ready.add(stream)
 
 
+def _redis_clock_offset(client: redis.Redis) -> float:
+    """Seconds to add to a Redis server time to get this process's time (measured with TIME,
+    refreshed every minute)."""
+    global _offset, _offset_measured
+    now = time.monotonic()
+    if now - _offset_measured > _OFFSET_EVERY:
+        before = time.time()
+        seconds, micros = client.time()
+        after = time.time()
+        _offset = (before + after) / 2 - (seconds + micros / 1e6)
+        _offset_measured = now
+    return _offset
+
+
+def _entry_time(entry_id: str, offset: float) -> dt.datetime | None:
+    """When Redis appended the entry (its id starts with the server's milliseconds), on this
+    process's clock. Every worker's events are so ordered on one clock, the Redis server's:
+    a worker whose clock lags the supervisor's cannot have its reports dropped as stale."""
+    try:
+        millis, sequence = (int(part) for part in entry_id.split("-", 1))
+        # The sequence number as microseconds keeps entries of one millisecond in order.
+        return dt.datetime.fromtimestamp(millis / 1000 + min(sequence, 999) / 1e6 + offset, tz=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def _when(payload: dict) -> dt.datetime:
     try:
         return dt.datetime.fromtimestamp(float(payload["at"]), tz=dt.UTC)
@@ -60,11 +89,10 @@ def _when(payload: dict) -> dt.datetime:
         return timezone.now()
 
 
-def _apply_registration(payload: dict) -> None:
+def _apply_registration(payload: dict, at: dt.datetime) -> None:
     name = payload.get("env")
     if not is_valid_name(name):
         raise ValueError(f"invalid environment name {name!r}")
-    at = _when(payload)
     # A beat older than a later deregistration must not bring the environment back.
     if Environment.objects.filter(name=name, stopped_at__gt=at).exists():
         return
@@ -81,11 +109,11 @@ def _apply_registration(payload: dict) -> None:
     )
 
 
-def _apply_status(payload: dict) -> None:
+def _apply_status(payload: dict, at: dt.datetime) -> None:
     app, env, status = payload.get("app"), payload.get("env"), payload.get("status")
     if not (is_valid_name(app) and is_valid_name(env)) or status not in AppStatus.values:
         raise ValueError(f"bad status event {payload!r}")
-    actions.record_app_status(app, env, status, error=str(payload.get("error") or ""), at=_when(payload))
+    actions.record_app_status(app, env, status, error=str(payload.get("error") or ""), at=at)
 
 
 def _observe_round_trip(payload: dict, env: str) -> None:
@@ -115,20 +143,22 @@ def _apply_ack(payload: dict) -> None:
         actions.finish_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
 
 
-def apply_event(fields: dict[str, str]) -> None:
-    """Apply one event's stream fields to the registry."""
+def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:
+    """Apply one event's stream fields to the registry. ``at`` orders it against other
+    changes (default: the time the worker put in the event)."""
     event_type = fields.get("type")
     payload = json.loads(fields.get("data") or "{}")
     if not isinstance(payload, dict):
         raise ValueError("event data is not an object")
+    at = at or _when(payload)
     if event_type in ("register", "heartbeat"):
-        _apply_registration(payload)
+        _apply_registration(payload, at)
     elif event_type == "deregister":
         name = payload.get("env")
         if is_valid_name(name):
-            actions.deregister_environment(name, at=_when(payload))
+            actions.deregister_environment(name, at=at)
     elif event_type == "status":
-        _apply_status(payload)
+        _apply_status(payload, at)
     elif event_type == "ack":
         _apply_ack(payload)
     else:
@@ -152,6 +182,7 @@ def ingest(limit: int = 1000) -> int:
     stream = command_channel.events_stream()
     try:
         _ensure_group(client, stream)
+        offset = _redis_clock_offset(client)
         entries = list(_claim_stale(client, stream, limit))
         reply = client.xreadgroup(_group(), _consumer(), {stream: ">"}, count=max(1, limit - len(entries)))
         for _name, items in reply or []:
@@ -179,7 +210,7 @@ def ingest(limit: int = 1000) -> int:
                 continue
             try:
                 with transaction.atomic():
-                    apply_event(fields)
+                    apply_event(fields, _entry_time(entry_id, offset))
             except Exception:  # a bad event is logged and dropped, never blocks the others
                 log.exception("event ingest: dropping event %s %r", entry_id, fields)
             done.append(entry_id)

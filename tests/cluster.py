@@ -194,6 +194,20 @@ class Cluster:
             worker.wait_registered(timeout=60)
         return self
 
+    def ensure_config_cache(self, timeout: float = 10.0) -> None:
+        """Have the supervisor rebuild the configuration cache if a test emptied Redis (its
+        middleware rebuilds on a request when the marker is missing)."""
+        from apps_registry import redis_client
+
+        marker = redis_client.key("cfg", "built")
+        client = redis_client.get()
+        wait_until(
+            lambda: client.exists(marker) or (http_ok(f"{self.url}/healthz") and client.exists(marker)),
+            timeout=timeout,
+            interval=0.2,
+            message="configuration cache built",
+        )
+
     def processes(self) -> list[Process]:
         return [self.supervisor, *(p for w in self.workers.values() for p in (w.web, w.agent))]
 
@@ -233,9 +247,11 @@ def cluster(tmp_path_factory) -> Cluster:
 
 @pytest.fixture
 def cluster_logs(request, cluster: Cluster) -> Cluster:
-    """The cluster, with every process's log tail printed if the test fails, and any worker
-    process the test stopped or killed brought back afterwards."""
+    """The cluster, its configuration cache built (an earlier test may have emptied Redis),
+    every process's log tail printed if the test fails, and any worker process the test
+    stopped or killed brought back afterwards."""
     failed_before = request.session.testsfailed
+    cluster.ensure_config_cache()
     yield cluster
     if request.session.testsfailed > failed_before:
         print(cluster.log_tails())

@@ -41,9 +41,10 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     app = actions.create_application(name="crm", environments=[env])
     before = round_trips("stop", "ok")
     request_id = actions.request_stop(app)
-    # Out of order: the newer "stopped" is applied first; the older "stopping" must not win.
-    emit("status", app="crm", env="env_x", status="stopped", at=time.time() + 1)
-    emit("status", app="crm", env="env_x", status="stopping", at=time.time())
+    # The worker's clock lags 30 s behind the supervisor's: its reports still count, because
+    # events are ordered by when Redis appended them (one clock for every worker).
+    emit("status", app="crm", env="env_x", status="stopping", at=time.time() - 30)
+    emit("status", app="crm", env="env_x", status="stopped", at=time.time() - 30)
     sent = time.time()
     emit(
         "ack",
@@ -67,10 +68,23 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     entry = AuditEntry.objects.get(request_id=failed)
     assert entry.result == "error" and "expired" in entry.error
 
-    # A heartbeat older than a deregistration does not bring the environment back.
-    emit("deregister", env="env_x", at=time.time())
-    emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time() - 5)
+    # Several ingesters may apply one stream's events out of order: a newer report applied
+    # first is not undone by an older one.
+    stream = command_channel.events_stream()
+    first = emit("status", app="crm", env="env_x", status="running", at=time.time())
+    second = emit("status", app="crm", env="env_x", status="stopped", at=time.time())
+    for entry_id in (second, first):
+        fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
+        events.apply_event(fields, events._entry_time(entry_id, 0.0))
+    assert AppEnvironment.objects.get(application=app).status == "stopped"
+    # Likewise a beat applied after a later deregistration does not bring the environment back.
+    beat = emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time())
+    gone = emit("deregister", env="env_x", at=time.time())
+    for entry_id in (gone, beat):
+        fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
+        events.apply_event(fields, events._entry_time(entry_id, 0.0))
+    assert Environment.objects.get(name="env_x").stopped_at is not None
     events.ingest()
     assert Environment.objects.get(name="env_x").stopped_at is not None
-    pending = redis_conn.xpending(command_channel.events_stream(), command_channel.SUPERVISOR_GROUP)
+    pending = redis_conn.xpending(stream, command_channel.SUPERVISOR_GROUP)
     assert pending["pending"] == 0

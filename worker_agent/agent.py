@@ -50,6 +50,15 @@ SHUTDOWN_GRACE = 8.0
 DONE_MEMORY = 10_000
 
 
+# The lease is stamped with the Redis server's clock, not this host's: every environment's
+# age is then measured on one clock, and a worker whose clock drifts is not shown offline.
+_RENEW_LEASE = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] + t[2] / 1000000, ARGV[1])
+return t[1]
+"""
+
+
 def _version() -> str:
     try:
         import tomllib
@@ -249,6 +258,7 @@ class Agent:
         # not retry those in a loop; a new request (a newer generation) tries again.
         self._failed: dict[str, int] = {}
         self.lanes = AppLanes(config.command_concurrency, self._run_task)
+        self._renew_lease = self.redis.register_script(_RENEW_LEASE)
 
     # --- runtime and discovery (other modules, looked up lazily) ------------------------
 
@@ -297,7 +307,7 @@ class Agent:
                 "stopped_at": "",
             },
         )
-        pipe.zadd(channel.seen_key(), {self.env: payload["at"]})
+        self._renew_lease(keys=[channel.seen_key()], args=[self.env], client=pipe)
         pipe.xadd(
             channel.events_stream(),
             channel.encode_event(event_type, payload),
@@ -438,7 +448,9 @@ class Agent:
                 channel.AGENT_GROUP, self.consumer, {self.stream: self._cursor}, count=READ_COUNT, block=block
             )
         except redis.ResponseError as error:
-            if "NOGROUP" in str(error):  # stream or group deleted (Redis flushed): recreate
+            # The stream or its group was deleted (Redis flushed, key removed while we were
+            # blocked on it): create them again and carry on.
+            if "NOGROUP" in str(error) or "UNBLOCKED" in str(error):
                 self._group_link_generation = -1
                 return
             raise
@@ -731,7 +743,7 @@ class Agent:
                     self._announce("heartbeat")
                     next_heartbeat = now + self.config.heartbeat_interval
                 else:
-                    self.redis.zadd(channel.seen_key(), {self.env: time.time()})
+                    self._renew_lease(keys=[channel.seen_key()], args=[self.env])
                 self.link.ok()
                 delay = BACKOFF_FIRST
                 wait = self.config.lease_interval
@@ -774,6 +786,10 @@ class Agent:
                     self._next_reconcile = time.monotonic() + self.config.reconcile_interval
                     self.reconcile()
                 delay = BACKOFF_FIRST
+            except redis.ResponseError as error:  # Redis answered, but refused a command
+                log.warning("Redis refused a command: %s", error)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, BACKOFF_CAP)
             except redis.RedisError as error:
                 self.link.lost(error)
                 self._next_reconcile = 0.0  # converge again as soon as Redis is back
