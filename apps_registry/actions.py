@@ -400,9 +400,12 @@ def begin_environment_start(app_name: str, environment_name: str, *, generation:
     return outcome
 
 
-def interrupt_starts(app_name: str, environment_names: Sequence[str], *, before: dt.datetime) -> int:
+def interrupt_starts(
+    app_name: str, environment_names: Sequence[str], *, before: dt.datetime, request_id: str = ""
+) -> int:
     """A start job died (queue worker killed) without finishing: mark what it left queued or
-    starting as ``error`` so an operator sees it and can retry, and close its audit entries."""
+    starting as ``error`` so an operator sees it and can retry, and close its audit entries
+    (the request's own, even if one environment's acknowledgement closed it ``ok`` already)."""
     updated = AppEnvironment.objects.filter(
         application__name=app_name,
         environment__name__in=list(environment_names),
@@ -410,6 +413,8 @@ def interrupt_starts(app_name: str, environment_names: Sequence[str], *, before:
         status_changed_at__lt=before,
     ).update(status=AppStatus.ERROR, error=START_INTERRUPTED, status_changed_at=timezone.now(), queued_at=None)
     if updated:
+        if request_id:
+            close_start_request(request_id, error=START_INTERRUPTED)
         pending = AuditEntry.objects.filter(app_name=app_name, action="start", result=AuditEntry.Result.PENDING)
         for request_id in pending.values_list("request_id", flat=True):
             finish_request(request_id, error=START_INTERRUPTED)

@@ -64,8 +64,9 @@ def lock_key(app_name: str) -> str:
 
 
 def pending_key() -> str:
-    """Hash app → generation of every start request not finished by its job yet. A worker's
-    own ``starting`` (reconciliation, restart) is not in it, so recovery leaves that alone."""
+    """Hash app → ``"<generation> <request_id>"`` of every start request not finished by its
+    job yet. A worker's own ``starting`` (reconciliation, restart) is not in it, so recovery
+    leaves that alone."""
     return redis_client.key("start", "pending")
 
 
@@ -77,10 +78,14 @@ return 0
 """
 
 
-def _forget_pending(app_name: str, generation: int | str) -> None:
-    """Drop the app's pending-start entry if it is still this generation's."""
+def _pending_value(generation: int, request_id: str) -> str:
+    return f"{generation} {request_id}"
+
+
+def _forget_pending(app_name: str, value: str) -> None:
+    """Drop the app's pending-start entry if it is still this request's."""
     try:
-        redis_client.commands().eval(_FORGET, 1, pending_key(), app_name, str(generation))
+        redis_client.commands().eval(_FORGET, 1, pending_key(), app_name, value)
     except Exception:  # recovery drops it later
         log.warning("could not clear the pending start of %s", app_name, exc_info=True)
 
@@ -154,7 +159,7 @@ def enqueue_start(
 ) -> None:
     """Put a start on the queue. Called after the request's transaction committed."""
     timeout = settings.APP_CONFIG.start_timeout
-    redis_client.commands().hset(pending_key(), app_name, str(generation))
+    redis_client.commands().hset(pending_key(), app_name, _pending_value(generation, request_id))
     get_queue().enqueue(
         run_start,
         app_name,
@@ -190,7 +195,7 @@ def run_start(app_name: str, environments: list[str], *, generation: int, reques
     try:
         outcome = StartJob(app_name, environments, generation=generation, request_id=request_id).run(attempt)
         if outcome != "requeued":
-            _forget_pending(app_name, generation)
+            _forget_pending(app_name, _pending_value(generation, request_id))
         return outcome
     finally:
         connections.close_all()
@@ -392,7 +397,9 @@ def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, dict
             result["resumed"][name] = lost[name]
         elif name not in busy:
             _forget_pending(name, pending[name])  # its job finished its work, then died
-        elif name in suspects and actions.interrupt_starts(name, suspects[name], before=cutoff):
+        elif name in suspects and actions.interrupt_starts(
+            name, suspects[name], before=cutoff, request_id=pending[name].partition(" ")[2]
+        ):
             log.warning("start of %s on %s was interrupted", name, ", ".join(suspects[name]))
             result["interrupted"][name] = suspects[name]
             _forget_pending(name, pending[name])

@@ -56,7 +56,8 @@ def test_a_dead_job_leaves_an_interrupted_start(app):
     request_id = actions.request_start(app)
     generation = Application.objects.get(pk=app.pk).generation
     assert actions.begin_environment_start("stuck", "env_a", generation=generation) == "starting"
-    redis_client.commands().hset(start_queue.pending_key(), "stuck", str(generation))
+    redis_client.commands().hset(start_queue.pending_key(), "stuck", f"{generation} {request_id}")
+    actions.finish_request(request_id)  # env_a's acknowledgement closed it ok, then the job died
     _age(app)
     result = start_queue.recover_interrupted_starts()
     assert result["interrupted"] == {"stuck": ["env_a", "env_b"]}
@@ -70,10 +71,10 @@ def test_a_dead_job_leaves_an_interrupted_start(app):
 
 
 def test_a_live_job_or_a_workers_own_start_is_left_alone(app):
-    actions.request_start(app)
+    request_id = actions.request_start(app)
     generation = Application.objects.get(pk=app.pk).generation
     actions.begin_environment_start("stuck", "env_a", generation=generation)
-    redis_client.commands().hset(start_queue.pending_key(), "stuck", str(generation))
+    redis_client.commands().hset(start_queue.pending_key(), "stuck", f"{generation} {request_id}")
     _age(app)
     lock = start_queue.StartLock("stuck")
     assert lock.acquire()
