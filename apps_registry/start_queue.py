@@ -367,10 +367,14 @@ def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, dict
     suspects: dict[str, list[str]] = {}
     lost: dict[str, list[str]] = {}
     busy: set[str] = set()
-    rows = AppEnvironment.objects.filter(
-        Q(application__name__in=list(pending), status__in=(AppStatus.QUEUED, AppStatus.STARTING))
-        | Q(status=AppStatus.QUEUED, status_changed_at__lt=cutoff)
-    ).values_list("application__name", "environment__name", "status_changed_at")
+    rows = (
+        AppEnvironment.objects.filter(
+            Q(application__name__in=list(pending), status__in=(AppStatus.QUEUED, AppStatus.STARTING))
+            | Q(status=AppStatus.QUEUED, status_changed_at__lt=cutoff)
+        )
+        .order_by("environment__name")
+        .values_list("application__name", "environment__name", "status_changed_at")
+    )
     for app_name, env, changed in rows:
         if app_name in pending:
             busy.add(app_name)
