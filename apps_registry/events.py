@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps_registry import actions, command_channel, metrics, redis_client
-from apps_registry.models import AppStatus, Environment
+from apps_registry.models import AppStatus, AuditEntry, Environment
 from apps_registry.names import is_valid_name
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ _group_ready: set[str] = set()
 _last_claim = 0.0
 _redis_down = False
 _OFFSET_EVERY = 60.0
+# How long the ok acknowledgements of a multi-environment request are remembered.
+REQUEST_ACKS_TTL = 24 * 3600
 _offset = 0.0
 _offset_measured = float("-inf")
 
@@ -127,20 +129,35 @@ def _observe_round_trip(payload: dict, env: str) -> None:
 
 
 def _apply_ack(payload: dict) -> None:
+    """A failed, expired or superseded command closes its request as an error at once; an ok
+    closes it only when every environment of the request has acknowledged ok (the request's
+    other environments may still fail, or never be reached)."""
     request_id = str(payload.get("request_id") or "")
     result = payload.get("result")
-    env = payload.get("env", "?")
-    _observe_round_trip(payload, str(env))
-    if not request_id:
+    env = str(payload.get("env") or "?")
+    _observe_round_trip(payload, env)
+    if not request_id or not is_valid_name(env):
         return
-    if result == "ok":
-        actions.finish_request(request_id)
-    elif result == "superseded":
+    if result == "superseded":
         actions.finish_request(request_id, error=f"{env}: superseded by a newer request")
     elif result == "expired":
         actions.finish_request(request_id, error=f"{env}: the command expired before the worker picked it up")
-    else:
+    elif result != "ok":
         actions.finish_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
+    else:
+        wanted = (
+            AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING)
+            .values_list("environments", flat=True)
+            .first()
+        )
+        if wanted is None:
+            return
+        key = redis_client.key("req", request_id)
+        pipe = redis_client.commands().pipeline(transaction=True)
+        pipe.hset(key, env, "ok").expire(key, REQUEST_ACKS_TTL).hkeys(key)
+        acked = set(pipe.execute()[-1])
+        if set(wanted or [env]) <= acked:
+            actions.finish_request(request_id)
 
 
 def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:

@@ -111,7 +111,7 @@ def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
     app.refresh_from_db()
     request_id = actions.request_stop(app)
     wait_status(app, "env_a", "stopped", timeout=10)
-    assert request_result(request_id) == "ok"
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="stop acknowledged")
     wait_until(lambda: http_status(home) == 503, timeout=3, message="stopped app answers 503")
 
     app.refresh_from_db()
@@ -122,7 +122,7 @@ def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
     app.refresh_from_db()
     request_id = actions.request_remove(app)
     wait_status(app, "env_a", "stopped", timeout=10)
-    assert request_result(request_id) == "ok"
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="remove acknowledged")
     wait_until(lambda: http_status(home) == 404, timeout=3, message="removed app unknown here")
 
 
@@ -179,7 +179,7 @@ def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
     wait_status(app, "env_b", "running", timeout=60)
     ack = command_channel.wait_for_ack(late, 20)
     assert ack["result"] == "expired" and "expired" in ack["error"]
-    assert request_result(request_id) == "ok"
+    wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged")
     assert status(app, "env_b")[0] == "running"  # the expired stop did not run
 
 

@@ -62,6 +62,17 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     assert AuditEntry.objects.get(request_id=request_id).result == "ok"
     assert round_trips("stop", "ok") == before + 1
 
+    # A request on two environments is ok only once both acknowledged ok.
+    env_y = actions.register_environment(name="env_y", url="http://127.0.0.1:9")
+    both = actions.create_application(name="crm_two", environments=[env, env_y])
+    two = actions.request_stop(both)
+    emit("ack", id="c3", env="env_x", result="ok", request_id=two, app="crm_two", action="stop")
+    events.ingest()
+    assert AuditEntry.objects.get(request_id=two).result == "pending"
+    emit("ack", id="c4", env="env_y", result="ok", request_id=two, app="crm_two", action="stop")
+    events.ingest()
+    assert AuditEntry.objects.get(request_id=two).result == "ok"
+
     failed = actions.request_stop(app)
     emit("ack", id="c2", env="env_x", result="expired", request_id=failed, app="crm", action="stop")
     events.ingest()
