@@ -130,8 +130,12 @@ class QueueWorkers:
 
 @pytest.fixture(scope="module")
 def api(cluster) -> Api:
-    env = {**cluster.supervisor_env, "ADMIN_USERNAME": "queue_root", "ADMIN_PASSWORD": "queue-root-pass"}
-    result = manage(["ensure_admin"], env)
+    create = (
+        "from django.contrib.auth.models import User\n"
+        "if not User.objects.filter(username='queue_root').exists():\n"
+        "    User.objects.create_superuser('queue_root', password='queue-root-pass')\n"
+    )
+    result = manage(["shell", "-c", create], cluster.supervisor_env)
     assert result.returncode == 0, result.stderr
     result = manage(["create_api_token", "queue_root"], cluster.supervisor_env)
     assert result.returncode == 0, result.stderr
