@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import PYTHON, ROOT, Process, manage
+from tests.processes import PYTHON, ROOT, Process, manage, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -47,9 +47,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def operator(cluster):
-    env = {**cluster.supervisor_env, "ADMIN_USERNAME": OPERATOR, "ADMIN_PASSWORD": OPERATOR_PASSWORD}
-    result = manage(["ensure_admin"], env)
-    assert result.returncode == 0, result.stderr
+    # Not ensure_admin: it does nothing once any superuser exists (another test's).
+    env = {**cluster.supervisor_env, "DJANGO_SUPERUSER_PASSWORD": OPERATOR_PASSWORD}
+    result = manage(["createsuperuser", "--no-input", "--username", OPERATOR, "--email", "e2e@example.com"], env)
+    assert result.returncode == 0 or "already taken" in result.stderr, result.stderr
     return OPERATOR, OPERATOR_PASSWORD
 
 
@@ -100,6 +101,14 @@ def test_operator_story_in_a_real_browser(browser, cluster_logs, operator, queue
     page.click("input[type=submit]")
     expect(page.locator("#user-tools")).to_contain_text(operator[0])
     page.get_by_role("link", name="Environments").click()
+    # The rows appear once the supervisor has applied the workers' registrations (a list only
+    # refreshes the badges of the rows it has): reload until both are there.
+    wait_until(
+        lambda: page.reload() and _badge(page, "env_a").count() and _badge(page, "env_b").count(),
+        timeout=30,
+        interval=0.5,
+        message="env_a and env_b listed",
+    )
     for env in ("env_a", "env_b"):
         expect(_badge(page, env)).to_have_text("online", timeout=15_000)
     steps.shot("environments-online")
