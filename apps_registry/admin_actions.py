@@ -113,7 +113,7 @@ def _row_view(model_admin: admin.ModelAdmin) -> Callable:
     return model_admin.admin_site.admin_view(view)
 
 
-def _operations_column(model_admin_class: type) -> Callable:
+def _operations_column() -> Callable:
     @admin.display(description="operations")
     def operations(self, app: Application) -> str:
         user = getattr(_rendering, "user", None)
@@ -182,7 +182,7 @@ def install(model_admin_class: type) -> None:
         if name not in model_admin_class.actions:
             model_admin_class.actions = [*model_admin_class.actions, name]
 
-    model_admin_class.operations = _operations_column(model_admin_class)
+    model_admin_class.operations = _operations_column()
     if "operations" not in model_admin_class.list_display:
         model_admin_class.list_display = [*model_admin_class.list_display, "operations"]
     model_admin_class.recent_history = recent_history
