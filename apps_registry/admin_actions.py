@@ -9,9 +9,11 @@ Applications admin without changing its class.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
+import redis
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -24,6 +26,8 @@ from django.utils.html import format_html, format_html_join
 
 from apps_registry import actions
 from apps_registry.models import Application, AuditEntry
+
+log = logging.getLogger(__name__)
 
 HISTORY_ROWS = 10
 # The user of the changelist being rendered in this thread, for the per-row buttons.
@@ -55,13 +59,26 @@ def permission_name(operation: str) -> str:
 def _perform(request: HttpRequest, operation: str, apps: list[Application]) -> None:
     spec = OPERATIONS[operation]
     drop = operation == "remove" and request.POST.get("drop_data") == "on"
+    unsent: list[str] = []
     for app in apps:
-        if operation == "remove":
-            spec["run"](app, request.user, drop_data=drop)
-        else:
-            spec["run"](app, request.user)
+        try:
+            if operation == "remove":
+                spec["run"](app, request.user, drop_data=drop)
+            else:
+                spec["run"](app, request.user)
+        except redis.RedisError:
+            # Committed before the command could go out: the workers converge to the registry
+            # from the rebuilt cache once Redis is back. Say so instead of a 500.
+            log.warning("admin %s of %s: Redis unavailable", operation, app.name, exc_info=True)
+            unsent.append(app.name)
     names = ", ".join(app.name for app in apps[:10]) + (" …" if len(apps) > 10 else "")
     messages.success(request, f"{spec['done']} {len(apps)} application(s): {names}.")
+    if unsent:
+        messages.warning(
+            request,
+            f"Redis (the command channel) is unavailable: the {operation} of {', '.join(unsent[:10])} is recorded "
+            "and the workers will apply it when Redis is back.",
+        )
 
 
 def _confirmation(

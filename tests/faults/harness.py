@@ -194,6 +194,43 @@ def make_api(cluster: FaultCluster) -> Api:
     return Api(cluster.url, result.stdout.strip())
 
 
+class AdminSession:
+    """A logged-in browser-like session on the supervisor's admin (cookies, CSRF tokens)."""
+
+    def __init__(self, base: str, username: str, password: str):
+        import http.cookiejar
+
+        self.base = base
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        token = self._token("/admin/login/")
+        form = {"username": username, "password": password, "csrfmiddlewaretoken": token, "next": "/admin/"}
+        code, _ = self.post("/admin/login/", form)
+        assert code == 200, code  # followed the redirect to the admin index
+
+    def _token(self, path: str) -> str:
+        import re
+
+        with self.opener.open(f"{self.base}{path}", timeout=15) as response:
+            page = response.read().decode()
+        return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+
+    def post(self, path: str, data: dict) -> tuple[int, str]:
+        from urllib.parse import urlencode
+
+        request = urllib.request.Request(f"{self.base}{path}", data=urlencode(data).encode(), method="POST")
+        request.add_header("Referer", f"{self.base}{path}")
+        try:
+            with self.opener.open(request, timeout=15) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+
+    def operation(self, app_pk: int, operation: str) -> tuple[int, str]:
+        """Ask for the operation on its confirmation page and confirm it, as a person would."""
+        path = f"/admin/apps_registry/application/{app_pk}/operation/{operation}/"
+        return self.post(path, {"confirm": "yes", "csrfmiddlewaretoken": self._token(path)})
+
+
 # --- Bounded load -------------------------------------------------------------------------------
 
 

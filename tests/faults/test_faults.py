@@ -13,7 +13,7 @@ import pytest
 
 from tests import services
 from tests.cluster import LEASE_INTERVAL, OFFLINE_AFTER
-from tests.faults.harness import Api, FaultCluster, Load, make_api, record, summarise
+from tests.faults.harness import AdminSession, Api, FaultCluster, Load, make_api, record, summarise
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -123,9 +123,14 @@ def test_worker_sigkilled_goes_offline_and_its_apps_come_back(fault_cluster, api
 
 
 def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api, load, logs_on_failure):
-    code, body = api("POST", "/apps", {"name": "f_other", "environments": ["env_b"], "start": True})
-    assert code == 201, body
-    wait_statuses(api, "f_other", {"env_b": "running"})
+    for name in ("f_other", "f_third"):
+        code, body = api("POST", "/apps", {"name": name, "environments": ["env_b"], "start": True})
+        assert code == 201, body
+    for name in ("f_other", "f_third"):
+        wait_statuses(api, name, {"env_b": "running"})
+    with fault_cluster.pg(fault_cluster.supervisor_env["DB_DATABASE"]) as conn:
+        third_pk = conn.execute("SELECT id FROM apps_registry_application WHERE name = 'f_third'").fetchone()[0]
+    admin = AdminSession(fault_cluster.url, "fault_root", "fault-root-pass")
     apps_before = {a["name"] for a in api("GET", "/apps")[1]["apps"]}
     injected = time.monotonic()
     fault_cluster.redis.kill()
@@ -134,6 +139,9 @@ def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api
     assert code in (202, 503), (code, body)
     if code == 503:
         assert "Redis" in body["error"], body
+    # The same from the admin: a page that says so, not a 500.
+    admin_code, page = admin.operation(third_pk, "stop")
+    assert admin_code == 200 and "Redis (the command channel) is unavailable" in page, (admin_code, page[-2000:])
     while time.monotonic() - injected < 2.0:  # Redis stays down for 2 s under the load
         time.sleep(0.1)
     fault_cluster.redis.start()  # empty: it keeps nothing on disk
@@ -162,6 +170,7 @@ def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api
     # The stop asked for while Redis was down is not silently dropped: the registry kept it and
     # the worker converges to it from the rebuilt cache.
     wait_statuses(api, "f_other", {"env_b": "stopped"}, timeout=30)
+    wait_statuses(api, "f_third", {"env_b": "stopped"}, timeout=30)
     recovered = load.wait_ok_streak(injected, None, streak=10, timeout=30)
     result = summarise(load, "Redis restarted empty", injected, max(recovered, reported))
     RESULTS.append(
