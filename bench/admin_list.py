@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=10_000)
     parser.add_argument("--environments", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--redis-db", default="14", help="a Redis database number free for the bench")
+    parser.add_argument("--redis-db", default="10", help="a Redis database number free for the bench")
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
 

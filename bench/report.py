@@ -32,8 +32,9 @@ OUT = ROOT / "test-artifacts" / "bench"
 RECOVERY = ROOT / "test-artifacts" / "faults" / "recovery.json"
 BEGIN, END = "<!-- bench/run: begin (generated; edit bench/report.py, not this block) -->", "<!-- bench/run: end -->"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-# Redis database numbers the benches that take one may use (nothing else should be there).
-BENCH_REDIS_DB = os.environ.get("BENCH_REDIS_DB", "14")
+# A Redis database number for every bench that takes one (BENCH_REDIS_DB); unset, each bench
+# uses its own default (they differ, so that two benches never share one).
+BENCH_REDIS_DB = os.environ.get("BENCH_REDIS_DB", "")
 FAULTS_REDIS_DB = os.environ.get("BENCH_FAULTS_REDIS_DB", "15")
 
 Figure = tuple[str, str, str, bool | None]  # (figure, measured, target, met or None)
@@ -247,7 +248,7 @@ QUICK_ARGS = {
 
 def script_args(name: str, script: Path, quick: bool) -> list[str]:
     args = list(QUICK_ARGS.get(name, [])) if quick else []
-    if "--redis-db" in script.read_text():
+    if BENCH_REDIS_DB and "--redis-db" in script.read_text():
         args += ["--redis-db", BENCH_REDIS_DB]
     return args
 
