@@ -8,9 +8,12 @@ Agents beat a lease every ``APP_LEASE_INTERVAL`` seconds into the sorted set ``P
 - ``unknown``  seen within ``APP_OFFLINE_AFTER`` (a beat or two went missing);
 - ``offline``  seen longer ago than that, or never.
 
-When Redis has no entry for an environment, or is not reachable, the database's
-``last_heartbeat`` (written by the slower registration heartbeat) is used instead, so the
-page still renders, only with a coarser status.
+When Redis has no entry for an environment, the database's ``last_heartbeat`` (written by
+the slower registration heartbeat) is used instead. When Redis cannot be reached at all,
+nothing new can be known: environments that have not deregistered are ``unknown`` (their
+agents keep their apps serving; the proxy keeps routing to them) rather than declared offline
+on a heartbeat that may be two minutes old. In standalone mode the one environment is this
+process itself, ``online`` whenever it answers.
 """
 
 from __future__ import annotations
@@ -52,15 +55,15 @@ def classify(
     return EnvironmentStatus.OFFLINE
 
 
-def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime]:
-    """Last lease beat per environment, in one round trip; empty if Redis is not available."""
+def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime] | None:
+    """Last lease beat per environment, in one round trip; None if Redis cannot be reached."""
     if not names or not redis_client.configured():
         return {}
     try:
         scores = redis_client.commands().zmscore(redis_client.key(*SEEN_KEY), list(names))
     except redis.RedisError as error:
-        log.warning("liveness: Redis unavailable, using database heartbeats (%s)", error)
-        return {}
+        log.warning("liveness: Redis unavailable, environment statuses unknown (%s)", error)
+        return None
     return {
         name: dt.datetime.fromtimestamp(float(score), tz=dt.UTC)
         for name, score in zip(names, scores, strict=True)
@@ -77,6 +80,15 @@ def environment_statuses(
     seen = _seen_in_redis([env.name for env in envs])
     result: dict[str, tuple[str, dt.datetime | None]] = {}
     for env in envs:
+        if config.mode == "standalone" and env.name == config.environment_name:
+            result[env.name] = (EnvironmentStatus.ONLINE, now)
+            continue
+        if seen is None:
+            stopped = env.stopped_at is not None and (
+                env.last_heartbeat is None or env.last_heartbeat <= env.stopped_at
+            )
+            result[env.name] = (EnvironmentStatus.STOPPED if stopped else EnvironmentStatus.UNKNOWN, env.last_heartbeat)
+            continue
         sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None]
         last_seen = max(sightings) if sightings else None
         status = classify(

@@ -47,7 +47,14 @@ class Placement:
 
     @property
     def choosable(self) -> bool:
-        return self.enabled and self.env_status == EnvironmentStatus.ONLINE and self.app_status == AppStatus.RUNNING
+        # ``unknown`` (a missed beat, or Redis unreachable) keeps receiving requests: its apps
+        # are still serving as far as anyone knows, and a worker that is really gone answers
+        # with a 502 naming it. Only ``offline`` and ``stopped`` are taken out of rotation.
+        return (
+            self.enabled
+            and self.env_status in (EnvironmentStatus.ONLINE, EnvironmentStatus.UNKNOWN)
+            and self.app_status == AppStatus.RUNNING
+        )
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,11 @@ class AppRoute:
     placements: tuple[Placement, ...] = field(default_factory=tuple)
 
     def choosable(self) -> list[Placement]:
-        return [p for p in self.placements if p.choosable]
+        """Online environments; only when none is online, the ``unknown`` ones (a beat went
+        missing or Redis cannot tell), so a dead worker is left as soon as another is sure."""
+        candidates = [p for p in self.placements if p.choosable]
+        online = [p for p in candidates if p.env_status == EnvironmentStatus.ONLINE]
+        return online or candidates
 
     def placement(self, environment: str) -> Placement | None:
         return next((p for p in self.placements if p.environment == environment), None)

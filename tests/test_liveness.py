@@ -98,7 +98,10 @@ def test_database_heartbeat_when_redis_has_no_entry(redis_conn):
 
 
 @pytest.mark.django_db
-def test_redis_unreachable_falls_back_to_database(monkeypatch):
+def test_redis_unreachable_means_unknown_not_offline(monkeypatch):
+    """Without Redis nothing new can be known: an environment whose last database heartbeat is
+    minutes old is ``unknown`` (its apps keep being served), not ``offline``; one that
+    deregistered stays ``stopped``."""
     # A real client pointed at a port nobody listens on.
     dead = redis.Redis(
         host="127.0.0.1",
@@ -109,8 +112,10 @@ def test_redis_unreachable_falls_back_to_database(monkeypatch):
     )
     monkeypatch.setattr(liveness.redis_client, "commands", lambda: dead)
     now = timezone.now()
-    env = Environment.objects.create(name="env_a", url="http://h:1", last_heartbeat=now - dt.timedelta(seconds=8))
-    assert environment_statuses([env], now=now) == {"env_a": ("unknown", env.last_heartbeat)}
+    old = now - dt.timedelta(seconds=100)
+    quiet = Environment.objects.create(name="env_a", url="http://h:1", last_heartbeat=old)
+    gone = Environment.objects.create(name="env_b", url="http://h:2", last_heartbeat=old, stopped_at=old)
+    assert environment_statuses([quiet, gone], now=now) == {"env_a": ("unknown", old), "env_b": ("stopped", old)}
 
 
 @pytest.mark.django_db
@@ -124,3 +129,24 @@ def test_the_fresher_of_redis_and_database_wins(redis_conn):
 
 def test_no_environments_no_round_trip():
     assert environment_statuses([]) == {}
+
+
+def test_proxy_prefers_online_environments_and_falls_back_to_unknown_ones():
+    from apps_registry.proxy_routing import AppRoute, Placement
+
+    def placement(env: str, status: str) -> Placement:
+        return Placement(
+            environment=env,
+            target_url=f"http://{env}",
+            url=f"http://{env}",
+            enabled=True,
+            env_status=status,
+            last_seen=None,
+            app_status="running",
+        )
+
+    route = AppRoute(pk=1, name="crm", display_name="CRM", options={})
+    mixed = AppRoute(**{**route.__dict__, "placements": (placement("env_a", "unknown"), placement("env_b", "online"))})
+    assert [p.environment for p in mixed.choosable()] == ["env_b"]
+    blind = AppRoute(**{**route.__dict__, "placements": (placement("env_a", "unknown"), placement("env_b", "offline"))})
+    assert [p.environment for p in blind.choosable()] == ["env_a"]

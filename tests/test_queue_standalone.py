@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from apps_registry import actions
 from apps_registry.models import ApiToken, Environment
 user = User.objects.create_superuser("solo_root", password="x")
-env = Environment.objects.create(name="local", url="http://127.0.0.1:8000")
+env = Environment.objects.get(name="local")  # registered by migrate in standalone mode
 actions.create_application(name="broken", environments=[env],
     options={"modules": ["contacts"], "initial_admin": {"username": "a", "password_hash": "plain-text"}})
 print(ApiToken.issue(user)[1])
