@@ -26,6 +26,10 @@ from apps_registry.models import AppEnvironment, Application, AppStatus, Environ
 
 MODULE_CHOICES = [("contacts", "Contacts"), ("tasks", "Tasks")]
 
+admin.site.site_header = "App Supervisor"
+admin.site.site_title = "App Supervisor"
+admin.site.index_title = "Control plane"
+
 
 class SupervisorMedia:
     css = {"all": ("apps_registry/admin.css",)}
