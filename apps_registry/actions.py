@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from apps_registry import dispatch
@@ -297,6 +297,53 @@ def record_app_status(
     return bool(updated)
 
 
+# Rows per bulk UPDATE: keeps statements (and SQLite's parameter count) bounded.
+BULK_CHUNK = 200
+
+
+def _per_row(values: dict[int, object], field: models.Field) -> models.Case:
+    """``CASE id WHEN … THEN …``: one value per row in a single UPDATE."""
+    return models.Case(
+        *(models.When(pk=pk, then=models.Value(value, output_field=field)) for pk, value in values.items()),
+        output_field=field,
+    )
+
+
+def _chunks(items: list, size: int = BULK_CHUNK) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def record_app_statuses(reports: Sequence[tuple[str, str, str, str, dt.datetime]]) -> int:
+    """Apply many status reports ``(app, environment, status, error, at)`` in a few queries:
+    one read of the placements, one guarded UPDATE per chunk. Same rule as
+    ``record_app_status``: a report older than the placement's current status is ignored.
+    Pass at most one report per app × environment (the newest; older ones change nothing).
+    Returns how many placements changed."""
+    wanted: dict[tuple[str, str], tuple[str, str, dt.datetime]] = {}
+    for app_name, environment_name, status, error, at in reports:
+        if status not in AppStatus.values:
+            raise ValueError(f"unknown application status {status!r}")
+        wanted[(app_name, environment_name)] = (status, error if status == AppStatus.ERROR else "", at)
+    if not wanted:
+        return 0
+    rows = AppEnvironment.objects.filter(
+        application__name__in={app for app, _env in wanted}, environment__name__in={env for _app, env in wanted}
+    ).values_list("pk", "application__name", "environment__name")
+    by_pk = {pk: wanted[(app, env)] for pk, app, env in rows if (app, env) in wanted}
+    field = AppEnvironment._meta.get_field
+    updated = 0
+    for chunk in _chunks(sorted(by_pk)):
+        at = _per_row({pk: by_pk[pk][2] for pk in chunk}, field("status_changed_at"))
+        updated += AppEnvironment.objects.filter(pk__in=chunk, status_changed_at__lte=at).update(
+            status=_per_row({pk: by_pk[pk][0] for pk in chunk}, field("status")),
+            error=_per_row({pk: by_pk[pk][1] for pk in chunk}, field("error")),
+            status_changed_at=at,
+            queued_at=None,
+        )
+    return updated
+
+
 def finish_request(request_id: str, *, error: str = "") -> None:
     """Close the audit entry of a request once its outcome is known."""
     AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING).update(
@@ -339,6 +386,60 @@ def register_environment(
             setattr(env, key, value)
     dispatch.publish_environment(env)
     return env
+
+
+# A heartbeat that changes nothing but ``last_heartbeat``, by less than this, is not written:
+# liveness reads the lease in Redis, the database's beat is only its fallback.
+HEARTBEAT_RESOLUTION = dt.timedelta(seconds=1)
+_DESCRIPTIVE = ("url", "proxy_url", "version", "host", "pid", "apps_running")
+
+
+def refresh_environments(reports: Sequence[dict]) -> int:
+    """Apply many workers' registrations and heartbeats at once, at most one per environment
+    (the newest). Each report holds ``register_environment``'s keyword arguments plus
+    ``announce`` (True for a ``register`` event: the agent started or Redis came back).
+
+    One read of the environments, then: a beat that only moves ``last_heartbeat`` forward is
+    written for every such environment in one guarded UPDATE (never moved backwards by an
+    older report applied late) and skipped if it moves it by less than HEARTBEAT_RESOLUTION;
+    a new environment, a changed description or an announcement goes through
+    ``register_environment`` (audit, cache publish); a report older than a deregistration
+    already recorded is ignored. Returns how many environments were written."""
+    latest: dict[str, dict] = {}
+    for report in reports:
+        latest[report["name"]] = report
+    if not latest:
+        return 0
+    existing = {env.name: env for env in Environment.objects.filter(name__in=list(latest))}
+    beats: dict[int, dt.datetime] = {}
+    written = 0
+    for name, report in latest.items():
+        fields = {key: value for key, value in report.items() if key != "announce"}
+        fields["apps_running"] = sorted(fields.get("apps_running") or ())
+        at = fields["at"]
+        env = existing.get(name)
+        if env is not None and env.stopped_at is not None and env.stopped_at > at:
+            continue  # a later deregistration is recorded: this beat must not bring it back
+        unchanged = (
+            env is not None
+            and env.stopped_at is None
+            and not report.get("announce")
+            and all(getattr(env, key) == fields[key] for key in _DESCRIPTIVE)
+        )
+        if not unchanged:
+            register_environment(**fields)
+            written += 1
+        elif env.last_heartbeat is None or at - env.last_heartbeat >= HEARTBEAT_RESOLUTION:
+            beats[env.pk] = at
+    field = Environment._meta.get_field("last_heartbeat")
+    for chunk in _chunks(sorted(beats)):
+        at = _per_row({pk: beats[pk] for pk in chunk}, field)
+        written += (
+            Environment.objects.filter(pk__in=chunk)
+            .filter(models.Q(last_heartbeat__isnull=True) | models.Q(last_heartbeat__lt=at))
+            .update(last_heartbeat=at)
+        )
+    return written
 
 
 def deregister_environment(name: str, *, at: dt.datetime | None = None) -> bool:

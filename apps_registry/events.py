@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import redis
 from django.conf import settings
@@ -91,31 +92,45 @@ def _when(payload: dict) -> dt.datetime:
         return timezone.now()
 
 
-def _apply_registration(payload: dict, at: dt.datetime) -> None:
+def _registration(payload: dict, at: dt.datetime) -> dict:
+    """``register_environment``'s arguments from a register/heartbeat event (validated)."""
     name = payload.get("env")
     if not is_valid_name(name):
         raise ValueError(f"invalid environment name {name!r}")
-    # A beat older than a later deregistration must not bring the environment back.
-    if Environment.objects.filter(name=name, stopped_at__gt=at).exists():
-        return
     pid = payload.get("pid")
-    actions.register_environment(
-        name=name,
-        url=str(payload.get("url") or ""),
-        proxy_url=str(payload.get("proxy_url") or ""),
-        version=str(payload.get("version") or "")[:60],
-        host=str(payload.get("host") or "")[:255],
-        pid=pid if isinstance(pid, int) and pid >= 0 else None,
-        apps_running=[app for app in payload.get("apps_running") or [] if is_valid_name(app)],
-        at=at,
-    )
+    apps_running = payload.get("apps_running") or []
+    if not isinstance(apps_running, list):
+        raise ValueError(f"bad apps_running in {payload!r}")
+    return {
+        "name": name,
+        "url": str(payload.get("url") or ""),
+        "proxy_url": str(payload.get("proxy_url") or ""),
+        "version": str(payload.get("version") or "")[:60],
+        "host": str(payload.get("host") or "")[:255],
+        "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0 else None,
+        "apps_running": sorted({app for app in apps_running if is_valid_name(app)}),
+        "at": at,
+    }
 
 
-def _apply_status(payload: dict, at: dt.datetime) -> None:
+def _apply_registration(payload: dict, at: dt.datetime) -> None:
+    fields = _registration(payload, at)
+    # A beat older than a later deregistration must not bring the environment back.
+    if Environment.objects.filter(name=fields["name"], stopped_at__gt=at).exists():
+        return
+    actions.register_environment(**fields)
+
+
+def _status(payload: dict, at: dt.datetime) -> tuple[str, str, str, str, dt.datetime]:
     app, env, status = payload.get("app"), payload.get("env"), payload.get("status")
     if not (is_valid_name(app) and is_valid_name(env)) or status not in AppStatus.values:
         raise ValueError(f"bad status event {payload!r}")
-    actions.record_app_status(app, env, status, error=str(payload.get("error") or ""), at=at)
+    return app, env, status, str(payload.get("error") or ""), at
+
+
+def _apply_status(payload: dict, at: dt.datetime) -> None:
+    app, env, status, error, at = _status(payload, at)
+    actions.record_app_status(app, env, status, error=error, at=at)
 
 
 def _observe_round_trip(payload: dict, env: str) -> None:
@@ -182,6 +197,97 @@ def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:
         raise ValueError(f"unknown event type {event_type!r}")
 
 
+class Batch:
+    """One ingest's events, coalesced. Registrations and heartbeats: only the newest per
+    environment matters (each carries the whole description); statuses: only the newest per
+    app × environment (``record_app_status`` would ignore older ones anyway); acks: every one,
+    in order (each may close a request). Newest means latest by event time (the stream id)."""
+
+    def __init__(self) -> None:
+        self.registrations: dict[str, dict] = {}
+        self.deregistrations: dict[str, dt.datetime] = {}
+        self.statuses: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
+        self.acks: list[tuple[str, dict]] = []
+        self.events = 0
+
+    def add(self, fields: dict[str, str], at: dt.datetime | None) -> None:
+        """Validate one event and keep it if it matters; raises ValueError for a bad one."""
+        event_type = fields.get("type")
+        payload = json.loads(fields.get("data") or "{}")
+        if not isinstance(payload, dict):
+            raise ValueError("event data is not an object")
+        at = at or _when(payload)
+        if event_type in ("register", "heartbeat"):
+            report = _registration(payload, at)
+            previous = self.registrations.get(report["name"])
+            announce = event_type == "register" or bool(previous and previous["announce"])
+            if previous is None or previous["at"] <= at:
+                self.registrations[report["name"]] = {**report, "announce": announce}
+            else:
+                previous["announce"] = announce
+        elif event_type == "deregister":
+            name = payload.get("env")
+            if is_valid_name(name) and (name not in self.deregistrations or self.deregistrations[name] <= at):
+                self.deregistrations[name] = at
+        elif event_type == "status":
+            report = _status(payload, at)
+            previous = self.statuses.get(report[:2])
+            if previous is None or previous[4] <= at:
+                self.statuses[report[:2]] = report
+        elif event_type == "ack":
+            self.acks.append((str(payload.get("id") or ""), payload))
+        else:
+            raise ValueError(f"unknown event type {event_type!r}")
+        self.events += 1
+
+    def apply(self) -> None:
+        """Apply the batch (inside the caller's transaction). Each group runs in a savepoint;
+        if a bulk step fails, its items are applied one by one so one bad item drops alone."""
+        # An environment that deregistered in this batch: its newest registration and its
+        # deregistration, in their own order (rare: an agent stopping or restarting).
+        for name, gone_at in self.deregistrations.items():
+            report = self.registrations.pop(name, None)
+            steps: list[tuple[dt.datetime, Callable[[], object]]] = [
+                (gone_at, lambda name=name, at=gone_at: actions.deregister_environment(name, at=at))
+            ]
+            if report is not None:
+                steps.append((report["at"], lambda report=report: self._register_one(report)))
+            for _at, step in sorted(steps, key=lambda item: item[0]):
+                _guarded(step, f"environment {name}")
+        if self.registrations:
+            reports = list(self.registrations.values())
+            if not _guarded(lambda: actions.refresh_environments(reports), "environment refresh", quiet=True):
+                for report in reports:
+                    _guarded(lambda report=report: actions.refresh_environments([report]), f"environment {report}")
+        if self.statuses:
+            statuses = list(self.statuses.values())
+            if not _guarded(lambda: actions.record_app_statuses(statuses), "status reports", quiet=True):
+                for report in statuses:
+                    _guarded(lambda report=report: actions.record_app_statuses([report]), f"status {report}")
+        for command_id, payload in self.acks:
+            _guarded(lambda payload=payload: _apply_ack(payload), f"ack {command_id}")
+
+    @staticmethod
+    def _register_one(report: dict) -> None:
+        fields = {key: value for key, value in report.items() if key != "announce"}
+        if not Environment.objects.filter(name=fields["name"], stopped_at__gt=fields["at"]).exists():
+            actions.register_environment(**fields)
+
+
+def _guarded(step: Callable[[], object], what: str, quiet: bool = False) -> bool:
+    """Run one step in a savepoint; a failure rolls back that step alone and is logged."""
+    try:
+        with transaction.atomic():
+            step()
+        return True
+    except Exception:
+        if quiet:
+            log.warning("event ingest: %s failed in bulk; applying one by one", what, exc_info=True)
+        else:
+            log.exception("event ingest: dropping %s", what)
+        return False
+
+
 def _claim_stale(client: redis.Redis, stream: str, limit: int) -> list:
     global _last_claim
     now = time.monotonic()
@@ -217,20 +323,24 @@ def ingest(limit: int = 1000) -> int:
     if _redis_down:
         log.info("event ingest: Redis reachable again")
         _redis_down = False
-    done = []
-    # One transaction for the batch (one commit), a savepoint per event (one bad event
-    # rolls back alone).
-    with transaction.atomic():
-        for entry_id, fields in entries:
-            if fields is None:  # trimmed away while pending
-                done.append(entry_id)
-                continue
-            try:
-                with transaction.atomic():
-                    apply_event(fields, _entry_time(entry_id, offset))
-            except Exception:  # a bad event is logged and dropped, never blocks the others
-                log.exception("event ingest: dropping event %s %r", entry_id, fields)
-            done.append(entry_id)
+    apply_entries(entries, offset)
+    done = [entry_id for entry_id, _fields in entries]
     if done:
         client.xack(stream, _group(), *done)
     return len(entries)
+
+
+def apply_entries(entries: list[tuple[str, dict[str, str] | None]], offset: float = 0.0) -> Batch:
+    """Apply stream entries as one coalesced batch in one transaction (one commit). A bad
+    event is logged and dropped, never blocks the others."""
+    batch = Batch()
+    for entry_id, fields in entries:
+        if fields is None:  # trimmed away while pending
+            continue
+        try:
+            batch.add(fields, _entry_time(entry_id, offset))
+        except Exception:
+            log.exception("event ingest: dropping event %s %r", entry_id, fields)
+    with transaction.atomic():
+        batch.apply()
+    return batch

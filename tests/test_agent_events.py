@@ -1,8 +1,11 @@
 """Supervisor-side ingest of worker events (in-process, real Redis and PostgreSQL)."""
 
+import json
 import time
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
 from apps_registry import actions, command_channel, events, redis_client
@@ -99,3 +102,100 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     assert Environment.objects.get(name="env_x").stopped_at is not None
     pending = redis_conn.xpending(stream, command_channel.SUPERVISOR_GROUP)
     assert pending["pending"] == 0
+
+
+def take(redis_conn, ids: list[str]) -> list[tuple[str, dict]]:
+    """Our own entries (not the shared cluster's), removed from the stream so no other ingest
+    applies them again."""
+    stream = command_channel.events_stream()
+    wanted = set(ids)
+    entries = [(i, f) for i, f in redis_conn.xrange(stream, ids[0], ids[-1]) if i in wanted]
+    redis_conn.xdel(stream, *ids)
+    return entries
+
+
+def updates_of(context: CaptureQueriesContext, table: str) -> int:
+    return sum(1 for q in context.captured_queries if q["sql"].startswith(f'UPDATE "{table}"'))
+
+
+def test_heartbeats_are_coalesced_per_environment(redis_conn):
+    names = [f"hb_{i:02d}" for i in range(50)]
+    for name in names:
+        actions.register_environment(name=name, url="http://127.0.0.1:9", version="v0", pid=1)
+
+    def beats(version: str) -> list[tuple[str, dict]]:
+        return take(
+            redis_conn,
+            [
+                emit("heartbeat", env=name, url="http://127.0.0.1:9", version=f"{version}{r}", pid=1, at=time.time())
+                for r in range(10)
+                for name in names
+            ],
+        )
+
+    # 500 beats, the description changing each round: one refresh per environment, the newest.
+    entries = beats("v")
+    last = {}
+    for entry_id, fields in entries:
+        last[json.loads(fields["data"])["env"]] = events._entry_time(entry_id, 0.0)
+    with CaptureQueriesContext(connection) as context:
+        events.apply_entries(entries)
+    assert updates_of(context, "apps_registry_environment") == 50
+    found = {e.name: e for e in Environment.objects.filter(name__in=names)}
+    assert {e.version for e in found.values()} == {"v9"}
+    assert all(found[name].last_heartbeat == last[name] for name in names)
+
+    # 500 beats that only say "alive", 5 s later: one UPDATE for all 50 environments.
+    entries = [(i, f) for i, f in beats("v") if json.loads(f["data"])["version"] == "v9"]
+    assert len(entries) == 50
+    with CaptureQueriesContext(connection) as context:
+        events.apply_entries(entries, offset=5.0)
+    assert updates_of(context, "apps_registry_environment") == 1
+    assert len(context.captured_queries) <= 6  # begin, savepoint, read, update, release, commit
+    found = {e.name: e for e in Environment.objects.filter(name__in=names)}
+    assert all((found[n].last_heartbeat - last[n]).total_seconds() >= 5.0 for n in names)
+    # Less than a second newer, or older (another ingester was ahead): nothing written.
+    for offset in (5.5, 0.0):
+        with CaptureQueriesContext(connection) as context:
+            events.apply_entries(entries, offset=offset)
+        assert updates_of(context, "apps_registry_environment") == 0
+    assert Environment.objects.get(name="hb_00").last_heartbeat == found["hb_00"].last_heartbeat
+
+    # A deregistration in the same batch keeps its order against the beats around it.
+    first = take(
+        redis_conn,
+        [emit("heartbeat", env="hb_01", url="http://x", version="v9", pid=1), emit("deregister", env="hb_01")],
+    )
+    events.apply_entries(first, offset=10.0)
+    assert Environment.objects.get(name="hb_01").stopped_at == events._entry_time(first[1][0], 10.0)
+    back = take(redis_conn, [emit("deregister", env="hb_02"), emit("register", env="hb_02", url="http://x", pid=2)])
+    events.apply_entries(back, offset=10.0)
+    env = Environment.objects.get(name="hb_02")
+    assert env.stopped_at is None and env.pid == 2
+
+
+def test_statuses_are_coalesced_and_every_ack_counts(redis_conn):
+    env_p = actions.register_environment(name="env_p", url="http://127.0.0.1:9")
+    env_q = actions.register_environment(name="env_q", url="http://127.0.0.1:9")
+    app = actions.create_application(name="coal", environments=[env_p, env_q])
+    requests = [actions.request_stop(app) for _ in range(3)]
+    ids = []
+    for r in range(10):
+        for env in ("env_p", "env_q"):
+            ids.append(emit("status", app="coal", env=env, status="running" if r % 2 else "stopping"))
+    ids.append(emit("status", app="coal", env="env_q", status="error", error="boom"))
+    for n, request_id in enumerate(requests):
+        ids.append(emit("ack", id=f"k{n}", env="env_p", result="error", error=f"e{n}", request_id=request_id))
+    with CaptureQueriesContext(connection) as context:
+        events.apply_entries(take(redis_conn, ids))
+    assert updates_of(context, "apps_registry_appenvironment") == 1
+    statuses = dict(AppEnvironment.objects.filter(application=app).values_list("environment__name", "status"))
+    assert statuses == {"env_p": "running", "env_q": "error"}
+    assert AppEnvironment.objects.get(application=app, environment=env_q).error == "boom"
+    for n, request_id in enumerate(requests):
+        entry = AuditEntry.objects.get(request_id=request_id)
+        assert (entry.result, entry.error) == ("error", f"env_p: e{n}")
+    # An older report applied late (another ingester) does not move a status back.
+    stale = take(redis_conn, [emit("status", app="coal", env="env_p", status="stopped")])
+    events.apply_entries(stale, offset=-60.0)
+    assert AppEnvironment.objects.get(application=app, environment=env_p).status == "running"
