@@ -3,7 +3,9 @@
 A start can write an app's initial data, so two environments must never initialise one app
 at once. Every start request becomes an RQ job on ``app_starts`` (enqueued after commit);
 the job takes a per-app lock in Redis (owner token, expiry renewed while it runs), then
-walks the app's environments in name order: it stops if a later request superseded it,
+walks the app's environments in the app's own order (``start_order``: name order rotated by a
+stable hash of the app's name, so first initialisations spread over the environments instead
+of all landing on the first one): it stops if a later request superseded it,
 marks the environment ``starting``, asks the process adapter to start it there and waits
 for ``running``, ``error`` or the start timeout before going on.
 
@@ -25,6 +27,7 @@ import os
 import secrets
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 
 import rq
@@ -188,6 +191,21 @@ def queue_positions() -> dict[str, int]:
 # --- The job ---------------------------------------------------------------------------------
 
 
+def start_order(app_name: str, environments: Sequence[str]) -> list[str]:
+    """The order in which one app's environments are started (one after another).
+
+    A first start initialises the app's shared database, CPU work done by one agent process;
+    if every app began with the alphabetically first environment, that agent would do all of
+    it while the others wait. Rotating name order by a stable hash of the app's name (crc32:
+    the same in every process, unlike ``hash()``) spreads first initialisations over the
+    environments, and a retried or requeued job of the app keeps the same order."""
+    names = sorted(environments)
+    if len(names) < 2:
+        return names
+    shift = zlib.crc32(app_name.encode()) % len(names)
+    return names[shift:] + names[:shift]
+
+
 def run_start(app_name: str, environments: list[str], *, generation: int, request_id: str, attempt: int = 0) -> str:
     """The RQ job. Runs in a forked work-horse, so it opens its own database connections and
     closes them at the end. If it fails unexpectedly its pending entry stays, so the recovery
@@ -217,7 +235,7 @@ class StartJob:
         lock: StartLock | None = None,
     ):
         self.app_name = app_name
-        self.environments = sorted(environments)
+        self.environments = start_order(app_name, environments)
         self.generation = generation
         self.request_id = request_id
         self.starter = starter

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps_registry import start_queue
 from apps_registry.api import schema_check
 from tests import services
 from tests.processes import PYTHON, Process, manage, wait_until
@@ -240,16 +241,33 @@ def kill_with_work_horse(worker: Process) -> None:
     worker.kill()
 
 
+def test_start_order_is_stable_per_app_and_spreads_first_starts():
+    names = [f"app{i}" for i in range(40)]
+    orders = [start_queue.start_order(name, ["env_b", "env_a"]) for name in names]
+    assert all(sorted(order) == ENVS for order in orders)
+    assert orders == [start_queue.start_order(name, ENVS) for name in names]  # same in every call
+    firsts = [order[0] for order in orders]
+    assert 10 <= firsts.count("env_a") <= 30, firsts  # both environments take first starts
+    three = ["env_a", "env_b", "env_c"]
+    assert {tuple(start_queue.start_order(name, three)) for name in names} == {
+        ("env_a", "env_b", "env_c"),
+        ("env_b", "env_c", "env_a"),
+        ("env_c", "env_a", "env_b"),
+    }
+
+
 def test_one_app_starts_one_environment_after_another(api, workers, cluster):
     workers.start(1)
     request_id = api.create("q_serial")
     api.wait_statuses("q_serial", {"env_a": "running", "env_b": "running"})
     rows = assert_no_overlap("q_serial")
-    # env_a first; env_b (possibly twice: its reconciliation and the command, one after the
-    # other) only after env_a finished, and not even asked before then.
-    assert rows[0][0] == "env_a" and {r[0] for r in rows} == {"env_a", "env_b"}
-    (env_b_issued,) = start_commands("q_serial", "env_b")
-    assert env_b_issued >= rows[0][2]
+    # The job's first environment first; the second (possibly twice: its reconciliation and
+    # the command, one after the other) only after the first finished, and not even asked
+    # before then.
+    first, second = start_queue.start_order("q_serial", ENVS)
+    assert rows[0][0] == first and {r[0] for r in rows} == {first, second}
+    (second_issued,) = start_commands("q_serial", second)
+    assert second_issued >= rows[0][2]
     assert wait_audit_closed(cluster, request_id) == ("ok", "")
 
 
@@ -297,23 +315,24 @@ def test_a_start_that_takes_too_long_times_out_visibly(api, workers, cluster):
 
 def test_queue_worker_killed_mid_start_is_recovered(api, workers, cluster):
     (victim,) = workers.start(1)
+    first, second = start_queue.start_order("q_killed", ENVS)
     request_id = api.create("q_killed")
     wait_until(
-        lambda: api.statuses("q_killed")["statuses"] == {"env_a": "starting", "env_b": "queued"},
+        lambda: api.statuses("q_killed")["statuses"] == {first: "starting", second: "queued"},
         timeout=30,
         interval=0.02,
-        message="start job working on env_a",
+        message=f"start job working on {first}",
     )
     kill_with_work_horse(victim)
     workers.start(1)
     # The dead job's lock expires; the new worker's recovery check marks what it left behind.
     body = wait_until(
-        lambda: (b := api.statuses("q_killed"))["statuses"]["env_b"] == "error" and b,
+        lambda: (b := api.statuses("q_killed"))["statuses"][second] == "error" and b,
         timeout=30,
         interval=0.1,
         message="interrupted start marked",
     )
-    assert body["errors"]["env_b"] == "start interrupted"
+    assert body["errors"][second] == "start interrupted"
     assert wait_audit_closed(cluster, request_id) == ("error", "start interrupted")
     status, retry = api("POST", "/apps/q_killed/start")
     assert status == 202
