@@ -26,7 +26,7 @@ _ERRORS = {
     "403": _json_response("The token's user lacks the permission", "Error"),
 }
 _NOT_FOUND = {"404": _json_response("No such application", "Error")}
-_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME, "example": "sales_eu"}
 
 _APP_REQUIRED = ["name", "display_name", "environments", "statuses", "errors", "modules", "start_mode"]
 _APP_PROPERTIES = {
@@ -110,6 +110,13 @@ SCHEMAS = {
             },
         },
         "additionalProperties": False,
+        "example": {
+            "name": "sales_eu",
+            "display_name": "Sales EU",
+            "environments": ["env_a", "env_b"],
+            "modules": ["contacts"],
+            "start": False,
+        },
     },
     "AppCreated": {
         "type": "object",
