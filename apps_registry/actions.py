@@ -344,6 +344,12 @@ def record_app_statuses(reports: Sequence[tuple[str, str, str, str, dt.datetime]
     return updated
 
 
+def close_undelivered_request(request_id: str, *, error: str) -> None:
+    """Its commands could not go out (Redis unavailable after commit): the request's audit
+    entry says so, whether it was pending or, like a delete, recorded ``ok`` up front."""
+    AuditEntry.objects.filter(request_id=request_id).update(result=AuditEntry.Result.ERROR, error=error)
+
+
 def finish_request(request_id: str, *, error: str = "") -> None:
     """Close the audit entry of a request once its outcome is known."""
     AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING).update(

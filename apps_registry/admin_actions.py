@@ -24,7 +24,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry import actions
+from apps_registry import actions, dispatch
 from apps_registry.models import Application, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -60,24 +60,29 @@ def _perform(request: HttpRequest, operation: str, apps: list[Application]) -> N
     spec = OPERATIONS[operation]
     drop = operation == "remove" and request.POST.get("drop_data") == "on"
     unsent: list[str] = []
+    outcomes: list[str] = []
     for app in apps:
         try:
             if operation == "remove":
                 spec["run"](app, request.user, drop_data=drop)
             else:
                 spec["run"](app, request.user)
-        except redis.RedisError:
-            # Committed before the command could go out: the workers converge to the registry
-            # from the rebuilt cache once Redis is back. Say so instead of a 500.
+        except redis.RedisError as error:
+            # Committed before the command could go out: apps_registry.dispatch closed the
+            # request's audit entry (or left a start queued for recovery). Say so, not a 500.
             log.warning("admin %s of %s: Redis unavailable", operation, app.name, exc_info=True)
             unsent.append(app.name)
+            if isinstance(error, dispatch.NotDelivered):
+                outcomes.append(str(error).removeprefix("Redis (the command channel) is unavailable: "))
     names = ", ".join(app.name for app in apps[:10]) + (" …" if len(apps) > 10 else "")
     messages.success(request, f"{spec['done']} {len(apps)} application(s): {names}.")
     if unsent:
         messages.warning(
             request,
-            f"Redis (the command channel) is unavailable: the {operation} of {', '.join(unsent[:10])} is recorded "
-            "and the workers will apply it when Redis is back.",
+            f"Redis (the command channel) is unavailable: {' '.join(outcomes[:10])}"
+            if outcomes
+            else f"Redis (the command channel) is unavailable: the {operation} of {', '.join(unsent[:10])} is "
+            "recorded in the registry only.",
         )
 
 

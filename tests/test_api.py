@@ -3,6 +3,7 @@ the audit trail, and every response checked against the served OpenAPI document.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -12,10 +13,11 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from apps_registry import actions, start_queue
+from apps_registry import actions, dispatch, start_queue
 from apps_registry.api import schema_check
 from apps_registry.api.views import MAX_BODY_BYTES
-from apps_registry.models import ApiToken, Application, AuditEntry, Environment
+from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
+from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -290,3 +292,40 @@ def test_create_api_token_prints_the_token_alone():
     assert token.user.username == "ops"
     with pytest.raises(Exception, match="no user"):
         call_command("create_api_token", "ghost", stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)  # on_commit callbacks run for real, as in production
+def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document, settings):
+    """Redis unreachable (a closed port) after the change commits: stop, restart and delete
+    are not delivered and their audit entries are closed as errors saying so; a start stays
+    queued and pending, since the start queue's recovery check enqueues it again."""
+    envs = [
+        Environment.objects.create(name="env_a", url="http://127.0.0.1:15000"),
+        Environment.objects.create(name="env_b", url="http://127.0.0.1:16000"),
+    ]
+    for name in ("down_app", "down_gone"):
+        _app(name, envs)
+    _token, raw = ApiToken.issue(_user("root", superuser=True))
+    api = Api(raw, document)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.APP_CONFIG = dataclasses.replace(settings.APP_CONFIG, command_redis_url=dead, supervisor_redis_url=dead)
+
+    for operation in ("stop", "restart"):
+        code, body = api.call("POST", f"/api/v1/apps/down_app/{operation}", f"/apps/{{name}}/{operation}")
+        assert code == 503 and f"the {operation} of down_app was not delivered" in body["error"], body
+        entry = AuditEntry.objects.get(app_name="down_app", action=operation)
+        assert entry.result == "error" and entry.error.startswith(dispatch.NOT_DELIVERED), entry.error
+    assert "ask again once Redis is back" in entry.error
+
+    code, body = api.call("POST", "/api/v1/apps/down_app/start", "/apps/{name}/start")
+    assert code == 503 and "enqueues it again once Redis is back" in body["error"], body
+    assert AuditEntry.objects.get(app_name="down_app", action="start").result == "pending"
+    assert set(AppEnvironment.objects.filter(application__name="down_app").values_list("status", flat=True)) == {
+        "queued"
+    }
+
+    code, body = api.call("DELETE", "/api/v1/apps/down_gone", "/apps/{name}")
+    assert code == 503 and "host_app down_gone --remove" in body["error"], body
+    entry = AuditEntry.objects.get(app_name="down_gone", action="delete")
+    assert entry.result == "error" and "not told to unload it" in entry.error
+    assert not Application.objects.filter(name="down_gone").exists()

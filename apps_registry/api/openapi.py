@@ -25,6 +25,10 @@ _ERRORS = {
     "401": _json_response("Missing, invalid or revoked bearer token", "Error"),
     "403": _json_response("The token's user lacks the permission", "Error"),
 }
+_REDIS_DOWN = (
+    "Redis unavailable after the change was committed; the message says what became of the request "
+    "(a start stays queued and is enqueued again; a stop, restart or delete was not delivered)"
+)
 _NOT_FOUND = {"404": _json_response("No such application", "Error")}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME, "example": "sales_eu"}
 
@@ -168,7 +172,7 @@ def _operation(verb: str, permission: str) -> dict:
             **_ERRORS,
             **_NOT_FOUND,
             "413": _json_response("Body too large", "Error"),
-            "503": _json_response("Redis unavailable: recorded, applied when it is back", "Error"),
+            "503": _json_response(_REDIS_DOWN, "Error"),
         },
     }
 
@@ -209,7 +213,7 @@ def _document() -> dict:
                         **_ERRORS,
                         "409": _json_response("An application with this name exists", "Error"),
                         "413": _json_response("Body too large", "Error"),
-                        "503": _json_response("Redis unavailable: recorded, applied when it is back", "Error"),
+                        "503": _json_response(_REDIS_DOWN, "Error"),
                     },
                 },
             },
@@ -235,7 +239,7 @@ def _document() -> dict:
                         "204": {"description": "Removed"},
                         **_ERRORS,
                         **_NOT_FOUND,
-                        "503": _json_response("Redis unavailable: recorded, applied when it is back", "Error"),
+                        "503": _json_response(_REDIS_DOWN, "Error"),
                     },
                 },
             },

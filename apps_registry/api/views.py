@@ -18,7 +18,7 @@ from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps_registry import actions, redis_client
+from apps_registry import actions, dispatch, redis_client
 from apps_registry.api.auth import AuthError, authenticate
 from apps_registry.models import AppEnvironment, Application, Environment, StartMode
 from apps_registry.names import is_valid_name, validate_app_name
@@ -79,12 +79,14 @@ def endpoint(*methods: str) -> Callable:
             except ApiError as error:
                 return _json(error.payload, error.status)
             except redis.RedisError as error:
-                # The registry change is committed; the workers converge to it from the rebuilt
-                # cache once Redis is back. Say so instead of a bare 500.
+                # The registry change is committed but could not be passed on: say what became
+                # of it (apps_registry.dispatch closed its audit entry) instead of a bare 500.
                 log.warning("API %s %s: Redis unavailable: %s", request.method, request.path, error)
+                if isinstance(error, dispatch.NotDelivered):  # says what became of the request
+                    return _json({"error": str(error)}, 503)
                 message = (
-                    "Redis (the command channel) is unavailable; the request is recorded in the registry "
-                    "and the workers will apply it when Redis is back"
+                    "Redis (the command channel) is unavailable; the change is recorded in the registry "
+                    "and published to the workers when the configuration cache is rebuilt"
                 )
                 return _json({"error": message}, 503)
 
