@@ -147,6 +147,7 @@ def delete_application(
     app: Application, user: AbstractBaseUser | None = None, *, drop_data: bool = False, via: str = "admin"
 ) -> str:
     """Remove the app from every environment, then from the registry."""
+    dispatch.require_channel("delete", app.name)
     envs = [p.environment.name for p in _placements(app, None)]
     request_id = new_request_id()
     generation = _bump_generation(app)

@@ -44,6 +44,24 @@ def _pending() -> dict[str, tuple[str, str, list[str]]]:
     return _local.requests
 
 
+def require_channel(action: str, app: str) -> None:
+    """Refuse, before anything changes, a request that cannot be carried out later from the
+    registry alone (a delete: once the app is gone, no worker would learn to unload it)."""
+    from django.conf import settings
+
+    from apps_registry import redis_client
+
+    if settings.APP_CONFIG.process_adapter != "remote":
+        return
+    try:
+        redis_client.commands().ping()
+    except redis.RedisError as error:
+        raise NotDelivered(
+            f"Redis (the command channel) is unavailable: the {action} of {app} is refused and nothing was "
+            f"changed ({error}); ask again once Redis is back."
+        ) from error
+
+
 def _outcome(action: str, app: str, envs: list[str]) -> str:
     where = ", ".join(envs)
     if action == "stop":
