@@ -325,6 +325,10 @@ def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document
         "queued"
     }
 
+    code, body = api.call("POST", "/api/v1/apps", "/apps", {"name": "down_new", "environments": ["env_a"]})
+    assert code == 503 and "creation of down_new is refused and nothing was changed" in body["error"], body
+    assert not Application.objects.filter(name="down_new").exists()
+
     # A delete could never be carried out later (no worker would learn to unload an app the
     # registry forgot), so it is refused before anything changes.
     code, body = api.call("DELETE", "/api/v1/apps/down_gone", "/apps/{name}")

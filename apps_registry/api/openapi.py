@@ -27,7 +27,8 @@ _ERRORS = {
 }
 _REDIS_DOWN = (
     "Redis unavailable after the change was committed; the message says what became of the request "
-    "(a start stays queued and is enqueued again; a stop or restart was not delivered; a delete is refused)"
+    "(a start stays queued and is enqueued again; a stop or restart was not delivered; a creation or a "
+    "delete is refused)"
 )
 _NOT_FOUND = {"404": _json_response("No such application", "Error")}
 _NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME, "example": "sales_eu"}

@@ -366,6 +366,9 @@ def _create(request: HttpRequest) -> HttpResponse:
         _require(request, "apps_registry.start_application")
     if Application.objects.filter(name=clean["name"]).exists():
         raise ApiError(409, f"an application named {clean['name']!r} already exists")
+    # Refused while Redis is down, before anything changes: the 503 could not carry the
+    # generated admin password, and the workers could not learn about the app.
+    dispatch.require_channel("creation", clean["name"])
     password = clean["admin_password"]
     generated = password is None
     if generated:
