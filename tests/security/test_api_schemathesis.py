@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests import services
 from tests.cluster import _create_database
+from tests.faults.harness import PrivateRedis
 from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -48,31 +49,36 @@ print(token[1])
 
 @pytest.fixture(scope="module")
 def live_api(tmp_path_factory):
-    """``(base_url, token)`` of a supervisor gunicorn with its own database, Redis key prefix
-    and events consumer group, so it disturbs no other test."""
+    """``(base_url, token)`` of a supervisor gunicorn with its own database and a private
+    redis-server (the start jobs it queues land in no queue another test's worker reads)."""
     storage = tmp_path_factory.mktemp("schemathesis")
+    private = PrivateRedis(storage)
+    private.start()
     env = {
         **services.supervisor_test_environ(),
         "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
         "DB_DATABASE": f"{services.RUN_ID}_schemathesis",
-        "APP_REDIS_PREFIX": f"{services.RUN_ID}:st",
-        "APP_EVENTS_GROUP": "schemathesis",
+        "APP_SUPERVISOR_REDIS_URL": private.url,
+        "APP_COMMAND_REDIS_URL": private.url,
         "APP_STORAGE_DIR": str(storage),
     }
-    _create_database(env["DB_DATABASE"])
-    migration = manage(["migrate", "--no-input", "-v", "0"], env, timeout=180)
-    assert migration.returncode == 0, migration.stdout + migration.stderr
-    setup = manage(["shell", "-c", SETUP], env)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    token = setup.stdout.strip().splitlines()[-1]
-    port = free_port()
-    web = gunicorn("schemathesis-supervisor", port, env, storage, workers=1, threads=4).start()
-    base = f"http://127.0.0.1:{port}"
+    web = None
     try:
+        _create_database(env["DB_DATABASE"])
+        migration = manage(["migrate", "--no-input", "-v", "0"], env, timeout=180)
+        assert migration.returncode == 0, migration.stdout + migration.stderr
+        setup = manage(["shell", "-c", SETUP], env)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        token = setup.stdout.strip().splitlines()[-1]
+        port = free_port()
+        web = gunicorn("schemathesis-supervisor", port, env, storage, workers=1, threads=4).start()
+        base = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(f"{base}/healthz"), timeout=60, interval=0.1, message="supervisor web")
         yield base, token
     finally:
-        web.stop()
+        if web is not None:
+            web.stop()
+        private.kill()
 
 
 def test_every_operation_conforms_to_the_openapi_document(live_api):
