@@ -4,6 +4,8 @@ start on first visit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -199,3 +201,21 @@ def test_start_now_on_the_add_page_queues_a_start(envs):
     other.post(f"{CHANGELIST}add/", {**data, "name": "patient"})
     assert Application.objects.filter(name="patient").exists()
     assert not AuditEntry.objects.filter(app_name="patient", action="start").exists()
+
+
+@pytest.mark.django_db(transaction=True)  # on_commit callbacks run for real, as in production
+def test_admin_stop_while_redis_is_down_says_not_delivered_and_audits_it(apps, settings):
+    from django.contrib.messages import get_messages
+
+    from tests.processes import free_port
+
+    client, _ = _client("root", superuser=True)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.APP_CONFIG = dataclasses.replace(settings.APP_CONFIG, command_redis_url=dead, supervisor_redis_url=dead)
+    done = _bulk(client, "stop", apps[:1], confirm=True)
+    assert done.status_code == 302
+    warnings = [str(m) for m in get_messages(done.wsgi_request) if m.level_tag == "warning"]
+    assert len(warnings) == 1 and warnings[0].startswith("Redis (the command channel) is unavailable"), warnings
+    assert "the stop of alpha was not delivered" in warnings[0]
+    entry = AuditEntry.objects.get(app_name="alpha", action="stop")
+    assert entry.result == "error" and entry.error.startswith("not delivered: Redis unavailable"), entry.error
