@@ -10,19 +10,24 @@ Other modules extend these classes by adding to ``list_display`` and ``actions``
 
 from __future__ import annotations
 
+import logging
 import secrets
 
+import redis
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry import actions, liveness
+from apps_registry import actions, dispatch, liveness
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, StartMode
+
+log = logging.getLogger(__name__)
 
 MODULE_CHOICES = [("contacts", "Contacts"), ("tasks", "Tasks")]
 
@@ -295,6 +300,28 @@ class ApplicationAdmin(admin.ModelAdmin):
         options["start_mode"] = form.cleaned_data.get("start_mode") or StartMode.MANUAL
         return options
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except redis.RedisError as error:
+            return self._redis_unavailable(request, error)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except redis.RedisError as error:
+            return self._redis_unavailable(request, error)
+
+    def _redis_unavailable(self, request: HttpRequest, error: redis.RedisError) -> HttpResponseRedirect:
+        """A page that says what happened instead of a 500: refusals (NotDelivered) say what
+        was or was not changed; anything else is the bare fact that Redis did not answer."""
+        log.warning("admin: Redis unavailable during %s %s", request.method, request.path, exc_info=True)
+        if isinstance(error, dispatch.NotDelivered):
+            messages.error(request, str(error))
+        else:
+            messages.error(request, f"Redis (the command channel) is unavailable ({error}); try again once it is back.")
+        return HttpResponseRedirect(reverse("admin:apps_registry_application_changelist"))
+
     def save_model(self, request: HttpRequest, obj: Application, form: ApplicationForm, change: bool) -> None:
         environments = list(form.cleaned_data["target_environments"])
         options = self._options(obj, form)
@@ -303,6 +330,9 @@ class ApplicationAdmin(admin.ModelAdmin):
             actions.update_application(obj, request.user)
             actions.set_application_environments(obj, environments, request.user)
             return
+        # As in the API: an app created while Redis is down could not be started, and the
+        # password shown below would be lost with the error page; refuse before changing anything.
+        dispatch.require_channel("creation", obj.name)
         username = form.cleaned_data["admin_username"]
         password = form.cleaned_data.get("admin_password") or ""
         generated = not password

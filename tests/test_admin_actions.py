@@ -219,3 +219,33 @@ def test_admin_stop_while_redis_is_down_says_not_delivered_and_audits_it(apps, s
     assert "the stop of alpha was not delivered" in warnings[0]
     entry = AuditEntry.objects.get(app_name="alpha", action="stop")
     assert entry.result == "error" and entry.error.startswith("not delivered: Redis unavailable"), entry.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_add_and_delete_while_redis_is_down_are_refused_with_a_message(apps, envs, settings):
+    from django.contrib.messages import get_messages
+
+    from tests.processes import free_port
+
+    client, _ = _client("root", superuser=True)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    settings.APP_CONFIG = dataclasses.replace(settings.APP_CONFIG, command_redis_url=dead, supervisor_redis_url=dead)
+    data = {
+        "name": "offline_add",
+        "target_environments": [envs[0].pk],
+        "start_mode": "manual",
+        "admin_username": "admin",
+        "admin_password": "s3cret-Pass",
+    }
+    added = client.post(f"{CHANGELIST}add/", data)
+    assert added.status_code == 302
+    errors = [str(m) for m in get_messages(added.wsgi_request) if m.level_tag == "error"]
+    assert len(errors) == 1 and "creation of offline_add is refused" in errors[0], errors
+    assert not Application.objects.filter(name="offline_add").exists()
+    client.get(CHANGELIST)  # shows (and so consumes) that message
+
+    deleted = client.post(f"{CHANGELIST}{apps[0].pk}/delete/", {"post": "yes"})
+    assert deleted.status_code == 302
+    errors = [str(m) for m in get_messages(deleted.wsgi_request) if m.level_tag == "error"]
+    assert len(errors) == 1 and f"delete of {apps[0].name} is refused" in errors[0], errors
+    assert Application.objects.filter(pk=apps[0].pk).exists()
