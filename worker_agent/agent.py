@@ -20,12 +20,10 @@ import dataclasses
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import redis
 from django.conf import settings
@@ -33,7 +31,9 @@ from django.db import close_old_connections
 
 from apps_registry import command_channel as channel
 from apps_registry import redis_client
-from apps_registry.names import RESERVED_APP_NAMES, is_valid_name
+from apps_registry.names import is_valid_name
+from worker_agent.commands import Command, CommandError, parse_command
+from worker_agent.lanes import AppLanes
 
 log = logging.getLogger("worker_agent.agent")
 
@@ -69,67 +69,6 @@ def _version() -> str:
         return "unknown"
 
 
-class CommandError(Exception):
-    """A command that cannot be carried out; its message goes into the acknowledgement."""
-
-
-@dataclasses.dataclass
-class Command:
-    entry_id: str
-    id: str
-    action: str
-    app: str
-    generation: int
-    request_id: str
-    issued_at: float
-    expires_at: float
-    drop_data: bool
-    received_at: float = 0.0
-
-
-def parse_command(entry_id: str, fields: dict[str, str]) -> Command:
-    """Validate one stream entry; CommandError says what is wrong with it."""
-    if "json" in fields:  # the whole command as one JSON document is accepted too
-        try:
-            data = json.loads(fields["json"])
-        except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
-            raise CommandError(f"bad JSON: {error}") from None
-        if not isinstance(data, dict):
-            raise CommandError("bad JSON: not an object")
-        fields = {key: value if isinstance(value, str) else json.dumps(value) for key, value in data.items()}
-    command_id = fields.get("id", "")
-    if not channel.COMMAND_ID_RE.match(command_id):
-        raise CommandError(f"missing or invalid command id {command_id[:80]!r}")
-    action = fields.get("action", "")
-    if action not in channel.ACTIONS:
-        raise CommandError(f"unknown action {action[:40]!r}; expected one of {', '.join(channel.ACTIONS)}")
-    app = fields.get("app", "")
-    if not is_valid_name(app) or app in RESERVED_APP_NAMES:
-        raise CommandError(f"invalid app name {app[:60]!r}")
-    try:
-        generation = int(fields.get("generation", ""))
-        issued_at = float(fields.get("issued_at") or time.time())
-        expires_at = float(fields.get("expires_at", ""))
-    except ValueError:
-        raise CommandError("generation, issued_at and expires_at must be numbers") from None
-    if generation < 0:
-        raise CommandError("generation must not be negative")
-    drop_data = fields.get("drop_data", "0").lower()
-    if drop_data not in ("0", "1", "true", "false", ""):
-        raise CommandError(f"drop_data must be 0 or 1 (got {drop_data[:20]!r})")
-    return Command(
-        entry_id=entry_id,
-        id=command_id,
-        action=action,
-        app=app,
-        generation=generation,
-        request_id=str(fields.get("request_id", ""))[:64],
-        issued_at=issued_at,
-        expires_at=expires_at,
-        drop_data=drop_data in ("1", "true"),
-    )
-
-
 class RedisLink:
     """Tracks whether Redis answers, so that a lost link is logged once, not once per try."""
 
@@ -150,71 +89,6 @@ class RedisLink:
                 self.up = True
                 self.generation += 1
                 log.warning("Redis connection restored; registering again")
-
-
-class AppLanes:
-    """A bounded pool where each app's tasks run one at a time, in submission order."""
-
-    def __init__(self, size: int, run: Callable[[object], None]):
-        self._run = run
-        self._lock = threading.Lock()
-        self._pending: dict[str, collections.deque] = {}
-        self._busy: set[str] = set()
-        self._ready: queue.Queue[str | None] = queue.Queue()
-        self._closing = False
-        self._idle = threading.Condition(self._lock)
-        self._threads = [threading.Thread(target=self._work, name=f"lane-{i}", daemon=True) for i in range(size)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, app: str, task: object) -> None:
-        with self._lock:
-            if self._closing:
-                return
-            self._pending.setdefault(app, collections.deque()).append(task)
-            if app not in self._busy:
-                self._busy.add(app)
-                self._ready.put(app)
-
-    def queued(self, app: str) -> int:
-        with self._lock:
-            return len(self._pending.get(app, ()))
-
-    def _work(self) -> None:
-        while True:
-            app = self._ready.get()
-            if app is None:
-                return
-            while True:
-                with self._lock:
-                    tasks = self._pending.get(app)
-                    if self._closing or not tasks:
-                        self._pending.pop(app, None)
-                        self._busy.discard(app)
-                        self._idle.notify_all()
-                        break
-                    task = tasks.popleft()
-                try:
-                    self._run(task)
-                except Exception:  # the lane must survive whatever a task does
-                    log.exception("command lane for %s: task failed", app)
-
-    def close(self, timeout: float) -> bool:
-        """Drop tasks not yet started, wait for running ones; True if all finished in time."""
-        with self._lock:
-            self._closing = True
-            for tasks in self._pending.values():
-                tasks.clear()
-            deadline = time.monotonic() + timeout
-            while self._busy:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
-            finished = not self._busy
-        for _ in self._threads:
-            self._ready.put(None)
-        return finished
 
 
 @dataclasses.dataclass
