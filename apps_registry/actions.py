@@ -284,18 +284,10 @@ def record_app_status(
 ) -> bool:
     """Apply a worker's status report. Reports older than the current status are ignored,
     so reports applied out of order (several ingesters) cannot move a status backwards."""
-    if status not in AppStatus.values:
-        raise ValueError(f"unknown application status {status!r}")
-    at = at or timezone.now()
-    updated = AppEnvironment.objects.filter(
-        application__name=app_name, environment__name=environment_name, status_changed_at__lte=at
-    ).update(
-        status=status,
-        error=error if status == AppStatus.ERROR else "",
-        status_changed_at=at,
-        queued_at=None,
-    )
-    return bool(updated)
+    # The guard must be on the updated table itself, not behind a join: Django turns a join
+    # filter into ``id IN (SELECT …)``, and PostgreSQL re-checks only the outer condition on a
+    # row another ingester changed meanwhile, so an older report could overwrite a newer one.
+    return bool(record_app_statuses([(app_name, environment_name, status, error, at or timezone.now())]))
 
 
 # Rows per bulk UPDATE: keeps statements (and SQLite's parameter count) bounded.

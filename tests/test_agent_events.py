@@ -1,15 +1,20 @@
 """Supervisor-side ingest of worker events (in-process, real Redis and PostgreSQL)."""
 
+import datetime as dt
 import json
+import threading
 import time
 
+import psycopg
 import pytest
 from django.db import connection
+from django.db import connections as db_connections
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
 from apps_registry import actions, command_channel, events, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -199,3 +204,56 @@ def test_statuses_are_coalesced_and_every_ack_counts(redis_conn):
     stale = take(redis_conn, [emit("status", app="coal", env="env_p", status="stopped")])
     events.apply_entries(stale, offset=-60.0)
     assert AppEnvironment.objects.get(application=app, environment=env_p).status == "running"
+
+
+def test_an_older_report_waiting_on_a_newer_ones_row_lock_does_not_overwrite_it():
+    """Two ingesters: one holds the placement's row with a newer status (not yet committed);
+    the other's older report waits for the lock and, once it gets it, must see the newer row."""
+    env = actions.register_environment(name="env_r", url="http://127.0.0.1:9")
+    app = actions.create_application(name="race", environments=[env])
+    placement = AppEnvironment.objects.get(application=app)
+    newer = placement.status_changed_at + dt.timedelta(seconds=10)
+    older = placement.status_changed_at + dt.timedelta(seconds=5)
+    settings = connection.settings_dict
+    holder = psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+    )
+    try:
+        holder.execute(
+            "UPDATE apps_registry_appenvironment SET status = 'running', status_changed_at = %s WHERE id = %s",
+            (newer, placement.pk),
+        )
+        result = {}
+
+        def older_report() -> None:
+            try:
+                result["applied"] = actions.record_app_status("race", "env_r", "starting", at=older)
+            finally:
+                db_connections.close_all()
+
+        thread = threading.Thread(target=older_report)
+        thread.start()
+        # Watched from a third connection: pg_stat_activity is a snapshot per transaction.
+        with psycopg.connect(
+            host=settings["HOST"],
+            port=settings["PORT"],
+            user=settings["USER"],
+            dbname=settings["NAME"],
+            autocommit=True,
+        ) as watcher:
+            wait_until(
+                lambda: watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                    (settings["NAME"],),
+                ).fetchone()[0],
+                timeout=10,
+                interval=0.02,
+                message="the older report waits for the row lock",
+            )
+        holder.commit()
+        thread.join(timeout=10)
+    finally:
+        holder.close()
+    assert result == {"applied": False}
+    placement.refresh_from_db()
+    assert (placement.status, placement.status_changed_at) == ("running", newer)
