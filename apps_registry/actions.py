@@ -506,9 +506,16 @@ def interrupt_starts(
     """A start job died (queue worker killed) without finishing: mark what it left queued or
     starting as ``error`` so an operator sees it and can retry, and close its audit entries
     (the request's own, even if one environment's acknowledgement closed it ``ok`` already)."""
+    placement_ids = list(
+        AppEnvironment.objects.filter(
+            application__name=app_name, environment__name__in=list(environment_names)
+        ).values_list("pk", flat=True)
+    )
+    # The guard is on the rows themselves (not inside a joined subquery), so PostgreSQL checks
+    # it again after waiting for a row a worker's report is updating: a start that just
+    # reached ``running`` is not overwritten with "interrupted".
     updated = AppEnvironment.objects.filter(
-        application__name=app_name,
-        environment__name__in=list(environment_names),
+        pk__in=placement_ids,
         status__in=(AppStatus.QUEUED, AppStatus.STARTING),
         status_changed_at__lt=before,
     ).update(status=AppStatus.ERROR, error=START_INTERRUPTED, status_changed_at=timezone.now(), queued_at=None)
