@@ -26,14 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 STATUSES = ("stopped", "running", "running", "running", "queued", "error")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def seed(apps: int, environments: int) -> list[int]:

@@ -34,17 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stats import percentile  # noqa: E402
+
 from tests.processes import PYTHON, Process, free_port, wait_until  # noqa: E402
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
 ENV = "bench_env"
 APP = "bench_app"
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def summary(name: str, samples: list[float]) -> dict:

@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+from stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,11 +52,6 @@ def cpu_seconds(root_pid: int) -> float:
         tree.update(children)
         frontier.extend(children)
     return sum(times.get(pid, 0.0) for pid in tree)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def main() -> None:

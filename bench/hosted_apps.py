@@ -29,12 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from stats import percentile  # noqa: E402
+
 from tests.processes import free_port, gunicorn, wait_until  # noqa: E402
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def get(port: int, path: str) -> tuple[int, float]:
