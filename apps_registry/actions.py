@@ -208,14 +208,21 @@ def request_stop(
     placements = _placements(app, environments)
     ids = [p.pk for p in placements]
     now = timezone.now()
-    # A queued start that has not begun is simply withdrawn.
-    AppEnvironment.objects.filter(pk__in=ids, status=AppStatus.QUEUED).update(
-        status=AppStatus.STOPPED, status_changed_at=now, queued_at=None
+    # One UPDATE (this is the command round trip's hot path): a queued start that has not
+    # begun is simply withdrawn, a starting or running app is on its way down.
+    moving = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
+    AppEnvironment.objects.filter(pk__in=ids).update(
+        status=models.Case(
+            models.When(status=AppStatus.QUEUED, then=models.Value(AppStatus.STOPPED)),
+            models.When(status__in=moving, then=models.Value(AppStatus.STOPPING)),
+            default=models.F("status"),
+        ),
+        status_changed_at=models.Case(
+            models.When(status__in=moving, then=models.Value(now)), default=models.F("status_changed_at")
+        ),
+        queued_at=models.Case(models.When(status__in=moving, then=models.Value(None)), default=models.F("queued_at")),
+        desired_running=False,
     )
-    AppEnvironment.objects.filter(pk__in=ids, status__in=(AppStatus.STARTING, AppStatus.RUNNING)).update(
-        status=AppStatus.STOPPING, status_changed_at=now, queued_at=None
-    )
-    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=False)
     names = [p.environment.name for p in placements]
     audit("stop", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
     dispatch.publish_app(app)
