@@ -274,8 +274,14 @@ def test_one_app_starts_one_environment_after_another(api, workers, cluster):
 def test_different_apps_start_in_parallel_on_two_queue_workers(api, workers):
     workers.start(2)
     names = [f"q_par{i}" for i in range(4)]
+    # Created first, then started in one quick burst: the four jobs are all waiting when the
+    # queue workers look, so whether they overlap depends on the lock, not on how fast the
+    # creations happened to be.
     for name in names:
-        api.create(name)
+        api.create(name, start=False)
+    for name in names:
+        status, body = api("POST", f"/apps/{name}/start")
+        assert status == 202, body
     for name in names:
         api.wait_statuses(name, {"env_a": "running", "env_b": "running"}, timeout=60)
         assert_no_overlap(name)
