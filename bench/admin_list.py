@@ -103,7 +103,7 @@ def main() -> None:
     os.environ["TEST_REDIS_DB"] = args.redis_db
 
     from tests import services
-    from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+    from tests.processes import free_port, gunicorn, http_ok, wait_until
 
     services.claim_redis_db()
     log_dir = Path(tempfile.mkdtemp(prefix="admin-list-bench-"))
@@ -114,15 +114,9 @@ def main() -> None:
     }
     web = None
     try:
-        import psycopg
+        from registry_db import create_migrated
 
-        with psycopg.connect(
-            host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{env["DB_DATABASE"]}"')
-        result = manage(["migrate", "--no-input", "-v", "0"], env)
-        if result.returncode:
-            raise SystemExit(result.stderr)
+        create_migrated(env)
         os.environ.update(env)
         import django
 

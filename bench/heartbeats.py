@@ -78,15 +78,9 @@ def main() -> None:
     web = None
     try:
         private.start()
-        import psycopg
+        from registry_db import create_migrated
 
-        with psycopg.connect(
-            host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{env["DB_DATABASE"]}"')
-        result = manage(["migrate", "--no-input", "-v", "0"], env)
-        if result.returncode:
-            raise SystemExit(result.stderr)
+        create_migrated(env)
         result = manage(["shell", "-c", "from django.contrib.auth.models import User; "
                          "User.objects.create_superuser('bench', password='bench-pass')"], env)  # fmt: skip
         if result.returncode:
