@@ -155,12 +155,17 @@ def test_init_lock_excludes_a_second_holder(vendor, tmp_path, django_db_blocker)
         db = app_databases.describe("lockedpg")
     with django_db_blocker.unblock():
         app_databases.ensure_exists(db)
+        if vendor == "postgresql":
+            app_databases.register(db, frozenset())  # its lock is taken on the app connection
         held, release = threading.Event(), threading.Event()
 
         def holder():
-            with app_databases.init_lock(db, timeout=5):
-                held.set()
-                release.wait(5)
+            try:
+                with app_databases.init_lock(db, timeout=5):  # on this thread's own connection
+                    held.set()
+                    release.wait(5)
+            finally:
+                app_databases.close(db.alias)
 
         thread = threading.Thread(target=holder)
         thread.start()

@@ -11,6 +11,12 @@ exclusive file lock beside the SQLite file. Each initialisation leaves a row in 
 database's ``appsup_initialisation`` table (environment, pid, start, end), which is how the first
 initialisation is recognised (an unfinished one is resumed) and how tests check that two never
 overlap.
+
+A new database is not migrated from scratch: it is cloned from a schema template, a database
+(or SQLite file) migrated once per set of modules and migration graph (``CREATE DATABASE …
+TEMPLATE``, a file copy inside PostgreSQL). Running the migrations is Python work in the
+agent that used to dominate a first start; the clone leaves the agent free for other apps'
+starts. Templates are rebuilt on demand, so dropping one is always safe.
 """
 
 from __future__ import annotations
@@ -18,21 +24,27 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import hashlib
+import json
 import logging
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import django
 from django.apps import apps as global_apps
 from django.conf import settings
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
 
 from worker_agent.db_router import APP_SHARED_LABELS, BUSINESS_LABELS, alias_for, set_enabled_modules
 
@@ -188,25 +200,37 @@ def _pg_exists(conn, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def _pg_create(db: AppDatabase) -> bool:
-    import psycopg
-    from psycopg import errors, sql
-
+def _pg_create(db: AppDatabase, modules: frozenset[str] | None) -> bool:
     with _pg_maintenance(db) as conn:
         if _pg_exists(conn, db.name):
             return False
-        try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.name)))
-        except errors.InsufficientPrivilege:
-            raise DatabaseError(
-                f"database user {db.settings['USER']!r} may not create databases, so {db.label} "
-                f"could not be created: create it (owned by that user) or grant the user CREATEDB"
-            ) from None
-        except (errors.DuplicateDatabase, errors.UniqueViolation):
-            return False  # another environment created it a moment ago
-        except psycopg.Error as error:
-            raise DatabaseError(f"could not create {db.label}: {_first_line(error)}") from None
-    log.info("created %s", db.label)
+        template = _schema_template(_pg_template, conn, db, modules) if modules is not None else None
+        return _pg_create_database(conn, db, template)
+
+
+def _pg_create_database(conn, db: AppDatabase, template: str | None) -> bool:
+    import psycopg
+    from psycopg import errors, sql
+
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db.name))
+    if template:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    try:
+        conn.execute(statement)
+    except errors.InsufficientPrivilege:
+        raise DatabaseError(
+            f"database user {db.settings['USER']!r} may not create databases, so {db.label} "
+            f"could not be created: create it (owned by that user) or grant the user CREATEDB"
+        ) from None
+    except (errors.DuplicateDatabase, errors.UniqueViolation):
+        return False  # another environment created it a moment ago
+    except psycopg.Error as error:
+        if template and isinstance(error, (errors.ObjectInUse, errors.InvalidCatalogName)):
+            # Someone is connected to the template, or an operator dropped it just now.
+            log.warning("cloning %s from %s failed (%s): creating it empty", db.label, template, _first_line(error))
+            return _pg_create_database(conn, db, None)
+        raise DatabaseError(f"could not create {db.label}: {_first_line(error)}") from None
+    log.info("created %s%s", db.label, f" from template {template}" if template else "")
     return True
 
 
@@ -221,43 +245,88 @@ def _pg_drop(db: AppDatabase) -> None:
             raise DatabaseError(f"could not drop {db.label}: {_first_line(error)}") from None
 
 
-def _lock_key(db: AppDatabase) -> int:
-    digest = hashlib.sha256(f"appsup-init:{db.name}".encode()).digest()
+def init_lock_key(database_name: str) -> int:
+    """The PostgreSQL advisory-lock key that serialises initialisations of a database."""
+    return _advisory_key(f"appsup-init:{database_name}")
+
+
+def _advisory_key(text: str) -> int:
+    digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _pg_advisory_lock(conn, key: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise DatabaseError(f"timed out after {timeout:g} s waiting for another {what}")
+        time.sleep(LOCK_POLL)
 
 
 @contextmanager
 def _pg_lock(db: AppDatabase, timeout: float) -> Iterator[None]:
-    import psycopg
+    # Session-level lock on this thread's connection to the app database, the one the
+    # initialisation then uses: PostgreSQL frees it if this process dies, so a crash never
+    # wedges the app, and no second connection is needed.
+    connect(db)
+    conn = connections[db.alias].connection
+    key = init_lock_key(db.name)
+    _pg_advisory_lock(conn, key, timeout, f"initialisation of {db.label}")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a broken connection has dropped the lock already
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def connect(db: AppDatabase) -> None:
+    """Open this thread's connection to the registered ``db``; DatabaseError if impossible."""
+    from django.db import OperationalError
 
     try:
-        conn = _pg_connect(db, db.name)
-    except psycopg.OperationalError as error:
+        connections[db.alias].ensure_connection()
+    except OperationalError as error:
         raise DatabaseError(f"cannot connect to {db.label}: {_first_line(error)}") from None
-    # Session-level lock: PostgreSQL frees it if this process dies, so a crash never wedges the app.
-    with conn:
-        key = _lock_key(db)
-        deadline = time.monotonic() + timeout
-        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raise DatabaseError(f"timed out after {timeout:g} s waiting for another initialisation of {db.label}")
-            time.sleep(LOCK_POLL)
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _connects(db: AppDatabase) -> bool:
+    """Whether this thread's connection to the registered ``db`` opens (the database may be
+    missing, or the server down: the caller finds out which)."""
+    from django.db import OperationalError
+
+    try:
+        connections[db.alias].ensure_connection()
+    except OperationalError:
+        return False
+    return True
 
 
 # --- SQLite -----------------------------------------------------------------------------------
 
 
-def _sqlite_create(db: AppDatabase) -> bool:
+def _sqlite_create(db: AppDatabase, modules: frozenset[str] | None) -> bool:
     path = Path(db.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            return False
+        template = _schema_template(_sqlite_template, None, db, modules) if modules is not None else None
+        if not template:
+            return True  # SQLite creates the file on first connection
+        # Copied under a temporary name, then linked into place: the link fails if another
+        # process created the database meanwhile, and nobody ever sees half a copy.
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".clone-", suffix=".sqlite3") as copy_:
+            with open(template, "rb") as source:
+                shutil.copyfileobj(source, copy_)
+            copy_.flush()
+            try:
+                os.link(copy_.name, path)
+            except FileExistsError:
+                return False
     except OSError as error:
-        raise DatabaseError(f"cannot create the folder for {db.label}: {error.strerror}") from None
-    return not path.exists()
+        raise DatabaseError(f"cannot create {db.label}: {error.strerror}") from None
+    log.info("created %s from template %s", db.label, template)
+    return True
 
 
 @contextmanager
@@ -287,12 +356,101 @@ def _sqlite_drop(db: AppDatabase) -> None:
             os.unlink(f"{db.name}{suffix}")
 
 
+# --- Schema templates -------------------------------------------------------------------------
+
+TEMPLATE_TIMEOUT = 120.0
+
+
+@functools.cache
+def schema_digest(modules: frozenset[str]) -> str:
+    """Identifies the schema a new database with ``modules`` gets: Django's version, the
+    labels and every migration of theirs. Code with a new migration gets a new template."""
+    labels = APP_SHARED_LABELS | modules
+    graph = MigrationLoader(None, ignore_no_migrations=True).graph
+    nodes = sorted(node for node in graph.nodes if node[0] in labels)
+    payload = json.dumps([django.get_version(), sorted(labels), nodes])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def template_name(modules: frozenset[str]) -> str:
+    # App names start with a letter, so "<prefix>0…" is never an app database.
+    return f"{settings.APP_CONFIG.app_db_prefix}0template_{schema_digest(modules)}"
+
+
+def _migrate_template(db: AppDatabase, modules: frozenset[str]) -> None:
+    register(db, modules)
+    try:
+        _migrate(db.alias, modules, first=True)
+    finally:
+        close(db.alias)
+
+
+def _pg_template(conn, db: AppDatabase, modules: frozenset[str]) -> str:
+    """The name of the module set's template on ``db``'s server (``conn``), built if missing."""
+    from psycopg import sql
+
+    name = template_name(modules)
+    if _pg_exists(conn, name):
+        return name
+    key = _advisory_key(f"appsup-template:{name}")
+    _pg_advisory_lock(conn, key, TEMPLATE_TIMEOUT, f"build of schema template {name}")
+    try:
+        if _pg_exists(conn, name):
+            return name  # another process built it while we waited
+        # Built under another name and renamed when complete: a template that exists is whole.
+        building = f"{name}_building"
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(building)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
+        settings_ = {**db.settings, "NAME": building}
+        _migrate_template(AppDatabase(app=name, alias=alias_for(name), vendor=db.vendor, settings=settings_), modules)
+        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+    log.info("built schema template %s for modules %s", name, ", ".join(sorted(modules)) or "(none)")
+    return name
+
+
+def _sqlite_template(_conn: None, db: AppDatabase, modules: frozenset[str]) -> str:
+    folder = Path(db.name).parent / ".templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{template_name(modules)}.sqlite3"
+    if path.exists():
+        return str(path)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                return str(path)
+            building = Path(f"{path}.building")
+            building.unlink(missing_ok=True)
+            settings_ = {**db.settings, "NAME": str(building)}
+            _migrate_template(
+                AppDatabase(app=path.stem, alias=alias_for(path.stem), vendor=db.vendor, settings=settings_), modules
+            )
+            os.replace(building, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    log.info("built schema template %s for modules %s", path, ", ".join(sorted(modules)) or "(none)")
+    return str(path)
+
+
+def _schema_template(build, conn, db: AppDatabase, modules: frozenset[str]) -> str | None:
+    """The template to create ``db`` from, or None to create it empty and migrate it (the
+    template could not be built: the reason is logged, the start goes on without it)."""
+    try:
+        return build(conn, db, modules)
+    except Exception:
+        log.warning("no schema template for %s: it will be migrated from scratch", db.label, exc_info=True)
+        return None
+
+
 # --- Public operations ------------------------------------------------------------------------
 
 
-def ensure_exists(db: AppDatabase) -> bool:
-    """Create the database if it is missing; True if this call created it."""
-    return _sqlite_create(db) if db.vendor == "sqlite" else _pg_create(db)
+def ensure_exists(db: AppDatabase, modules: frozenset[str] | None = None) -> bool:
+    """Create the database if it is missing, from the schema template of ``modules`` when
+    given (else empty); True if this call created it."""
+    return _sqlite_create(db, modules) if db.vendor == "sqlite" else _pg_create(db, modules)
 
 
 def drop(db: AppDatabase) -> None:
@@ -339,7 +497,9 @@ def initialisations(alias: str) -> list[dict]:
 
 
 def _migrate(alias: str, modules: frozenset[str], first: bool) -> int:
-    """Apply the missing migrations of Django's own apps and the enabled modules; return how many."""
+    """Apply the missing migrations of Django's own apps and the enabled modules; return how
+    many this initialisation put in place: on the first one, all of them, whether applied here
+    or brought by the schema template."""
     from django.contrib.auth.management import create_permissions
 
     connection = connections[alias]
@@ -355,6 +515,8 @@ def _migrate(alias: str, modules: frozenset[str], first: bool) -> int:
         for app_config in global_apps.get_app_configs():
             if app_config.label in labels and app_config.models_module is not None:
                 create_permissions(app_config, verbosity=0, interactive=False, using=alias, apps=global_apps)
+    if first:
+        return sum(1 for node in executor.loader.graph.nodes if node[0] in labels)
     return len(plan)
 
 
@@ -382,10 +544,14 @@ def _seed_admin(alias: str, initial_admin: dict) -> None:
 
 
 def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | None, environment: str) -> dict:
-    """Create (if needed), lock, migrate and seed ``db``; return what was done."""
-    created = ensure_exists(db)
+    """Create (if needed, from the schema template), lock, migrate and seed ``db``; return what
+    was done."""
     register(db, modules)
-    if created:
+    # The app's database usually exists (every start but the first on any environment), so
+    # connect to it first and go through the server's maintenance database only when missing.
+    created = False
+    if db.vendor == "sqlite" or not _connects(db):
+        created = ensure_exists(db, modules)
         forget_cached_ids(db.alias)
     connection = connections[db.alias]
     try:
