@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.db import connection
 
 from apps_registry import command_channel, redis_client
 from apps_registry.models import AppEnvironment, Application
@@ -44,7 +43,7 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
 
     Marks the app desired-running there first (so the worker's reconciliation agrees), unless
     a newer request has superseded this one. Returns None on success (or when superseded), or
-    an error message. The database connection is not held while waiting.
+    an error message.
     """
     placement = AppEnvironment.objects.filter(
         application__name=app_name, application__generation=generation, environment__name=env
@@ -56,8 +55,6 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
     if app_pk is not None:
         _publish(app_pk)
     command_id = command_channel.send_command(env, "start", app_name, generation=generation, request_id=request_id)
-    if not connection.in_atomic_block:
-        connection.close()
     deadline = time.monotonic() + timeout
     ack = None
     while ack is None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import secrets
 import threading
 import time
@@ -32,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import rq
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -207,16 +206,18 @@ def start_order(app_name: str, environments: Sequence[str]) -> list[str]:
 
 
 def run_start(app_name: str, environments: list[str], *, generation: int, request_id: str, attempt: int = 0) -> str:
-    """The RQ job. Runs in a forked work-horse, so it opens its own database connections and
-    closes them at the end. If it fails unexpectedly its pending entry stays, so the recovery
-    check marks what it left ``queued``/``starting`` as interrupted."""
+    """The RQ job. Runs in the queue worker process itself (``StartQueueWorker``), which keeps
+    its database connection between jobs; one broken or too old is replaced first. If the job
+    fails unexpectedly its pending entry stays, so the recovery check marks what it left
+    ``queued``/``starting`` as interrupted."""
+    close_old_connections()
     try:
         outcome = StartJob(app_name, environments, generation=generation, request_id=request_id).run(attempt)
         if outcome != "requeued":
             _forget_pending(app_name, _pending_value(generation, request_id))
         return outcome
     finally:
-        connections.close_all()
+        close_old_connections()
 
 
 class StartJob:
@@ -467,13 +468,18 @@ def recover_throttled() -> None:
         log.exception("start recovery check failed")
 
 
-class StartQueueWorker(rq.Worker):
-    """The RQ worker for ``app_starts``: runs the recovery check when it starts and every few
-    seconds while idle, so a start interrupted by a dead worker becomes visible."""
+class StartQueueWorker(rq.SimpleWorker):
+    """The RQ worker for ``app_starts``: runs each job in its own process, and the recovery
+    check when it starts and every few seconds while idle, so a start interrupted by a dead
+    worker becomes visible.
+
+    No work-horse is forked per job: a start job mostly waits for a worker's acknowledgement,
+    and the fork plus fresh database and Redis connections in every horse were half of the
+    queue worker's CPU (docs/benchmarks.md, "Start queue"). A job that dies takes its queue
+    worker with it, which the recovery check handles as it handles a killed worker."""
 
     def bootstrap(self, *args, **kwargs) -> None:
         super().bootstrap(*args, **kwargs)
-        self._parent_pid = os.getpid()
         self._next_recovery = 0.0
 
     @property
@@ -483,12 +489,11 @@ class StartQueueWorker(rq.Worker):
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         result = super().heartbeat(timeout, pipeline)
-        idle = pipeline is None and not getattr(self, "_horse_pid", 0)
-        if idle and os.getpid() == getattr(self, "_parent_pid", None) and time.monotonic() >= self._next_recovery:
+        # Without a pipeline, the heartbeat comes from the idle loop or right after a job.
+        if pipeline is None and time.monotonic() >= self._next_recovery:
             self._next_recovery = time.monotonic() + settings.APP_CONFIG.start_lock_ttl / 2
             try:
                 recover_throttled()
             finally:
-                # Never fork a work-horse holding this process's database connections.
-                connections.close_all()
+                close_old_connections()
         return result

@@ -9,12 +9,9 @@ environment, written by the worker under the init lock), the start commands in R
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -25,6 +22,7 @@ from apps_registry import start_queue
 from apps_registry.api import schema_check
 from tests import services
 from tests.processes import PYTHON, Process, manage, wait_until
+from worker_agent import app_databases
 
 pytestmark = pytest.mark.cluster
 LOCK_TTL = "2"
@@ -224,23 +222,6 @@ def rq_jobs(app: str) -> list:
     return [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]
 
 
-def kill_with_work_horse(worker: Process) -> None:
-    """SIGKILL a queue worker and its work-horse (RQ puts the horse in its own session, so
-    killing the worker's process group alone would leave it running), as in a crash."""
-    horses = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == worker.pid:  # the parent pid
-            horses.append(int(stat.parent.name))
-    assert horses, "the queue worker had no work-horse: nothing was running"
-    for pid in horses:
-        os.kill(pid, signal.SIGKILL)
-    worker.kill()
-
-
 def test_start_order_is_stable_per_app_and_spreads_first_starts():
     names = [f"app{i}" for i in range(40)]
     orders = [start_queue.start_order(name, ["env_b", "env_a"]) for name in names]
@@ -313,10 +294,18 @@ def test_unreachable_environment_is_an_error_and_can_be_retried(api, workers, cl
 
 
 def test_a_start_that_takes_too_long_times_out_visibly(api, workers, cluster):
-    workers.start(1, APP_START_TIMEOUT="0.05")
-    request_id = api.create("q_slow")
-    result, error = wait_audit_closed(cluster, request_id)
-    assert result == "error" and "within 0.05 s" in error
+    # The app's initialisation lock is held here, as by another environment's long
+    # initialisation, so the worker cannot finish the start within the queue's timeout.
+    workers.start(1, APP_START_TIMEOUT="1")
+    db_name = f"{services.RUN_ID}_q_slow"
+    server = {"host": services.PG_HOST, "port": services.PG_PORT, "user": services.PG_USER, "autocommit": True}
+    with psycopg.connect(dbname="postgres", **server) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    with psycopg.connect(dbname=db_name, **server) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (app_databases.init_lock_key(db_name),))
+        request_id = api.create("q_slow")
+        result, error = wait_audit_closed(cluster, request_id)
+    assert result == "error" and "within 1 s" in error, error
 
 
 def test_queue_worker_killed_mid_start_is_recovered(api, workers, cluster):
@@ -329,7 +318,7 @@ def test_queue_worker_killed_mid_start_is_recovered(api, workers, cluster):
         interval=0.02,
         message=f"start job working on {first}",
     )
-    kill_with_work_horse(victim)
+    victim.kill()  # the job runs in the queue worker itself: it dies with it
     workers.start(1)
     # The dead job's lock expires; the new worker's recovery check marks what it left behind.
     body = wait_until(
