@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from django.conf import settings
 
 from apps_registry import command_channel, redis_client
-from apps_registry.models import AppEnvironment, Application
+from apps_registry.models import Application
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,16 @@ def _environment_alive(env: str) -> bool:
     return seen is not None and time.time() - seen <= settings.APP_CONFIG.offline_after
 
 
-def _publish(app_pk: int) -> None:
-    from apps_registry.discovery import get_discovery
-
-    get_discovery().publish_app_by_pk(app_pk)
-
-
 def start_on_environment(app_name: str, env: str, *, generation: int, request_id: str, timeout: float) -> str | None:
-    """Start the app on one environment and wait for the worker's acknowledgement.
+    """Send the start to one environment and wait for the worker's acknowledgement.
 
-    Marks the app desired-running there first (so the worker's reconciliation agrees), unless
-    a newer request has superseded this one. Returns None on success (or when superseded), or
-    an error message.
+    The caller has marked the placement ``starting`` and wanted running, and published the
+    app's spec, under the app's row lock (``actions.begin_environment_start``), so the worker's
+    reconciliation agrees. A request that supersedes this one meanwhile carries a newer
+    generation, and the worker drops this start if it has seen that one. Returns None on
+    success (or when superseded), or an error message; the worker's status reports are applied
+    by the caller's next ``events.ingest()``.
     """
-    placement = AppEnvironment.objects.filter(
-        application__name=app_name, application__generation=generation, environment__name=env
-    )
-    if not placement.update(desired_running=True):
-        log.info("start of %s on %s (generation %s) superseded or withdrawn", app_name, env, generation)
-        return None
-    app_pk = Application.objects.filter(name=app_name).values_list("pk", flat=True).first()
-    if app_pk is not None:
-        _publish(app_pk)
     command_id = command_channel.send_command(env, "start", app_name, generation=generation, request_id=request_id)
     deadline = time.monotonic() + timeout
     ack = None
@@ -67,9 +55,6 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
                 f"environment {env} is not responding; the start command stays queued there "
                 f"until the worker returns or the command expires"
             )
-    from apps_registry import events
-
-    events.ingest()
     if ack is None:
         return f"no acknowledgement from {env} within {timeout:g} s"
     if ack.get("result") in ("ok", "superseded"):

@@ -27,6 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, default=100)
@@ -92,6 +99,7 @@ def main() -> None:
             time.sleep(3)  # let them connect; the clock starts at the first request
             placements = AppEnvironment.objects.filter(application__name__startswith=prefix)
             started = time.monotonic()
+            busy_before, total_before = cpu_times()
             for app in apps:
                 actions.request_start(app)
             requested = time.monotonic() - started
@@ -104,6 +112,9 @@ def main() -> None:
                     raise SystemExit(f"round with {count} worker(s) timed out ({done} of {total} done)")
                 time.sleep(0.1)
             wall = time.monotonic() - started
+            busy_after, total_after = cpu_times()
+            busy = (busy_after - busy_before) / (total_after - total_before)
+            cpu_seconds = (busy_after - busy_before) / os.sysconf("SC_CLK_TCK")
             errors = placements.filter(status="error").count()
             messages = sorted(set(placements.filter(status="error").values_list("error", flat=True)))[:5]
             if messages:
@@ -119,6 +130,10 @@ def main() -> None:
                     "requesting_s": round(requested, 2),
                     "starts_per_s": round(total / wall, 2),
                     "errors": errors,
+                    # The whole machine during the round: how busy its cores were, and CPU
+                    # time per start (every process: supervisor, agents, PostgreSQL, Redis).
+                    "cpu_busy_pct": round(100 * busy),
+                    "cpu_ms_per_start": round(1000 * cpu_seconds / total, 1),
                 }
             )
             print(json.dumps(results[-1]), flush=True)

@@ -41,7 +41,8 @@ def envs(cluster_logs):
 @pytest.fixture(autouse=True)
 def start_job_inline(monkeypatch):
     """Plays the start queue's job (a separate piece) right after commit: one environment
-    after another through ``process.start_on_environment``, as the job does."""
+    after another, marked starting then sent through ``process.start_on_environment``, as the
+    job does."""
     errors: list[str] = []
 
     def send_start(app, environments, *, generation, request_id):
@@ -49,6 +50,8 @@ def start_job_inline(monkeypatch):
 
         def job():
             for env in envs:
+                if actions.begin_environment_start(name, env, generation=generation) != "starting":
+                    continue
                 error = process.start_on_environment(
                     name, env, generation=generation, request_id=request_id, timeout=60
                 )

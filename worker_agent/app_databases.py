@@ -55,6 +55,9 @@ MAINTENANCE_DB = "postgres"
 # Explicit database names are quoted, but keep them to plain identifiers anyway.
 DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 LOCK_POLL = 0.05
+# What creating a database did: it was there already, it was created empty, or copied from
+# the schema template.
+EXISTED, CREATED, CLONED = "existed", "created", "cloned"
 
 
 class DatabaseError(Exception):
@@ -200,15 +203,15 @@ def _pg_exists(conn, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def _pg_create(db: AppDatabase, modules: frozenset[str] | None) -> bool:
+def _pg_create(db: AppDatabase, modules: frozenset[str] | None) -> str:
     with _pg_maintenance(db) as conn:
         if _pg_exists(conn, db.name):
-            return False
+            return EXISTED
         template = _schema_template(_pg_template, conn, db, modules) if modules is not None else None
         return _pg_create_database(conn, db, template)
 
 
-def _pg_create_database(conn, db: AppDatabase, template: str | None) -> bool:
+def _pg_create_database(conn, db: AppDatabase, template: str | None) -> str:
     import psycopg
     from psycopg import errors, sql
 
@@ -223,7 +226,7 @@ def _pg_create_database(conn, db: AppDatabase, template: str | None) -> bool:
             f"could not be created: create it (owned by that user) or grant the user CREATEDB"
         ) from None
     except (errors.DuplicateDatabase, errors.UniqueViolation):
-        return False  # another environment created it a moment ago
+        return EXISTED  # another environment created it a moment ago
     except psycopg.Error as error:
         if template and isinstance(error, (errors.ObjectInUse, errors.InvalidCatalogName)):
             # Someone is connected to the template, or an operator dropped it just now.
@@ -231,7 +234,7 @@ def _pg_create_database(conn, db: AppDatabase, template: str | None) -> bool:
             return _pg_create_database(conn, db, None)
         raise DatabaseError(f"could not create {db.label}: {_first_line(error)}") from None
     log.info("created %s%s", db.label, f" from template {template}" if template else "")
-    return True
+    return CLONED if template else CREATED
 
 
 def _pg_drop(db: AppDatabase) -> None:
@@ -304,15 +307,15 @@ def _connects(db: AppDatabase) -> bool:
 # --- SQLite -----------------------------------------------------------------------------------
 
 
-def _sqlite_create(db: AppDatabase, modules: frozenset[str] | None) -> bool:
+def _sqlite_create(db: AppDatabase, modules: frozenset[str] | None) -> str:
     path = Path(db.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            return False
+            return EXISTED
         template = _schema_template(_sqlite_template, None, db, modules) if modules is not None else None
         if not template:
-            return True  # SQLite creates the file on first connection
+            return CREATED  # SQLite creates the file on first connection
         # Copied under a temporary name, then linked into place: the link fails if another
         # process created the database meanwhile, and nobody ever sees half a copy.
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".clone-", suffix=".sqlite3") as copy_:
@@ -322,11 +325,11 @@ def _sqlite_create(db: AppDatabase, modules: frozenset[str] | None) -> bool:
             try:
                 os.link(copy_.name, path)
             except FileExistsError:
-                return False
+                return EXISTED
     except OSError as error:
         raise DatabaseError(f"cannot create {db.label}: {error.strerror}") from None
     log.info("created %s from template %s", db.label, template)
-    return True
+    return CLONED
 
 
 @contextmanager
@@ -362,13 +365,19 @@ TEMPLATE_TIMEOUT = 120.0
 
 
 @functools.cache
+def expected_migrations(modules: frozenset[str]) -> frozenset[tuple[str, str]]:
+    """Every migration (app label, name) an app database with ``modules`` must have."""
+    labels = APP_SHARED_LABELS | modules
+    graph = MigrationLoader(None, ignore_no_migrations=True).graph
+    return frozenset(node for node in graph.nodes if node[0] in labels)
+
+
+@functools.cache
 def schema_digest(modules: frozenset[str]) -> str:
     """Identifies the schema a new database with ``modules`` gets: Django's version, the
     labels and every migration of theirs. Code with a new migration gets a new template."""
     labels = APP_SHARED_LABELS | modules
-    graph = MigrationLoader(None, ignore_no_migrations=True).graph
-    nodes = sorted(node for node in graph.nodes if node[0] in labels)
-    payload = json.dumps([django.get_version(), sorted(labels), nodes])
+    payload = json.dumps([django.get_version(), sorted(labels), sorted(expected_migrations(modules))])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -450,6 +459,10 @@ def _schema_template(build, conn, db: AppDatabase, modules: frozenset[str]) -> s
 def ensure_exists(db: AppDatabase, modules: frozenset[str] | None = None) -> bool:
     """Create the database if it is missing, from the schema template of ``modules`` when
     given (else empty); True if this call created it."""
+    return _create(db, modules) != EXISTED
+
+
+def _create(db: AppDatabase, modules: frozenset[str] | None) -> str:
     return _sqlite_create(db, modules) if db.vendor == "sqlite" else _pg_create(db, modules)
 
 
@@ -496,14 +509,33 @@ def initialisations(alias: str) -> list[dict]:
         return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _migrate(alias: str, modules: frozenset[str], first: bool) -> int:
+def _applied_migrations(alias: str) -> frozenset[tuple[str, str]] | None:
+    """The migrations recorded in the database; None if it has no migration table yet."""
+    from django.db import DatabaseError as DjangoDatabaseError
+
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT app, name FROM django_migrations")
+            return frozenset(cursor.fetchall())
+    except DjangoDatabaseError:
+        return None
+
+
+def _migrate(alias: str, modules: frozenset[str], first: bool, cloned: bool = False) -> int:
     """Apply the missing migrations of Django's own apps and the enabled modules; return how
     many this initialisation put in place: on the first one, all of them, whether applied here
-    or brought by the schema template."""
+    or brought by the schema template (``cloned``: permissions and content types came with it)."""
     from django.contrib.auth.management import create_permissions
 
     connection = connections[alias]
     labels = APP_SHARED_LABELS | modules
+    expected = expected_migrations(modules)
+    applied = _applied_migrations(alias)
+    # The usual case, every start but an upgrade's: one query instead of building Django's
+    # migration plan (which lists every table of the database first).
+    up_to_date = applied is not None and expected <= applied
+    if up_to_date and (cloned or not first):
+        return len(expected) if first else 0
     executor = MigrationExecutor(connection)
     targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in labels]
     plan = executor.migration_plan(targets)
@@ -549,9 +581,9 @@ def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | N
     register(db, modules)
     # The app's database usually exists (every start but the first on any environment), so
     # connect to it first and go through the server's maintenance database only when missing.
-    created = False
+    how = EXISTED
     if db.vendor == "sqlite" or not _connects(db):
-        created = ensure_exists(db, modules)
+        how = _create(db, modules)
         forget_cached_ids(db.alias)
     connection = connections[db.alias]
     try:
@@ -566,7 +598,7 @@ def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | N
                     " VALUES (%s, %s, %s, %s, %s)",
                     (token, environment, os.getpid(), first, time.time()),
                 )
-            applied = _migrate(db.alias, modules, first)
+            applied = _migrate(db.alias, modules, first, cloned=how == CLONED)
             if first and initial_admin:
                 _seed_admin(db.alias, initial_admin)
             with connection.cursor() as cursor:
@@ -581,4 +613,4 @@ def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | N
         raise DatabaseError(f"initialising {db.label} failed: {type(error).__name__}: {_first_line(error)}") from None
     finally:
         close(db.alias)
-    return {"created": created, "first": first, "migrations_applied": applied}
+    return {"created": how != EXISTED, "cloned": how == CLONED, "first": first, "migrations_applied": applied}
