@@ -312,7 +312,14 @@ def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
 
     env = make_envs(1)[0]
     app = Application.objects.create(name="fresh")
-    AppEnvironment.objects.create(application=app, environment=env, status=AppStatus.STARTING)
+    # Marked starting a moment ago: a report is ordered by its Redis entry id, whose
+    # millisecond resolution cannot tell apart two changes within the same millisecond.
+    AppEnvironment.objects.create(
+        application=app,
+        environment=env,
+        status=AppStatus.STARTING,
+        status_changed_at=timezone.now() - dt.timedelta(seconds=1),
+    )
     events._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
     payload = {"app": "fresh", "env": env.name, "status": "running", "error": "", "at": time.time()}
     redis_conn.xadd(command_channel.events_stream(), command_channel.encode_event("status", payload))
