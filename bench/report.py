@@ -147,10 +147,15 @@ def queue_bench(docs: list) -> list[Figure]:
     figures = []
     for row in _dicts(docs):
         if "queue_workers" in row and "wall_s" in row:
+            cpu = (
+                f"; machine {row['cpu_busy_pct']} % busy, {row['cpu_ms_per_start']} ms CPU per start"
+                if "cpu_busy_pct" in row
+                else ""
+            )
             figures.append(
                 (
                     f"start queue, {row['apps']} apps × 2 environments, {row['queue_workers']} queue worker(s): wall",
-                    f"{row['wall_s']} s ({row['starts_per_s']} starts/s)",
+                    f"{row['wall_s']} s ({row['starts_per_s']} starts/s{cpu})",
                     "",
                     None,
                 )
