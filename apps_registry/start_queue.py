@@ -469,9 +469,9 @@ def recover_throttled() -> None:
 
 
 class StartQueueWorker(rq.SimpleWorker):
-    """The RQ worker for ``app_starts``: runs each job in its own process, and the recovery
-    check when it starts and every few seconds while idle, so a start interrupted by a dead
-    worker becomes visible.
+    """The RQ worker for ``app_starts``: runs each job itself, and the recovery check when it
+    starts and every few seconds while idle, so a start interrupted by a dead worker becomes
+    visible.
 
     No work-horse is forked per job: a start job mostly waits for a worker's acknowledgement,
     and the fork plus fresh database and Redis connections in every horse were half of the
