@@ -45,7 +45,11 @@ def test_a_first_start_clones_the_template_and_a_later_one_applies_nothing(djang
     expected = app_databases.expected_migrations(CONTACTS)
     assert first == {"created": True, "cloned": True, "first": True, "migrations_applied": len(expected)}
     assert second == {"created": False, "cloned": False, "first": False, "migrations_applied": 0}
-    assert _exists(app_databases.template_name(CONTACTS))
+    with _server() as conn:  # nobody may connect to it, so nobody can block a copy
+        allowed = conn.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = %s", (app_databases.template_name(CONTACTS),)
+        ).fetchone()
+    assert allowed == (False,)
     with _server(db.name) as conn:
         assert set(conn.execute("SELECT app, name FROM django_migrations").fetchall()) == expected
         # What post_migrate would have created came with the copy.
@@ -97,6 +101,7 @@ def test_sqlite_app_databases_are_copies_of_a_template_file(tmp_path, django_db_
         tables = connections["app:lite2"].introspection.table_names(connections["app:lite2"].cursor())
         connections["app:lite2"].close()
     assert [r["cloned"] for r in results] == [True, True]
-    templates = list((tmp_path / "apps" / ".templates").glob("*.sqlite3"))
-    assert [t.name for t in templates] == [f"{app_databases.template_name(TASKS)}.sqlite3"]
+    templates = sorted(p.name for p in (tmp_path / "apps" / ".templates").iterdir())
+    name = app_databases.template_name(TASKS)
+    assert templates == [f"{name}.sqlite3", f"{name}.sqlite3.lock"]  # one self-contained file (no -wal)
     assert "tasks_task" in tables and "contacts_contact" not in tables and "appsup_initialisation" in tables

@@ -412,6 +412,8 @@ def _pg_template(conn, db: AppDatabase, modules: frozenset[str]) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
         settings_ = {**db.settings, "NAME": building}
         _migrate_template(AppDatabase(app=name, alias=alias_for(name), vendor=db.vendor, settings=settings_), modules)
+        # PostgreSQL refuses to copy a database someone is connected to: let nobody connect.
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(building)))
         conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
@@ -432,7 +434,9 @@ def _sqlite_template(_conn: None, db: AppDatabase, modules: frozenset[str]) -> s
                 return str(path)
             building = Path(f"{path}.building")
             building.unlink(missing_ok=True)
-            settings_ = {**db.settings, "NAME": str(building)}
+            # Without the WAL journal mode: the template must be one self-contained file to copy.
+            options = {k: v for k, v in db.settings.get("OPTIONS", {}).items() if k != "init_command"}
+            settings_ = {**db.settings, "NAME": str(building), "OPTIONS": options}
             _migrate_template(
                 AppDatabase(app=path.stem, alias=alias_for(path.stem), vendor=db.vendor, settings=settings_), modules
             )
