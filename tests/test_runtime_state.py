@@ -9,7 +9,7 @@ from django.contrib.auth.hashers import make_password
 from django.db import connections
 
 from tests import services
-from worker_agent import app_databases, local_state, runtime
+from worker_agent import app_databases, app_initialisation, local_state, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ def test_start_stop_remove_in_process(django_db_blocker):
         finally:
             runtime._listeners.clear()
         assert seen == [("inproc", "running", "")]
-        records = app_databases.initialisations("app:inproc")
+        records = app_initialisation.initialisations("app:inproc")
         assert [r["first"] for r in records] == [True, False]
         assert records[0]["migrations_applied"] > 0 and records[1]["migrations_applied"] == 0
         with connections["app:inproc"].cursor() as cursor:

@@ -1,22 +1,14 @@
-"""Each hosted app's own database: where it is, creating it, locking and migrating it, dropping it.
+"""Each hosted app's own database on its server: where it is, creating, locking and dropping it.
 
 Naming: on PostgreSQL the database ``<APP_DB_PREFIX><name>`` on this process's database server
 (the ``DB_*`` settings), on SQLite the file ``<storage>/apps/<name>.sqlite3``. An app's options
 may name another database: ``{"database": {"name": ..., "host": ..., "port": ..., "user": ...,
 "password": ...}}`` (every key but ``name`` optional).
 
-Initialisation (migrate + first data) runs under a lock that every environment sharing the app
-sees: a PostgreSQL advisory lock taken on a connection to the app database itself, or an
-exclusive file lock beside the SQLite file. Each initialisation leaves a row in the app
-database's ``appsup_initialisation`` table (environment, pid, start, end), which is how the first
-initialisation is recognised (an unfinished one is resumed) and how tests check that two never
-overlap.
-
-A new database is not migrated from scratch: it is cloned from a schema template, a database
-(or SQLite file) migrated once per set of modules and migration graph (``CREATE DATABASE …
-TEMPLATE``, a file copy inside PostgreSQL). Running the migrations is Python work in the
-agent that used to dominate a first start; the clone leaves the agent free for other apps'
-starts. Templates are rebuilt on demand, so dropping one is always safe.
+The initialisation lock, which every environment sharing the app sees: a PostgreSQL advisory
+lock taken on this thread's connection to the app database itself, or an exclusive file lock
+beside the SQLite file. What a database holds and how it gets its tables is ``app_schema``'s
+concern; initialising an app (lock, schema, first data) is ``app_initialisation``'s.
 """
 
 from __future__ import annotations
@@ -24,33 +16,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import functools
 import hashlib
-import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import django
-from django.apps import apps as global_apps
 from django.conf import settings
 from django.db import connections
-from django.db.migrations.executor import MigrationExecutor
-from django.db.migrations.loader import MigrationLoader
 
-from worker_agent.db_router import APP_SHARED_LABELS, BUSINESS_LABELS, alias_for, set_enabled_modules
+from worker_agent.db_router import BUSINESS_LABELS, alias_for, set_enabled_modules
 
 log = logging.getLogger(__name__)
 
-INIT_TABLE = "appsup_initialisation"
 MAINTENANCE_DB = "postgres"
 # Explicit database names are quoted, but keep them to plain identifiers anyway.
 DB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -58,6 +43,9 @@ LOCK_POLL = 0.05
 # What creating a database did: it was there already, it was created empty, or copied from
 # the schema template.
 EXISTED, CREATED, CLONED = "existed", "created", "cloned"
+# Called with the server's maintenance connection (None on SQLite) when a database must be
+# created: the template to copy it from, or None for an empty one.
+TemplateSource = Callable[[Any], "str | None"]
 
 
 class DatabaseError(Exception):
@@ -192,22 +180,22 @@ def _pg_maintenance(db: AppDatabase):
             return _pg_connect(db, dbname)
         except psycopg.OperationalError as error:
             last_error = error
-    raise DatabaseError(f"cannot connect to the database server for {db.label}: {_first_line(last_error)}")
+    raise DatabaseError(f"cannot connect to the database server for {db.label}: {first_line(last_error)}")
 
 
-def _first_line(error: object) -> str:
+def first_line(error: object) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def _pg_exists(conn, name: str) -> bool:
+def pg_database_exists(conn, name: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def _pg_create(db: AppDatabase, modules: frozenset[str] | None) -> str:
+def _pg_create(db: AppDatabase, template_source: TemplateSource | None) -> str:
     with _pg_maintenance(db) as conn:
-        if _pg_exists(conn, db.name):
+        if pg_database_exists(conn, db.name):
             return EXISTED
-        template = _schema_template(_pg_template, conn, db, modules) if modules is not None else None
+        template = template_source(conn) if template_source else None
         return _pg_create_database(conn, db, template)
 
 
@@ -230,9 +218,9 @@ def _pg_create_database(conn, db: AppDatabase, template: str | None) -> str:
     except psycopg.Error as error:
         if template and isinstance(error, (errors.ObjectInUse, errors.InvalidCatalogName)):
             # Someone is connected to the template, or an operator dropped it just now.
-            log.warning("cloning %s from %s failed (%s): creating it empty", db.label, template, _first_line(error))
+            log.warning("cloning %s from %s failed (%s): creating it empty", db.label, template, first_line(error))
             return _pg_create_database(conn, db, None)
-        raise DatabaseError(f"could not create {db.label}: {_first_line(error)}") from None
+        raise DatabaseError(f"could not create {db.label}: {first_line(error)}") from None
     log.info("created %s%s", db.label, f" from template {template}" if template else "")
     return CLONED if template else CREATED
 
@@ -245,20 +233,20 @@ def _pg_drop(db: AppDatabase) -> None:
         try:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db.name)))
         except psycopg.Error as error:
-            raise DatabaseError(f"could not drop {db.label}: {_first_line(error)}") from None
+            raise DatabaseError(f"could not drop {db.label}: {first_line(error)}") from None
 
 
 def init_lock_key(database_name: str) -> int:
     """The PostgreSQL advisory-lock key that serialises initialisations of a database."""
-    return _advisory_key(f"appsup-init:{database_name}")
+    return advisory_key(f"appsup-init:{database_name}")
 
 
-def _advisory_key(text: str) -> int:
+def advisory_key(text: str) -> int:
     digest = hashlib.sha256(text.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _pg_advisory_lock(conn, key: int, timeout: float, what: str) -> None:
+def pg_advisory_lock(conn, key: int, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
         if time.monotonic() > deadline:
@@ -274,7 +262,7 @@ def _pg_lock(db: AppDatabase, timeout: float) -> Iterator[None]:
     connect(db)
     conn = connections[db.alias].connection
     key = init_lock_key(db.name)
-    _pg_advisory_lock(conn, key, timeout, f"initialisation of {db.label}")
+    pg_advisory_lock(conn, key, timeout, f"initialisation of {db.label}")
     try:
         yield
     finally:
@@ -289,10 +277,10 @@ def connect(db: AppDatabase) -> None:
     try:
         connections[db.alias].ensure_connection()
     except OperationalError as error:
-        raise DatabaseError(f"cannot connect to {db.label}: {_first_line(error)}") from None
+        raise DatabaseError(f"cannot connect to {db.label}: {first_line(error)}") from None
 
 
-def _connects(db: AppDatabase) -> bool:
+def connects(db: AppDatabase) -> bool:
     """Whether this thread's connection to the registered ``db`` opens (the database may be
     missing, or the server down: the caller finds out which)."""
     from django.db import OperationalError
@@ -307,13 +295,13 @@ def _connects(db: AppDatabase) -> bool:
 # --- SQLite -----------------------------------------------------------------------------------
 
 
-def _sqlite_create(db: AppDatabase, modules: frozenset[str] | None) -> str:
+def _sqlite_create(db: AppDatabase, template_source: TemplateSource | None) -> str:
     path = Path(db.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             return EXISTED
-        template = _schema_template(_sqlite_template, None, db, modules) if modules is not None else None
+        template = template_source(None) if template_source else None
         if not template:
             return CREATED  # SQLite creates the file on first connection
         # Copied under a temporary name, then linked into place: the link fails if another
@@ -359,115 +347,19 @@ def _sqlite_drop(db: AppDatabase) -> None:
             os.unlink(f"{db.name}{suffix}")
 
 
-# --- Schema templates -------------------------------------------------------------------------
-
-TEMPLATE_TIMEOUT = 120.0
-
-
-@functools.cache
-def expected_migrations(modules: frozenset[str]) -> frozenset[tuple[str, str]]:
-    """Every migration (app label, name) an app database with ``modules`` must have."""
-    labels = APP_SHARED_LABELS | modules
-    graph = MigrationLoader(None, ignore_no_migrations=True).graph
-    return frozenset(node for node in graph.nodes if node[0] in labels)
-
-
-@functools.cache
-def schema_digest(modules: frozenset[str]) -> str:
-    """Identifies the schema a new database with ``modules`` gets: Django's version, the
-    labels and every migration of theirs. Code with a new migration gets a new template."""
-    labels = APP_SHARED_LABELS | modules
-    payload = json.dumps([django.get_version(), sorted(labels), sorted(expected_migrations(modules))])
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def template_name(modules: frozenset[str]) -> str:
-    # App names start with a letter, so "<prefix>0…" is never an app database.
-    return f"{settings.APP_CONFIG.app_db_prefix}0template_{schema_digest(modules)}"
-
-
-def _migrate_template(db: AppDatabase, modules: frozenset[str]) -> None:
-    register(db, modules)
-    try:
-        _migrate(db.alias, modules, first=True)
-    finally:
-        close(db.alias)
-
-
-def _pg_template(conn, db: AppDatabase, modules: frozenset[str]) -> str:
-    """The name of the module set's template on ``db``'s server (``conn``), built if missing."""
-    from psycopg import sql
-
-    name = template_name(modules)
-    if _pg_exists(conn, name):
-        return name
-    key = _advisory_key(f"appsup-template:{name}")
-    _pg_advisory_lock(conn, key, TEMPLATE_TIMEOUT, f"build of schema template {name}")
-    try:
-        if _pg_exists(conn, name):
-            return name  # another process built it while we waited
-        # Built under another name and renamed when complete: a template that exists is whole.
-        building = f"{name}_building"
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(building)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
-        settings_ = {**db.settings, "NAME": building}
-        _migrate_template(AppDatabase(app=name, alias=alias_for(name), vendor=db.vendor, settings=settings_), modules)
-        # PostgreSQL refuses to copy a database someone is connected to: let nobody connect.
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(building)))
-        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
-    finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-    log.info("built schema template %s for modules %s", name, ", ".join(sorted(modules)) or "(none)")
-    return name
-
-
-def _sqlite_template(_conn: None, db: AppDatabase, modules: frozenset[str]) -> str:
-    folder = Path(db.name).parent / ".templates"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{template_name(modules)}.sqlite3"
-    if path.exists():
-        return str(path)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.exists():
-                return str(path)
-            building = Path(f"{path}.building")
-            building.unlink(missing_ok=True)
-            # Without the WAL journal mode: the template must be one self-contained file to copy.
-            options = {k: v for k, v in db.settings.get("OPTIONS", {}).items() if k != "init_command"}
-            settings_ = {**db.settings, "NAME": str(building), "OPTIONS": options}
-            _migrate_template(
-                AppDatabase(app=path.stem, alias=alias_for(path.stem), vendor=db.vendor, settings=settings_), modules
-            )
-            os.replace(building, path)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    log.info("built schema template %s for modules %s", path, ", ".join(sorted(modules)) or "(none)")
-    return str(path)
-
-
-def _schema_template(build, conn, db: AppDatabase, modules: frozenset[str]) -> str | None:
-    """The template to create ``db`` from, or None to create it empty and migrate it (the
-    template could not be built: the reason is logged, the start goes on without it)."""
-    try:
-        return build(conn, db, modules)
-    except Exception:
-        log.warning("no schema template for %s: it will be migrated from scratch", db.label, exc_info=True)
-        return None
-
-
 # --- Public operations ------------------------------------------------------------------------
 
 
-def ensure_exists(db: AppDatabase, modules: frozenset[str] | None = None) -> bool:
-    """Create the database if it is missing, from the schema template of ``modules`` when
-    given (else empty); True if this call created it."""
-    return _create(db, modules) != EXISTED
+def ensure_exists(db: AppDatabase) -> bool:
+    """Create the database (empty) if it is missing; True if this call created it."""
+    return create(db) != EXISTED
 
 
-def _create(db: AppDatabase, modules: frozenset[str] | None) -> str:
-    return _sqlite_create(db, modules) if db.vendor == "sqlite" else _pg_create(db, modules)
+def create(db: AppDatabase, template_source: TemplateSource | None = None) -> str:
+    """Create the database if it is missing, as a copy of what ``template_source`` names
+    (called with the server's maintenance connection, or None on SQLite) if it names one;
+    returns ``EXISTED``, ``CREATED`` (empty) or ``CLONED``."""
+    return _sqlite_create(db, template_source) if db.vendor == "sqlite" else _pg_create(db, template_source)
 
 
 def drop(db: AppDatabase) -> None:
@@ -486,135 +378,3 @@ def init_lock(db: AppDatabase, timeout: float | None = None) -> Iterator[None]:
     lock = _sqlite_lock if db.vendor == "sqlite" else _pg_lock
     with lock(db, timeout):
         yield
-
-
-def _ensure_init_table(cursor) -> None:
-    cursor.execute(
-        f"CREATE TABLE IF NOT EXISTS {INIT_TABLE} ("
-        " token varchar(32) NOT NULL,"
-        " environment varchar(40) NOT NULL,"
-        " pid integer NOT NULL,"
-        " first_init boolean NOT NULL,"
-        " migrations_applied integer NOT NULL DEFAULT 0,"
-        " started_at double precision NOT NULL,"
-        " finished_at double precision)"
-    )
-
-
-def initialisations(alias: str) -> list[dict]:
-    """Every initialisation recorded in the app database, oldest first."""
-    with connections[alias].cursor() as cursor:
-        _ensure_init_table(cursor)
-        cursor.execute(
-            f"SELECT environment, pid, first_init, migrations_applied, started_at, finished_at"  # noqa: S608
-            f" FROM {INIT_TABLE} ORDER BY started_at"
-        )
-        columns = ("environment", "pid", "first", "migrations_applied", "started_at", "finished_at")
-        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-
-
-def _applied_migrations(alias: str) -> frozenset[tuple[str, str]] | None:
-    """The migrations recorded in the database; None if it has no migration table yet."""
-    from django.db import DatabaseError as DjangoDatabaseError
-
-    try:
-        with connections[alias].cursor() as cursor:
-            cursor.execute("SELECT app, name FROM django_migrations")
-            return frozenset(cursor.fetchall())
-    except DjangoDatabaseError:
-        return None
-
-
-def _migrate(alias: str, modules: frozenset[str], first: bool, cloned: bool = False) -> int:
-    """Apply the missing migrations of Django's own apps and the enabled modules; return how
-    many this initialisation put in place: on the first one, all of them, whether applied here
-    or brought by the schema template (``cloned``: permissions and content types came with it)."""
-    from django.contrib.auth.management import create_permissions
-
-    connection = connections[alias]
-    labels = APP_SHARED_LABELS | modules
-    expected = expected_migrations(modules)
-    applied = _applied_migrations(alias)
-    # The usual case, every start but an upgrade's: one query instead of building Django's
-    # migration plan (which lists every table of the database first).
-    up_to_date = applied is not None and expected <= applied
-    if up_to_date and (cloned or not first):
-        return len(expected) if first else 0
-    executor = MigrationExecutor(connection)
-    targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in labels]
-    plan = executor.migration_plan(targets)
-    if plan:
-        executor.migrate(targets, plan=plan)
-    if plan or first:
-        # What `migrate`'s post_migrate would do, limited to this app's own labels (the
-        # registry's models get no content types or permissions in an app database).
-        for app_config in global_apps.get_app_configs():
-            if app_config.label in labels and app_config.models_module is not None:
-                create_permissions(app_config, verbosity=0, interactive=False, using=alias, apps=global_apps)
-    if first:
-        return sum(1 for node in executor.loader.graph.nodes if node[0] in labels)
-    return len(plan)
-
-
-def _seed_admin(alias: str, initial_admin: dict) -> None:
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.hashers import identify_hasher
-
-    username = str(initial_admin.get("username") or "").strip()
-    password_hash = str(initial_admin.get("password_hash") or "")
-    if not username:
-        raise DatabaseError("options.initial_admin.username is empty")
-    try:
-        identify_hasher(password_hash)
-    except ValueError:
-        raise DatabaseError(
-            "options.initial_admin.password_hash is not a Django password hash (plain passwords are refused)"
-        ) from None
-    user_model = get_user_model()
-    manager = user_model._default_manager.db_manager(alias)
-    if manager.filter(username=username).exists():
-        return
-    user = user_model(username=username, is_staff=True, is_superuser=True, is_active=True)
-    user.password = password_hash
-    user.save(using=alias)
-
-
-def initialise(db: AppDatabase, modules: frozenset[str], initial_admin: dict | None, environment: str) -> dict:
-    """Create (if needed, from the schema template), lock, migrate and seed ``db``; return what
-    was done."""
-    register(db, modules)
-    # The app's database usually exists (every start but the first on any environment), so
-    # connect to it first and go through the server's maintenance database only when missing.
-    how = EXISTED
-    if db.vendor == "sqlite" or not _connects(db):
-        how = _create(db, modules)
-        forget_cached_ids(db.alias)
-    connection = connections[db.alias]
-    try:
-        with init_lock(db):
-            token = secrets.token_hex(8)
-            with connection.cursor() as cursor:
-                _ensure_init_table(cursor)
-                cursor.execute(f"SELECT count(*) FROM {INIT_TABLE} WHERE finished_at IS NOT NULL")  # noqa: S608
-                first = cursor.fetchone()[0] == 0
-                cursor.execute(
-                    f"INSERT INTO {INIT_TABLE} (token, environment, pid, first_init, started_at)"  # noqa: S608
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    (token, environment, os.getpid(), first, time.time()),
-                )
-            applied = _migrate(db.alias, modules, first, cloned=how == CLONED)
-            if first and initial_admin:
-                _seed_admin(db.alias, initial_admin)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {INIT_TABLE} SET finished_at = %s, migrations_applied = %s WHERE token = %s",  # noqa: S608
-                    (time.time(), applied, token),
-                )
-    except DatabaseError:
-        raise
-    except Exception as error:
-        log.exception("initialisation of %s failed", db.label)
-        raise DatabaseError(f"initialising {db.label} failed: {type(error).__name__}: {_first_line(error)}") from None
-    finally:
-        close(db.alias)
-    return {"created": how != EXISTED, "cloned": how == CLONED, "first": first, "migrations_applied": applied}

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from django.conf import settings
 
 from apps_registry.names import is_valid_name
-from worker_agent import app_databases, local_state
+from worker_agent import app_databases, app_initialisation, local_state
 from worker_agent.db_router import alias_for
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def start_app(spec: dict) -> None:
             options = spec.get("options") or {}
             modules = app_databases.modules_of(spec)
             db = app_databases.describe(name, options)
-            result = app_databases.initialise(
+            result = app_initialisation.initialise(
                 db, modules, options.get("initial_admin"), settings.APP_CONFIG.environment_name
             )
             media_dir(name).mkdir(parents=True, exist_ok=True)
