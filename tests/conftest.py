@@ -26,3 +26,16 @@ def redis_conn():
     yield client
     for key in client.scan_iter(match=f"{services.RUN_ID}:*", count=1000):
         client.delete(key)
+
+
+@pytest.fixture
+def forget_app_aliases():
+    """App aliases registered by a test leave this process with it (their databases are gone)."""
+    from django.db import connections
+
+    before = set(connections.settings)
+    yield
+    for alias in set(connections.settings) - before:
+        connections[alias].close()
+        del connections[alias]
+        connections.settings.pop(alias)

@@ -11,16 +11,7 @@ from django.db import connections
 from tests import services
 from worker_agent import app_databases, app_initialisation, local_state, runtime
 
-
-@pytest.fixture(autouse=True)
-def _forget_app_aliases():
-    """App aliases registered by a test leave this process with it (their databases are gone)."""
-    before = set(connections.settings)
-    yield
-    for alias in set(connections.settings) - before:
-        connections[alias].close()
-        del connections[alias]
-        connections.settings.pop(alias)
+pytestmark = pytest.mark.usefixtures("forget_app_aliases")
 
 
 @pytest.fixture

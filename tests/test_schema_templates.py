@@ -10,15 +10,7 @@ from worker_agent import app_databases, app_initialisation, app_schema
 CONTACTS = frozenset({"contacts"})
 TASKS = frozenset({"tasks"})
 
-
-@pytest.fixture(autouse=True)
-def _forget_app_aliases():
-    before = set(connections.settings)
-    yield
-    for alias in set(connections.settings) - before:
-        connections[alias].close()
-        del connections[alias]
-        connections.settings.pop(alias)
+pytestmark = pytest.mark.usefixtures("forget_app_aliases")
 
 
 def _server(dbname: str = "postgres") -> psycopg.Connection:

@@ -283,11 +283,9 @@ def connect(db: AppDatabase) -> None:
 def connects(db: AppDatabase) -> bool:
     """Whether this thread's connection to the registered ``db`` opens (the database may be
     missing, or the server down: the caller finds out which)."""
-    from django.db import OperationalError
-
     try:
-        connections[db.alias].ensure_connection()
-    except OperationalError:
+        connect(db)
+    except DatabaseError:
         return False
     return True
 

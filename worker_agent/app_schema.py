@@ -174,6 +174,4 @@ def migrate(alias: str, modules: frozenset[str], first: bool, cloned: bool = Fal
         for app_config in global_apps.get_app_configs():
             if app_config.label in labels and app_config.models_module is not None:
                 create_permissions(app_config, verbosity=0, interactive=False, using=alias, apps=global_apps)
-    if first:
-        return sum(1 for node in executor.loader.graph.nodes if node[0] in labels)
-    return len(plan)
+    return len(expected) if first else len(plan)
