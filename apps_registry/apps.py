@@ -9,8 +9,8 @@ def _register_standalone_environment(sender, using: str = "default", **kwargs) -
 
     if settings.APP_MODE != "standalone" or using != "default":
         return
-    from apps_registry import actions
     from apps_registry.models import Environment
+    from apps_registry.registry import actions
 
     config = settings.APP_CONFIG
     if not Environment.objects.filter(name=config.environment_name).exists():

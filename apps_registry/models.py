@@ -1,6 +1,6 @@
 """The supervisor's registry: environments, applications, their statuses and the audit trail.
 
-Status fields are changed only through ``apps_registry.actions``; nothing else calls
+Status fields are changed only through ``apps_registry.registry.actions``; nothing else calls
 ``.save()`` on them.
 """
 

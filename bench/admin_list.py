@@ -36,8 +36,8 @@ STATUSES = ("stopped", "running", "running", "running", "queued", "error")
 def seed(apps: int, environments: int) -> list[int]:
     from django.utils import timezone
 
-    from apps_registry import actions
     from apps_registry.models import AppEnvironment, Application
+    from apps_registry.registry import actions
 
     envs = [
         actions.register_environment(name=f"env_{chr(ord('a') + i)}", url=f"http://127.0.0.1:{15000 + i}")

@@ -60,8 +60,8 @@ def main() -> None:
         from django.contrib.auth.models import User
         from django.db import connections
 
-        from apps_registry import actions
         from apps_registry.models import ApiToken
+        from apps_registry.registry import actions
 
         envs = [
             actions.register_environment(name=name, url=f"http://127.0.0.1:{port}")

@@ -12,7 +12,7 @@ here, one app placed on the worker). Then, N times:
       The status is written before the acknowledgement, so it is visible by then.
   (b) full path: ``actions.request_stop`` (registry transaction, generation bump, audit, cache
       publish, command after commit) → the worker's ``stopped`` status applied to the registry
-      by ``events.ingest()``, run each time a new event arrives (blocking XREAD on the events
+      by ``ingest.ingest()``, run each time a new event arrives (blocking XREAD on the events
       stream) — what an operator's page shows.
 
 The app is not running on the worker, so the app's own stop work is excluded, as the target
@@ -136,9 +136,10 @@ def main() -> None:
         django.setup()
         from django.core.management import call_command
 
-        from apps_registry import actions, command_channel, events, redis_client
-        from apps_registry.discovery import get_discovery
+        from apps_registry.control import channel, ingest, redis_client
+        from apps_registry.control.discovery import get_discovery
         from apps_registry.models import AppEnvironment
+        from apps_registry.registry import actions
 
         wait_until(lambda: redis_client.commands().ping(), timeout=10, message="redis-server")
         call_command("migrate", verbosity=0)
@@ -148,25 +149,25 @@ def main() -> None:
 
         agent = Process("agent", [PYTHON, "manage.py", "run_worker"], worker_env, work).start()
         wait_until(
-            lambda: redis_client.commands().zscore(command_channel.seen_key(), ENV) is not None,
+            lambda: redis_client.commands().zscore(channel.seen_key(), ENV) is not None,
             timeout=30,
             message="agent lease",
         )
-        events.ingest()
+        ingest.ingest()
 
-        channel: list[float] = []
+        round_trips: list[float] = []
         for i in range(args.commands):
             started = time.perf_counter()
-            command_id = command_channel.send_command(ENV, "stop", APP, generation=10_000 + i, request_id=f"b{i}")
-            ack = command_channel.wait_for_ack(command_id, 10)
-            channel.append((time.perf_counter() - started) * 1000)
+            command_id = channel.send_command(ENV, "stop", APP, generation=10_000 + i, request_id=f"b{i}")
+            ack = channel.wait_for_ack(command_id, 10)
+            round_trips.append((time.perf_counter() - started) * 1000)
             if not ack or ack["result"] != "ok":
                 raise SystemExit(f"unexpected acknowledgement: {ack}")
-        events.ingest(limit=100_000)
+        ingest.ingest(limit=100_000)
 
         placement = AppEnvironment.objects.filter(application=app, environment=env)
         client = redis_client.commands()
-        stream = command_channel.events_stream()
+        stream = channel.events_stream()
         full: list[float] = []
         issuing: list[float] = []
         for _ in range(args.commands):
@@ -182,7 +183,7 @@ def main() -> None:
             while True:
                 for _name, entries in client.xread({stream: last_id}, block=1000) or []:
                     last_id = entries[-1][0]
-                events.ingest()
+                ingest.ingest()
                 if placement.values_list("status", flat=True).first() == "stopped":
                     break
                 if time.perf_counter() > deadline:
@@ -192,7 +193,7 @@ def main() -> None:
         print(
             json.dumps(
                 [
-                    summary("channel: send stop -> ack (status written)", channel),
+                    summary("channel: send stop -> ack (status written)", round_trips),
                     summary("full: request_stop -> registry shows stopped", full),
                     summary("of which request_stop itself (transaction, audit, publish, XADD)", issuing),
                 ],

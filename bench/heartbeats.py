@@ -91,7 +91,7 @@ def main() -> None:
         django.setup()
         from django.db import connections
 
-        from apps_registry import command_channel
+        from apps_registry.control import channel
         from apps_registry.models import Environment
         from bench.admin_list import login
 
@@ -112,12 +112,12 @@ def main() -> None:
                     "apps_running": [],
                     "at": now,
                 }
-                pipe.hset(command_channel.env_info_key(name), mapping={"url": payload["url"], "heartbeat_at": str(now)})
-                pipe.zadd(command_channel.seen_key(), {name: now})
+                pipe.hset(channel.env_info_key(name), mapping={"url": payload["url"], "heartbeat_at": str(now)})
+                pipe.zadd(channel.seen_key(), {name: now})
                 pipe.xadd(
-                    command_channel.events_stream(),
-                    command_channel.encode_event(event_type, payload),
-                    maxlen=command_channel.EVENTS_MAXLEN,
+                    channel.events_stream(),
+                    channel.encode_event(event_type, payload),
+                    maxlen=channel.EVENTS_MAXLEN,
                     approximate=True,
                 )
             pipe.execute()
@@ -169,7 +169,7 @@ def main() -> None:
         supervisor_cpu = cpu_seconds(web.pid) - supervisor_cpu0
         redis_cpu = cpu_seconds(private.process.pid) - redis_cpu0
         own_cpu = time.process_time() - own_cpu0
-        backlog = client.xinfo_groups(command_channel.events_stream())
+        backlog = client.xinfo_groups(channel.events_stream())
         lag = max((group.get("lag") or 0) for group in backlog) if backlog else 0
         conn.close()
         print(

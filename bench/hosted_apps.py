@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, env: dict[str, str], port: int, storage: Path)
     django.setup()
     from django.contrib.auth.hashers import make_password
 
-    from worker_agent import runtime
+    from worker_agent.hosting import runtime
 
     names = [f"bench{i:04d}" for i in range(args.apps)]
     admin = {"username": "admin", "password_hash": make_password("bench")}

@@ -209,7 +209,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             [
                 "shell",
                 "-c",
-                "from apps_registry import actions;"
+                "from apps_registry.registry import actions;"
                 f"env = actions.register_environment(name='env_bench', url='http://127.0.0.1:{worker_port}');"
                 f"actions.create_application(name='{APP}', environments=[env], via='bench');"
                 f"actions.record_app_status('{APP}', 'env_bench', 'running')",

@@ -65,12 +65,13 @@ def main() -> None:
 
         django.setup()
         cluster.start()
-        from apps_registry import actions, events
+        from apps_registry.control import ingest
         from apps_registry.models import AppEnvironment, Environment
+        from apps_registry.registry import actions
 
         deadline = time.monotonic() + 60
         while Environment.objects.filter(name__in=["env_a", "env_b"]).count() < 2:
-            events.ingest()
+            ingest.ingest()
             if time.monotonic() > deadline:
                 raise SystemExit("the workers did not register")
             time.sleep(0.2)
@@ -104,7 +105,7 @@ def main() -> None:
                 actions.request_start(app)
             requested = time.monotonic() - started
             while True:
-                events.ingest()  # as the admin's status endpoint does: apply the workers' reports
+                ingest.ingest()  # as the admin's status endpoint does: apply the workers' reports
                 done = placements.filter(status__in=["running", "error"]).count()
                 if done == total:
                     break

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from apps_registry import redis_client
+from apps_registry.control import redis_client
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -35,7 +35,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
 def _metrics_allowed(request: HttpRequest) -> bool:
     """A bearer token equal to METRICS_TOKEN, or a client address in METRICS_ALLOWED_IPS.
     The address is REMOTE_ADDR, which X-Forwarded-For replaces only when the TCP peer is in
-    TRUSTED_PROXY_IPS (worker_agent.forwarded), so a client cannot write its way in."""
+    TRUSTED_PROXY_IPS (supervisor_site.forwarded), so a client cannot write its way in."""
     config = settings.APP_CONFIG
     header = request.headers.get("Authorization", "")
     offered = header[7:].strip() if header.startswith("Bearer ") else ""
@@ -49,7 +49,7 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    from apps_registry.metrics import render
+    from apps_registry.observability.metrics import render
 
     if not _metrics_allowed(request):
         config = settings.APP_CONFIG

@@ -36,7 +36,7 @@ def log_context(app: str = "", environment: str = "") -> Iterator[None]:
 
 
 def _hosted_app() -> str:
-    from worker_agent.db_router import APP_ALIAS_PREFIX, current_app_alias
+    from worker_agent.hosting.db_router import APP_ALIAS_PREFIX, current_app_alias
 
     alias = current_app_alias.get()
     return alias[len(APP_ALIAS_PREFIX) :] if alias and alias.startswith(APP_ALIAS_PREFIX) else ""

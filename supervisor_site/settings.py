@@ -44,14 +44,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First: X-Forwarded-Host/-Proto/-For are believed only from TRUSTED_PROXY_IPS.
-    "worker_agent.forwarded.ForwardedHeadersMiddleware",
+    "supervisor_site.forwarded.ForwardedHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
-    "apps_registry.discovery.EnsureConfigCacheMiddleware",
+    "apps_registry.control.discovery.EnsureConfigCacheMiddleware",
     # Serves /apps/<name>/ from this process when it hosts apps (standalone, worker).
-    "worker_agent.middleware.HostedAppMiddleware",
-    "worker_agent.sessions.PerAppSessionMiddleware",
+    "worker_agent.web.middleware.HostedAppMiddleware",
+    "worker_agent.web.sessions.PerAppSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -104,7 +104,7 @@ if APP_CONFIG.database.dialect == "sqlite":
 DATABASES = {"default": _database_settings(APP_CONFIG)}
 # Hosted apps get their own connection aliases at run time; this router keeps the
 # registry's tables out of app databases and app tables out of the registry's.
-DATABASE_ROUTERS = ["worker_agent.db_router.HostedAppRouter"]
+DATABASE_ROUTERS = ["worker_agent.hosting.db_router.HostedAppRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Sessions and CSRF: the supervisor's cookies live under /admin/ only, so a browser never
@@ -139,7 +139,7 @@ RQ_QUEUES = {
 }
 # Enqueue only once the request's transaction commits; our worker class runs the recovery
 # check for starts interrupted by a dead queue worker.
-RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps_registry.start_queue.StartQueueWorker"}
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps_registry.control.start_queue.StartQueueWorker"}
 
 LOGGING = {
     "version": 1,

@@ -14,11 +14,11 @@ urlpatterns = [
 ]
 
 if settings.APP_MODE != "worker":
-    from apps_registry import status_views
+    from apps_registry.admin import status
 
     urlpatterns += [
         # Before the admin's own routes, which would answer 404 for it.
-        path("admin/app-supervisor/status.json", status_views.status, name="appsup_status"),
+        path("admin/app-supervisor/status.json", status.status, name="appsup_status"),
         path("admin/", admin.site.urls),
         path("api/v1/", include("apps_registry.api.urls")),
     ]
@@ -26,6 +26,6 @@ if settings.APP_MODE != "worker":
 if settings.APP_MODE == "supervisor":
     # Everything under /apps/ goes to the proxy, which validates the path and the app name
     # itself (a stricter check than a URL pattern can express).
-    from apps_registry.proxy import AppProxyView
+    from apps_registry.proxy.view import AppProxyView
 
     urlpatterns += [re_path(r"^apps(?:/|$)", AppProxyView.as_view(), name="app_proxy")]

@@ -20,7 +20,7 @@ def _owned_services(django_db_blocker):
 @pytest.fixture
 def redis_conn():
     """The supervisor's Redis client, emptied (but for our marker) after the test."""
-    from apps_registry import redis_client
+    from apps_registry.control import redis_client
 
     client = redis_client.get()
     yield client

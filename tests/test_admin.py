@@ -80,7 +80,7 @@ def test_application_list_shows_one_badge_per_environment_sorted(admin_client):
 
 
 def test_environment_list_shows_status_age_and_apps(admin_client, redis_conn):
-    from apps_registry import redis_client
+    from apps_registry.control import redis_client
 
     now = timezone.now()
     Environment.objects.create(
@@ -127,7 +127,7 @@ def test_application_filters_and_search(admin_client):
 
 @pytest.mark.parametrize("url", [APPS_URL, ENVS_URL])
 def test_list_pages_query_count_is_constant(admin_client, url, redis_conn):
-    from apps_registry.discovery import get_discovery
+    from apps_registry.control.discovery import get_discovery
 
     get_discovery().ensure_built(force=True)  # so no request of this test rebuilds the cache
     envs = make_envs(3)
@@ -308,7 +308,7 @@ def test_environment_actions_need_permissions(client):
 def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
     import time
 
-    from apps_registry import command_channel, events
+    from apps_registry.control import channel, ingest
 
     env = make_envs(1)[0]
     app = Application.objects.create(name="fresh")
@@ -320,9 +320,9 @@ def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
         status=AppStatus.STARTING,
         status_changed_at=timezone.now() - dt.timedelta(seconds=1),
     )
-    events._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
+    ingest._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
     payload = {"app": "fresh", "env": env.name, "status": "running", "error": "", "at": time.time()}
-    redis_conn.xadd(command_channel.events_stream(), command_channel.encode_event("status", payload))
+    redis_conn.xadd(channel.events_stream(), channel.encode_event("status", payload))
     page = admin_client.get(APPS_URL).content.decode()
     assert 'appsup-running" title="env_0000: running"' in page
 

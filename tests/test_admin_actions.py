@@ -10,8 +10,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from apps_registry import actions, first_visit, start_queue
+from apps_registry.control import first_visit, start_queue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
+from apps_registry.registry import actions
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/apps_registry/application/"
@@ -126,7 +127,7 @@ def test_changelist_links_the_start_queue_dashboard(apps):
 
 
 def start_queue_link() -> str:
-    from apps_registry.admin_actions import rq_dashboard_url
+    from apps_registry.admin.operations import rq_dashboard_url
 
     return rq_dashboard_url()
 

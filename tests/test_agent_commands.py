@@ -15,9 +15,11 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import transaction
 
-from apps_registry import actions, command_channel, dispatch, events, process, redis_client
-from apps_registry.discovery import get_discovery
+from apps_registry.control import channel, ingest, redis_client
+from apps_registry.control.discovery import get_discovery
+from apps_registry.control.runners import remote
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
+from apps_registry.registry import actions, outbox
 from tests import services
 from tests.processes import wait_until
 
@@ -41,7 +43,7 @@ def envs(cluster_logs):
 @pytest.fixture(autouse=True)
 def start_job_inline(monkeypatch):
     """Plays the start queue's job (a separate piece) right after commit: one environment
-    after another, marked starting then sent through ``process.start_on_environment``, as the
+    after another, marked starting then sent through ``remote.start_on_environment``, as the
     job does."""
     errors: list[str] = []
 
@@ -52,15 +54,13 @@ def start_job_inline(monkeypatch):
             for env in envs:
                 if actions.begin_environment_start(name, env, generation=generation) != "starting":
                     continue
-                error = process.start_on_environment(
-                    name, env, generation=generation, request_id=request_id, timeout=60
-                )
+                error = remote.start_on_environment(name, env, generation=generation, request_id=request_id, timeout=60)
                 if error:
                     errors.append(error)
 
         transaction.on_commit(job)
 
-    monkeypatch.setattr(dispatch, "send_start", send_start)
+    monkeypatch.setattr(outbox, "send_start", send_start)
     return errors
 
 
@@ -74,7 +74,7 @@ def new_app(name: str, environments, **options) -> Application:
 
 
 def status(app: Application, env: str) -> tuple[str, str]:
-    events.ingest()
+    ingest.ingest()
     placement = AppEnvironment.objects.get(application=app, environment__name=env)
     return placement.status, placement.error
 
@@ -94,7 +94,7 @@ def http_status(url: str) -> int:
 
 
 def request_result(request_id: str) -> str:
-    events.ingest()
+    ingest.ingest()
     return AuditEntry.objects.get(request_id=request_id).result
 
 
@@ -107,7 +107,7 @@ def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
     request_id = actions.request_start(app)
     wait_status(app, "env_a", "running")
     wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged ok")
-    live = json.loads(redis_client.commands().hget(command_channel.status_key(app.name), "env_a"))
+    live = json.loads(redis_client.commands().hget(channel.status_key(app.name), "env_a"))
     assert live["status"] == "running"
     wait_until(lambda: http_status(home) == 200, timeout=3, message="app served within 1 s of running")
 
@@ -134,15 +134,15 @@ def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_log
     gen = app.generation
 
     # A start of an app not placed here is refused with a clear message.
-    bad = command_channel.send_command("env_a", "start", app.name, generation=gen + 1, request_id="r1")
-    ack = command_channel.wait_for_ack(bad, 10)
+    bad = channel.send_command("env_a", "start", app.name, generation=gen + 1, request_id="r1")
+    ack = channel.wait_for_ack(bad, 10)
     assert ack["result"] == "error" and "not placed on environment 'env_a'" in ack["error"]
 
     # Last request wins: an older generation arriving after a newer one is superseded.
-    newer = command_channel.send_command("env_b", "stop", app.name, generation=gen + 7, request_id="r2")
-    older = command_channel.send_command("env_b", "start", app.name, generation=gen + 6, request_id="r3")
-    assert command_channel.wait_for_ack(newer, 10)["result"] == "ok"
-    assert command_channel.wait_for_ack(older, 10)["result"] == "superseded"
+    newer = channel.send_command("env_b", "stop", app.name, generation=gen + 7, request_id="r2")
+    older = channel.send_command("env_b", "start", app.name, generation=gen + 6, request_id="r3")
+    assert channel.wait_for_ack(newer, 10)["result"] == "ok"
+    assert channel.wait_for_ack(older, 10)["result"] == "superseded"
 
     # A duplicate delivery (same command id twice) is carried out and acknowledged once.
     client = redis_client.commands()
@@ -156,16 +156,16 @@ def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_log
         "expires_at": str(time.time() + 60),
         "drop_data": "0",
     }
-    stream = command_channel.command_stream("env_b")
+    stream = channel.command_stream("env_b")
     client.xadd(stream, fields)
     client.xadd(stream, fields)
-    assert command_channel.wait_for_ack(fields["id"], 10)["result"] == "ok"
+    assert channel.wait_for_ack(fields["id"], 10)["result"] == "ok"
     wait_until(
-        lambda: client.xpending(stream, command_channel.AGENT_GROUP)["pending"] == 0,
+        lambda: client.xpending(stream, channel.AGENT_GROUP)["pending"] == 0,
         timeout=5,
         message="both deliveries acknowledged in the group",
     )
-    assert client.llen(command_channel.ack_key(fields["id"])) == 1
+    assert client.llen(channel.ack_key(fields["id"])) == 1
 
 
 def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
@@ -174,13 +174,11 @@ def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
     assert worker.stop_agent() == 0
     request_id = actions.request_start(app)  # sent while the agent is down
     app.refresh_from_db()
-    late = command_channel.send_command(
-        "env_b", "stop", app.name, generation=app.generation, request_id="late", ttl=0.01
-    )
+    late = channel.send_command("env_b", "stop", app.name, generation=app.generation, request_id="late", ttl=0.01)
     time.sleep(0.05)  # let the short TTL run out while the worker is still down
     worker.start_agent()
     wait_status(app, "env_b", "running", timeout=60)
-    ack = command_channel.wait_for_ack(late, 20)
+    ack = channel.wait_for_ack(late, 20)
     assert ack["result"] == "expired" and "expired" in ack["error"]
     wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged")
     assert status(app, "env_b")[0] == "running"  # the expired stop did not run
@@ -238,7 +236,7 @@ def test_one_app_on_both_environments_shares_its_data(envs, cluster_logs):
 
     # The periodic heartbeat (every 5 s here) carries the apps each environment runs.
     def listed_everywhere():
-        events.ingest()
+        ingest.ingest()
         return all(app.name in env.apps_running for env in Environment.objects.filter(name__in=["env_a", "env_b"]))
 
     wait_until(listed_everywhere, timeout=12, interval=0.2, message="heartbeats listing the app")
@@ -246,7 +244,7 @@ def test_one_app_on_both_environments_shares_its_data(envs, cluster_logs):
 
 def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, cluster_logs):
     client = redis_client.commands()
-    stream = command_channel.command_stream("env_a")
+    stream = channel.command_stream("env_a")
     future = str(time.time() + 60)
     base = {"generation": "1", "request_id": "m", "issued_at": str(time.time()), "expires_at": future}
     bad_json = client.xadd(stream, {"json": "{not json"})
@@ -259,9 +257,9 @@ def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, clu
     for fields, _ in cases.values():
         client.xadd(stream, fields)
     for command_id, (_, message) in cases.items():
-        ack = command_channel.wait_for_ack(command_id, 10)
+        ack = channel.wait_for_ack(command_id, 10)
         assert ack["result"] == "error" and message in ack["error"], ack
-    ack = command_channel.wait_for_ack(f"entry-{bad_json}", 10)
+    ack = channel.wait_for_ack(f"entry-{bad_json}", 10)
     assert ack["result"] == "error" and "bad JSON" in ack["error"]
     assert cluster_logs.env_a.agent.alive()
     app = new_app("after", [envs["env_a"]])
@@ -277,15 +275,15 @@ def test_command_interrupted_by_sigkill_runs_again_after_restart(envs, cluster_l
     client = redis_client.commands()
 
     def live_status():
-        raw = client.hget(command_channel.status_key(app.name), "env_b")
+        raw = client.hget(channel.status_key(app.name), "env_b")
         return raw and json.loads(raw)["status"]
 
-    command_id = command_channel.send_command("env_b", "start", app.name, generation=app.generation + 1, request_id="c")
+    command_id = channel.send_command("env_b", "start", app.name, generation=app.generation + 1, request_id="c")
     wait_until(lambda: live_status() == "starting", timeout=20, interval=0.005, message="start under way")
     worker.kill_agent()  # read but never acknowledged: pending in the group
-    assert client.llen(command_channel.ack_key(command_id)) == 0
+    assert client.llen(channel.ack_key(command_id)) == 0
     worker.start_agent()
-    ack = command_channel.wait_for_ack(command_id, 60)
+    ack = channel.wait_for_ack(command_id, 60)
     assert ack["result"] == "ok", ack
     # The ack came from the restarted agent (it logs each command after acknowledging it).
     wait_until(

@@ -12,17 +12,16 @@ from django.db import connections as db_connections
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
-from apps_registry import actions, command_channel, events, redis_client
+from apps_registry.control import channel, ingest, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
+from apps_registry.registry import actions
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def emit(event_type: str, **payload) -> str:
-    return redis_client.commands().xadd(
-        command_channel.events_stream(), command_channel.encode_event(event_type, payload)
-    )
+    return redis_client.commands().xadd(channel.events_stream(), channel.encode_event(event_type, payload))
 
 
 def round_trips(action: str, result: str) -> float:
@@ -39,10 +38,10 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     emit(
         "register", env="env_x", url="http://127.0.0.1:9", version="1.2", host="h", pid=42, apps_running=["crm"], at=now
     )
-    redis_conn.xadd(command_channel.events_stream(), {"type": "status", "data": "{not json"})
+    redis_conn.xadd(channel.events_stream(), {"type": "status", "data": "{not json"})
     emit("teleport", env="env_x")
     emit("status", app="../x", env="env_x", status="running", at=now)
-    assert events.ingest() >= 4  # plus any beats of the shared test cluster's workers
+    assert ingest.ingest() >= 4  # plus any beats of the shared test cluster's workers
     env = Environment.objects.get(name="env_x")
     assert (env.url, env.version, env.pid, env.apps_running) == ("http://127.0.0.1:9", "1.2", 42, ["crm"])
 
@@ -65,7 +64,7 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
         issued_at=sent - 0.004,
         at=sent,
     )
-    events.ingest()
+    ingest.ingest()
     assert AppEnvironment.objects.get(application=app).status == "stopped"
     assert AuditEntry.objects.get(request_id=request_id).result == "ok"
     assert round_trips("stop", "ok") == before + 1
@@ -75,44 +74,44 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
     both = actions.create_application(name="crm_two", environments=[env, env_y])
     two = actions.request_stop(both)
     emit("ack", id="c3", env="env_x", result="ok", request_id=two, app="crm_two", action="stop")
-    events.ingest()
+    ingest.ingest()
     assert AuditEntry.objects.get(request_id=two).result == "pending"
     emit("ack", id="c4", env="env_y", result="ok", request_id=two, app="crm_two", action="stop")
-    events.ingest()
+    ingest.ingest()
     assert AuditEntry.objects.get(request_id=two).result == "ok"
 
     failed = actions.request_stop(app)
     emit("ack", id="c2", env="env_x", result="expired", request_id=failed, app="crm", action="stop")
-    events.ingest()
+    ingest.ingest()
     entry = AuditEntry.objects.get(request_id=failed)
     assert entry.result == "error" and "expired" in entry.error
 
     # Several ingesters may apply one stream's events out of order: a newer report applied
     # first is not undone by an older one.
-    stream = command_channel.events_stream()
+    stream = channel.events_stream()
     first = emit("status", app="crm", env="env_x", status="running", at=time.time())
     second = emit("status", app="crm", env="env_x", status="stopped", at=time.time())
     for entry_id in (second, first):
         fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
-        events.apply_event(fields, events._entry_time(entry_id, 0.0))
+        ingest.apply_event(fields, ingest._entry_time(entry_id, 0.0))
     assert AppEnvironment.objects.get(application=app).status == "stopped"
     # Likewise a beat applied after a later deregistration does not bring the environment back.
     beat = emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time())
     gone = emit("deregister", env="env_x", at=time.time())
     for entry_id in (gone, beat):
         fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
-        events.apply_event(fields, events._entry_time(entry_id, 0.0))
+        ingest.apply_event(fields, ingest._entry_time(entry_id, 0.0))
     assert Environment.objects.get(name="env_x").stopped_at is not None
-    events.ingest()
+    ingest.ingest()
     assert Environment.objects.get(name="env_x").stopped_at is not None
-    pending = redis_conn.xpending(stream, command_channel.SUPERVISOR_GROUP)
+    pending = redis_conn.xpending(stream, channel.SUPERVISOR_GROUP)
     assert pending["pending"] == 0
 
 
 def take(redis_conn, ids: list[str]) -> list[tuple[str, dict]]:
     """Our own entries (not the shared cluster's), removed from the stream so no other ingest
     applies them again."""
-    stream = command_channel.events_stream()
+    stream = channel.events_stream()
     wanted = set(ids)
     entries = [(i, f) for i, f in redis_conn.xrange(stream, ids[0], ids[-1]) if i in wanted]
     redis_conn.xdel(stream, *ids)
@@ -142,9 +141,9 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
     entries = beats("v")
     last = {}
     for entry_id, fields in entries:
-        last[json.loads(fields["data"])["env"]] = events._entry_time(entry_id, 0.0)
+        last[json.loads(fields["data"])["env"]] = ingest._entry_time(entry_id, 0.0)
     with CaptureQueriesContext(connection) as context:
-        events.apply_entries(entries)
+        ingest.apply_entries(entries)
     assert updates_of(context, "apps_registry_environment") == 50
     found = {e.name: e for e in Environment.objects.filter(name__in=names)}
     assert {e.version for e in found.values()} == {"v9"}
@@ -154,7 +153,7 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
     entries = [(i, f) for i, f in beats("v") if json.loads(f["data"])["version"] == "v9"]
     assert len(entries) == 50
     with CaptureQueriesContext(connection) as context:
-        events.apply_entries(entries, offset=5.0)
+        ingest.apply_entries(entries, offset=5.0)
     assert updates_of(context, "apps_registry_environment") == 1
     assert len(context.captured_queries) <= 6  # begin, savepoint, read, update, release, commit
     found = {e.name: e for e in Environment.objects.filter(name__in=names)}
@@ -162,7 +161,7 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
     # Less than a second newer, or older (another ingester was ahead): nothing written.
     for offset in (5.5, 0.0):
         with CaptureQueriesContext(connection) as context:
-            events.apply_entries(entries, offset=offset)
+            ingest.apply_entries(entries, offset=offset)
         assert updates_of(context, "apps_registry_environment") == 0
     assert Environment.objects.get(name="hb_00").last_heartbeat == found["hb_00"].last_heartbeat
 
@@ -171,10 +170,10 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
         redis_conn,
         [emit("heartbeat", env="hb_01", url="http://x", version="v9", pid=1), emit("deregister", env="hb_01")],
     )
-    events.apply_entries(first, offset=10.0)
-    assert Environment.objects.get(name="hb_01").stopped_at == events._entry_time(first[1][0], 10.0)
+    ingest.apply_entries(first, offset=10.0)
+    assert Environment.objects.get(name="hb_01").stopped_at == ingest._entry_time(first[1][0], 10.0)
     back = take(redis_conn, [emit("deregister", env="hb_02"), emit("register", env="hb_02", url="http://x", pid=2)])
-    events.apply_entries(back, offset=10.0)
+    ingest.apply_entries(back, offset=10.0)
     env = Environment.objects.get(name="hb_02")
     assert env.stopped_at is None and env.pid == 2
 
@@ -192,7 +191,7 @@ def test_statuses_are_coalesced_and_every_ack_counts(redis_conn):
     for n, request_id in enumerate(requests):
         ids.append(emit("ack", id=f"k{n}", env="env_p", result="error", error=f"e{n}", request_id=request_id))
     with CaptureQueriesContext(connection) as context:
-        events.apply_entries(take(redis_conn, ids))
+        ingest.apply_entries(take(redis_conn, ids))
     assert updates_of(context, "apps_registry_appenvironment") == 1
     statuses = dict(AppEnvironment.objects.filter(application=app).values_list("environment__name", "status"))
     assert statuses == {"env_p": "running", "env_q": "error"}
@@ -202,7 +201,7 @@ def test_statuses_are_coalesced_and_every_ack_counts(redis_conn):
         assert (entry.result, entry.error) == ("error", f"env_p: e{n}")
     # An older report applied late (another ingester) does not move a status back.
     stale = take(redis_conn, [emit("status", app="coal", env="env_p", status="stopped")])
-    events.apply_entries(stale, offset=-60.0)
+    ingest.apply_entries(stale, offset=-60.0)
     assert AppEnvironment.objects.get(application=app, environment=env_p).status == "running"
 
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from worker_agent.commands import CommandError, parse_command
-from worker_agent.lanes import AppLanes
+from worker_agent.agent.commands import CommandError, parse_command
+from worker_agent.agent.lanes import AppLanes
 
 
 def test_one_app_in_order_different_apps_concurrently_and_bounded():

@@ -17,7 +17,7 @@ import redis
 from tests import services
 from tests.cluster import worker_environ
 from tests.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
-from worker_agent import local_state
+from worker_agent.hosting import local_state
 
 pytestmark = pytest.mark.cluster
 

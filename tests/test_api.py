@@ -13,10 +13,11 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from apps_registry import actions, dispatch, start_queue
 from apps_registry.api import schema_check
 from apps_registry.api.views import MAX_BODY_BYTES
+from apps_registry.control import start_queue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
+from apps_registry.registry import actions, outbox
 from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db
@@ -315,7 +316,7 @@ def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document
         code, body = api.call("POST", f"/api/v1/apps/down_app/{operation}", f"/apps/{{name}}/{operation}")
         assert code == 503 and f"the {operation} of down_app was not delivered" in body["error"], body
         entry = AuditEntry.objects.get(app_name="down_app", action=operation)
-        assert entry.result == "error" and entry.error.startswith(dispatch.NOT_DELIVERED), entry.error
+        assert entry.result == "error" and entry.error.startswith(outbox.NOT_DELIVERED), entry.error
     assert "ask again once Redis is back" in entry.error
 
     code, body = api.call("POST", "/api/v1/apps/down_app/start", "/apps/{name}/start")

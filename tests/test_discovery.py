@@ -11,9 +11,10 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
-from apps_registry import actions, discovery, redis_client, specs
-from apps_registry.discovery import CacheNotReady, LocalDiscovery, RemoteDiscovery
+from apps_registry.control import discovery, redis_client, specs
+from apps_registry.control.discovery import CacheNotReady, LocalDiscovery, RemoteDiscovery
 from apps_registry.models import AppEnvironment, Application, Environment
+from apps_registry.registry import actions
 
 pytestmark = pytest.mark.django_db
 

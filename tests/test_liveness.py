@@ -11,8 +11,8 @@ from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from apps_registry import liveness, redis_client
-from apps_registry.liveness import classify, describe_age, environment_statuses
+from apps_registry.control import liveness, redis_client
+from apps_registry.control.liveness import classify, describe_age, environment_statuses
 from apps_registry.models import Environment
 from tests.processes import free_port
 
@@ -132,7 +132,7 @@ def test_no_environments_no_round_trip():
 
 
 def test_proxy_prefers_online_environments_and_falls_back_to_unknown_ones():
-    from apps_registry.proxy_routing import AppRoute, Placement
+    from apps_registry.proxy.routing import AppRoute, Placement
 
     def placement(env: str, status: str) -> Placement:
         return Placement(

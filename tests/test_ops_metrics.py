@@ -16,9 +16,9 @@ from django.test import override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps_registry import actions
-from apps_registry.metrics import observe_command_round_trip, observe_proxy_request
 from apps_registry.models import AppEnvironment
+from apps_registry.observability.metrics import observe_command_round_trip, observe_proxy_request
+from apps_registry.registry import actions
 from supervisor_site import config
 from supervisor_site.log_format import JsonFormatter, TextFormatter, log_context
 from tests.processes import free_port
@@ -125,7 +125,7 @@ def test_log_lines_carry_app_and_environment():
     assert text.endswith("INFO ops [app=demo env=env_a] started x")
     assert (payload["app"], payload["environment"], payload["message"]) == ("demo", "env_a", "started x")
 
-    from worker_agent.db_router import current_app_alias
+    from worker_agent.hosting.db_router import current_app_alias
 
     token = current_app_alias.set("app:crm")
     try:

@@ -150,7 +150,7 @@ ENVS = ("env_echo", "env_echo2", "env_dead", "env_off", "env_slow")
 def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     from django.db import connection
 
-    from apps_registry import actions
+    from apps_registry.registry import actions
 
     echo, echo2 = _echo_server("echo"), _echo_server("echo2")
     silent, held = _silent_server()
@@ -217,7 +217,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
 
 def _forget(apps, envs) -> None:
     """Remove this module's registry rows and their config-cache entries (no commands sent)."""
-    from apps_registry.discovery import get_discovery
+    from apps_registry.control.discovery import get_discovery
     from apps_registry.models import Application, Environment
 
     Application.objects.filter(name__in=apps).delete()
@@ -328,7 +328,7 @@ def test_app_not_running_is_503_with_status_and_retry_after(stack, app, status):
 def test_a_status_change_is_seen_once_the_route_cache_expires(stack):
     assert call(stack, "GET", "/apps/flipapp/echo").status == 200
     # The change comes from another process, through the named action, as a worker's report would.
-    code = "from apps_registry import actions; actions.record_app_status('flipapp', 'env_echo', 'stopped')"
+    code = "from apps_registry.registry import actions; actions.record_app_status('flipapp', 'env_echo', 'stopped')"
     result = manage(["shell", "-c", code], stack["env"])
     assert result.returncode == 0, result.stderr
     wait_until(
@@ -612,7 +612,7 @@ class Browser:
 @pytest.fixture(scope="module")
 def hosted(stack, django_db_blocker, tmp_path_factory):
     """A worker gunicorn (threads) hosting px_crm via ``manage.py host_app``, registered as env_px."""
-    from apps_registry import actions
+    from apps_registry.registry import actions
 
     storage = tmp_path_factory.mktemp("env_px")
     port = free_port()
@@ -722,7 +722,7 @@ def test_stopped_worker_is_502_naming_its_environment(stack, hosted):
 def test_forwarded_headers_believed_only_from_trusted_proxies(peer, trusted, expect_host, expect_scheme, expect_addr):
     from django.test import RequestFactory
 
-    from worker_agent.forwarded import ForwardedHeadersMiddleware
+    from supervisor_site.forwarded import ForwardedHeadersMiddleware
 
     seen = {}
 
@@ -747,7 +747,7 @@ def test_forwarded_headers_believed_only_from_trusted_proxies(peer, trusted, exp
 
 
 def test_application_list_has_open_links_per_environment(admin_client):
-    from apps_registry import actions
+    from apps_registry.registry import actions
 
     one = actions.register_environment(name="env_l1", url="http://127.0.0.1:9")
     two = actions.register_environment(name="env_l2", url="http://127.0.0.1:10")

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apps_registry import start_queue
 from apps_registry.api import schema_check
+from apps_registry.control import start_queue
 from tests import services
 from tests.processes import PYTHON, Process, manage, wait_until
-from worker_agent import app_databases
+from worker_agent.hosting import app_databases
 
 pytestmark = pytest.mark.cluster
 LOCK_TTL = "2"
@@ -110,7 +110,7 @@ class QueueWorkers:
         """Until every live queue worker listens: a job must not find only the first one up."""
         from rq import Worker
 
-        from apps_registry import start_queue
+        from apps_registry.control import start_queue
 
         queue = start_queue.get_queue()
         alive = sum(1 for p in self.processes if p.alive())
@@ -205,9 +205,9 @@ def assert_no_overlap(app: str) -> list[tuple[str, float, float]]:
 
 def start_commands(app: str, env: str) -> list[float]:
     """issued_at of every start command of ``app`` sent to ``env``."""
-    from apps_registry import command_channel, redis_client
+    from apps_registry.control import channel, redis_client
 
-    entries = redis_client.commands().xrange(command_channel.command_stream(env))
+    entries = redis_client.commands().xrange(channel.command_stream(env))
     return [float(f["issued_at"]) for _id, f in entries if f.get("app") == app and f.get("action") == "start"]
 
 
@@ -215,7 +215,7 @@ def rq_jobs(app: str) -> list:
     from rq.job import Job
     from rq.registry import FinishedJobRegistry
 
-    from apps_registry import start_queue
+    from apps_registry.control import start_queue
 
     queue = start_queue.get_queue()
     ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if start_queue.app_of_job(i) == app]

@@ -8,8 +8,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from apps_registry import actions, redis_client, start_queue
+from apps_registry.control import redis_client, start_queue
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
+from apps_registry.registry import actions
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
 SETUP = """
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
-from apps_registry import actions
+from apps_registry.registry import actions
 from apps_registry.models import ApiToken, Environment
 user = User.objects.create_superuser("solo_root", password="x")
 env = Environment.objects.get(name="local")  # registered by migrate in standalone mode

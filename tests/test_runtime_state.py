@@ -9,7 +9,7 @@ from django.contrib.auth.hashers import make_password
 from django.db import connections
 
 from tests import services
-from worker_agent import app_databases, app_initialisation, local_state, runtime
+from worker_agent.hosting import app_databases, app_initialisation, local_state, runtime
 
 pytestmark = pytest.mark.usefixtures("forget_app_aliases")
 

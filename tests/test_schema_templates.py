@@ -5,7 +5,7 @@ import pytest
 from django.db import connections
 
 from tests import services
-from worker_agent import app_databases, app_initialisation, app_schema
+from worker_agent.hosting import app_databases, app_initialisation, app_schema
 
 CONTACTS = frozenset({"contacts"})
 TASKS = frozenset({"tasks"})

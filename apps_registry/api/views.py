@@ -1,4 +1,4 @@
-"""The API's endpoints. Every change goes through ``apps_registry.actions`` (audit trail with
+"""The API's endpoints. Every change goes through ``apps_registry.registry.actions`` (audit trail with
 ``via="api"``), with the same permissions as the admin. Bad input always gets a 4xx with a
 message: ``400 {"errors": {"<field>": ["..."]}}``, other failures ``{"error": "..."}``."""
 
@@ -18,10 +18,11 @@ from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps_registry import actions, dispatch, redis_client
 from apps_registry.api.auth import AuthError, authenticate
+from apps_registry.control import redis_client
 from apps_registry.models import AppEnvironment, Application, Environment, StartMode
 from apps_registry.names import is_valid_name, validate_app_name
+from apps_registry.registry import actions, outbox
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ def endpoint(*methods: str) -> Callable:
                 return _json(error.payload, error.status)
             except redis.RedisError as error:
                 # The registry change is committed but could not be passed on: say what became
-                # of it (apps_registry.dispatch closed its audit entry) instead of a bare 500.
+                # of it (apps_registry.registry.outbox closed its audit entry) instead of a bare 500.
                 log.warning("API %s %s: Redis unavailable: %s", request.method, request.path, error)
-                if isinstance(error, dispatch.NotDelivered):  # says what became of the request
+                if isinstance(error, outbox.NotDelivered):  # says what became of the request
                     return _json({"error": str(error)}, 503)
                 message = (
                     "Redis (the command channel) is unavailable; the change is recorded in the registry "
@@ -154,7 +155,7 @@ def _ingest() -> None:
     if not redis_client.configured():
         return
     try:
-        from apps_registry.events import ingest
+        from apps_registry.control.ingest import ingest
 
         ingest()
     except Exception:  # stale statuses beat a failed read
@@ -206,7 +207,7 @@ def _get_app(name: str) -> Application:
 
 
 def _environment_json(envs: list[Environment]) -> list[dict]:
-    from apps_registry import liveness
+    from apps_registry.control import liveness
 
     statuses = liveness.environment_statuses(envs)
     rows = []
@@ -368,7 +369,7 @@ def _create(request: HttpRequest) -> HttpResponse:
         raise ApiError(409, f"an application named {clean['name']!r} already exists")
     # Refused while Redis is down, before anything changes: the 503 could not carry the
     # generated admin password, and the workers could not learn about the app.
-    dispatch.require_channel("creation", clean["name"])
+    outbox.require_channel("creation", clean["name"])
     password = clean["admin_password"]
     generated = password is None
     if generated:

@@ -37,7 +37,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 # create ``sales_eu``, start, stop and restart it, and (last) delete it.
 SETUP = """
 from django.contrib.auth import get_user_model
-from apps_registry import actions
+from apps_registry.registry import actions
 from apps_registry.models import ApiToken
 user = get_user_model().objects.create_superuser("fuzz", "fuzz@example.com", "fuzz-password")
 for name in ("env_a", "env_b"):

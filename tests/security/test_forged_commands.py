@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from apps_registry import command_channel, redis_client
+from apps_registry.control import channel, redis_client
 from tests import services
 from tests.processes import wait_until
 
@@ -59,7 +59,7 @@ BAD_IDS = ["x:*", "../../ack", "a b", "i" * 200, ""]
 def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survives(cluster_logs):
     worker = cluster_logs.env_a
     client = redis_client.commands()
-    stream = command_channel.command_stream("env_a")
+    stream = channel.command_stream("env_a")
     raw = redis.Redis(host=services.REDIS_HOST, port=services.REDIS_PORT, db=services.REDIS_DB)
 
     log_start = len(worker.agent.log())
@@ -72,29 +72,29 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
     # Bytes that are not UTF-8, in the value and in the field name.
     entries["binary"] = raw.xadd(stream, {b"id": b"\xff\xfe\x00bin", b"action": b"\xc3\x28", b"\xfa": b"\xfb"}).decode()
     # An ordinary command sent right behind the junk (same batch) is still carried out.
-    valid_id = command_channel.send_command("env_a", "stop", "ghost_after", generation=1, request_id="after")
+    valid_id = channel.send_command("env_a", "stop", "ghost_after", generation=1, request_id="after")
 
     for command_id, (_fields, phrase) in cases.items():
         key = command_id if command_id not in ("f-deep", "f-deep-obj") else f"entry-{entries[command_id]}"
-        ack = command_channel.wait_for_ack(key, 15)
+        ack = channel.wait_for_ack(key, 15)
         assert ack is not None, f"no acknowledgement for {command_id}\n{worker.agent.log()[-3000:]}"
         assert ack["result"] == "error" and phrase in ack["error"], (command_id, ack)
         assert len(json.dumps(ack)) < 20_000, f"{command_id}: acknowledgement echoes the whole input"
     for label, entry_id in entries.items():
         if label.startswith("bad-id") or label == "binary":
-            ack = command_channel.wait_for_ack(f"entry-{entry_id}", 15)
+            ack = channel.wait_for_ack(f"entry-{entry_id}", 15)
             assert ack is not None and ack["result"] == "error", (label, ack)
-    ack = command_channel.wait_for_ack(valid_id, 15)
+    ack = channel.wait_for_ack(valid_id, 15)
     assert ack is not None and ack["result"] == "error" and "unknown app" in ack["error"], ack
 
     # Nothing left pending in the agent's group: every entry was acknowledged.
     wait_until(
-        lambda: client.xpending(stream, command_channel.AGENT_GROUP)["pending"] == 0,
+        lambda: client.xpending(stream, channel.AGENT_GROUP)["pending"] == 0,
         timeout=10,
         message="no pending command entries",
     )
     # No key was written outside the run's prefix, and no ack key outside the ack namespace.
-    ack_prefix = command_channel.ack_key("")
+    ack_prefix = channel.ack_key("")
     stray = [k for k in client.scan_iter(match=f"{services.RUN_ID}:ack:*") if not k.startswith(ack_prefix)]
     assert stray == []
     assert worker.agent.alive(), worker.agent.log()[-3000:]
@@ -102,5 +102,5 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
     assert "malformed command" in log and "Traceback" not in log, log[-4000:]
     # Still registered and answering commands.
     worker.wait_registered(timeout=10)
-    after = command_channel.send_command("env_a", "stop", "ghost_later", generation=1, request_id="later")
-    assert command_channel.wait_for_ack(after, 15)["result"] == "error"
+    after = channel.send_command("env_a", "stop", "ghost_later", generation=1, request_id="later")
+    assert channel.wait_for_ack(after, 15)["result"] == "error"

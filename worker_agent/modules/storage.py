@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 from django.utils.deconstruct import deconstructible
 
-from worker_agent.db_router import APP_ALIAS_PREFIX, current_app_alias
+from worker_agent.hosting.db_router import APP_ALIAS_PREFIX, current_app_alias
 
 
 def current_app_name() -> str:

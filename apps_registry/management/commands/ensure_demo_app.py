@@ -2,7 +2,7 @@
 
 Used by ``make run``: waits for the environments to register, creates ``demo`` on all of
 them if it does not exist, and asks for a start where it is not already running or on its
-way. Everything goes through ``apps_registry.actions`` so the audit trail records it.
+way. Everything goes through ``apps_registry.registry.actions`` so the audit trail records it.
 """
 
 import os
@@ -12,15 +12,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError
 
-from apps_registry import actions
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.names import validate_app_name
+from apps_registry.registry import actions
 
 
 def _ingest() -> None:
     """Apply pending worker events (registrations, statuses) when the ingester exists."""
     try:
-        from apps_registry.events import ingest
+        from apps_registry.control.ingest import ingest
     except ImportError:
         return
     ingest()

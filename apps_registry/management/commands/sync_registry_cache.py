@@ -3,8 +3,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps_registry import redis_client
-from apps_registry.discovery import RemoteDiscovery
+from apps_registry.control import redis_client
+from apps_registry.control.discovery import RemoteDiscovery
 
 
 class Command(BaseCommand):

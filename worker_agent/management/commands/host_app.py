@@ -9,7 +9,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError
 
 from apps_registry.names import is_valid_name
-from worker_agent import local_state, runtime
+from worker_agent.hosting import local_state, runtime
 
 
 class Command(BaseCommand):

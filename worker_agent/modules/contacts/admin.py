@@ -1,5 +1,5 @@
 """Admin pages for contacts. Registered on each hosted app's own AdminSite, never on the
-supervisor's (``worker_agent.app_sites`` calls ``register``)."""
+supervisor's (``worker_agent.web.app_sites`` calls ``register``)."""
 
 from django.contrib import admin
 from django.urls import reverse

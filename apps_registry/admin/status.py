@@ -1,0 +1,91 @@
+"""The JSON status endpoint the admin lists poll (``static/apps_registry/status.js``).
+
+``GET /admin/app-supervisor/status.json?apps=1,2&environments=3,4`` (primary keys of the rows
+on the page, at most 500 each) → ``{"apps": {"<pk>": {"name", "statuses": {"<env>":
+{"status", "error", "position"}}}}, "environments": {"<pk>": {"name", "status"}}}``.
+``position`` is the app's place in the start queue while it is ``queued`` (else null).
+Staff only. Applies pending worker events first and runs the throttled recovery check for
+starts interrupted by a dead queue worker.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from apps_registry.control import redis_client
+from apps_registry.models import AppEnvironment, AppStatus, Environment
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 500
+
+
+def _pks(request: HttpRequest, name: str) -> list[int]:
+    found = []
+    for part in request.GET.get(name, "").split(",")[:MAX_ROWS]:
+        if part.strip().isdigit():
+            found.append(int(part))
+    return found
+
+
+def _refresh() -> None:
+    if not redis_client.configured():
+        return
+    try:
+        from apps_registry.control import ingest, start_queue
+
+        ingest.ingest()
+        start_queue.recover_throttled()
+    except Exception:  # show what the database says
+        log.warning("status refresh failed", exc_info=True)
+
+
+def _queue_positions() -> dict[str, int]:
+    if not redis_client.configured():
+        return {}
+    try:
+        from apps_registry.control import start_queue
+
+        return start_queue.queue_positions()
+    except Exception:
+        log.warning("could not read the start queue", exc_info=True)
+        return {}
+
+
+@never_cache
+@require_GET
+def status(request: HttpRequest) -> JsonResponse:
+    user = request.user
+    if not (user.is_active and user.is_staff):
+        return JsonResponse({"error": "staff only"}, status=403)
+    _refresh()
+    payload: dict = {"apps": {}, "environments": {}}
+    app_pks = _pks(request, "apps")
+    if app_pks and user.has_perm("apps_registry.view_application"):
+        rows = (
+            AppEnvironment.objects.filter(application_id__in=app_pks)
+            .order_by("environment__name")
+            .values_list("application_id", "application__name", "environment__name", "status", "error")
+        )
+        rows = list(rows)
+        positions = _queue_positions() if any(r[3] == AppStatus.QUEUED for r in rows) else {}
+        for app_pk, app_name, env, state, error in rows:
+            entry = payload["apps"].setdefault(str(app_pk), {"name": app_name, "statuses": {}})
+            entry["statuses"][env] = {
+                "status": state,
+                "error": error,
+                "position": positions.get(app_name) if state == AppStatus.QUEUED else None,
+            }
+    env_pks = _pks(request, "environments")
+    if env_pks and user.has_perm("apps_registry.view_environment"):
+        from apps_registry.control import liveness
+
+        envs = list(Environment.objects.filter(pk__in=env_pks))
+        statuses = liveness.environment_statuses(envs)
+        for env in envs:
+            payload["environments"][str(env.pk)] = {"name": env.name, "status": str(statuses[env.name][0])}
+    return JsonResponse(payload)

@@ -1,0 +1,346 @@
+"""Discovery adapters: where apps and environments are configured.
+
+One small interface (``Discovery``), two implementations:
+
+- ``LocalDiscovery`` reads the registry database directly (standalone mode).
+- ``RemoteDiscovery`` keeps a configuration cache in Redis, written by the supervisor after
+  each commit (``apps_registry.registry.outbox``) and read by workers, which have no access to the
+  registry database. The database stays the source of truth: ``rebuild()`` rewrites the
+  whole cache from it, and ``ensure_built()`` does so when the ``P:cfg:built`` marker is
+  missing (Redis restarted empty, FLUSHALL).
+
+Keys (prefix = APP_REDIS_PREFIX): ``P:cfg:app:<name>`` (JSON AppSpec), ``P:cfg:apps`` (set of
+names), ``P:cfg:env:<name>`` (JSON EnvSpec), ``P:cfg:envs`` (set), ``P:cfg:built`` (marker),
+``P:cfg:rev`` (counter bumped by every write, so a rebuild notices a concurrent publish).
+
+A reader that finds no marker gets ``CacheNotReady``: an empty cache is not "no apps".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
+from django.db import connection
+from django.utils import timezone
+
+from apps_registry.control import redis_client, specs
+
+log = logging.getLogger(__name__)
+
+# How often a process re-checks the marker at most (an EXISTS), from requests.
+ENSURE_INTERVAL = 2.0
+REBUILD_ATTEMPTS = 10
+
+
+# KEYS[1] = marker, KEYS[2] = set of names, ARGV[1] = key prefix of the items.
+# Returns nil when the cache is not built, else every item's JSON.
+_READ_ALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local values = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local raw = redis.call('GET', ARGV[1] .. name)
+  if raw then values[#values + 1] = raw end
+end
+return values
+"""
+
+
+class CacheNotReady(Exception):
+    """The Redis configuration cache has no ``built`` marker: it must be rebuilt first."""
+
+
+class Discovery(Protocol):
+    def publish_app_by_pk(self, pk: int) -> None: ...
+
+    def unpublish_app(self, name: str) -> None: ...
+
+    def publish_environment_by_pk(self, pk: int) -> None: ...
+
+    def unpublish_environment(self, name: str) -> None: ...
+
+    def get_app(self, name: str) -> dict | None: ...
+
+    def apps_for_environment(self, env: str) -> list[dict]: ...
+
+    def get_environment(self, name: str) -> dict | None: ...
+
+    def list_environments(self) -> list[dict]: ...
+
+    def rebuild(self) -> None: ...
+
+    def ensure_built(self, force: bool = False) -> None: ...
+
+
+class LocalDiscovery:
+    """Reads the registry database; there is nothing to publish or rebuild."""
+
+    def publish_app_by_pk(self, pk: int) -> None:
+        return None
+
+    def unpublish_app(self, name: str) -> None:
+        return None
+
+    def publish_environment_by_pk(self, pk: int) -> None:
+        return None
+
+    def unpublish_environment(self, name: str) -> None:
+        return None
+
+    def get_app(self, name: str) -> dict | None:
+        app = specs.applications().filter(name=name).first()
+        return specs.app_spec(app) if app is not None else None
+
+    def apps_for_environment(self, env: str) -> list[dict]:
+        apps = specs.applications().filter(placements__environment__name=env).order_by("name")
+        return [specs.app_spec(app) for app in apps]
+
+    def get_environment(self, name: str) -> dict | None:
+        from apps_registry.models import Environment
+
+        env = Environment.objects.filter(name=name).first()
+        return specs.env_spec(env) if env is not None else None
+
+    def list_environments(self) -> list[dict]:
+        return specs.all_env_specs()
+
+    def rebuild(self) -> None:
+        return None
+
+    def ensure_built(self, force: bool = False) -> None:
+        return None
+
+
+class RemoteDiscovery:
+    """The Redis configuration cache: written by the supervisor, read by everyone."""
+
+    def __init__(
+        self,
+        client: Callable[[], redis.Redis] = redis_client.get,
+        key: Callable[..., str] = redis_client.key,
+    ):
+        self._client = client
+        self._key = key
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+        # Set when a write failed (Redis unreachable): the cache may miss a change, so the
+        # next ensure_built() rebuilds it whatever the marker says.
+        self._dirty = False
+
+    # Keys
+    def _app_key(self, name: str) -> str:
+        return self._key("cfg", "app", name)
+
+    def _env_key(self, name: str) -> str:
+        return self._key("cfg", "env", name)
+
+    @property
+    def _apps(self) -> str:
+        return self._key("cfg", "apps")
+
+    @property
+    def _envs(self) -> str:
+        return self._key("cfg", "envs")
+
+    @property
+    def _built(self) -> str:
+        return self._key("cfg", "built")
+
+    @property
+    def _rev(self) -> str:
+        return self._key("cfg", "rev")
+
+    # Writes (supervisor, after commit)
+    def _write(self, ops: Callable[[redis.client.Pipeline], None]) -> None:
+        # Runs after the commit: failing here would turn a saved change into an error page.
+        # The database has it; a rebuild brings the cache back in line once Redis answers.
+        try:
+            with self._client().pipeline(transaction=True) as pipe:
+                pipe.exists(self._built)
+                ops(pipe)
+                pipe.incr(self._rev)
+                built = pipe.execute()[0]
+        except redis.RedisError as error:
+            log.warning("config cache: write failed (%s); rebuilding when Redis answers again", error)
+            self._dirty = True
+            return
+        if not built:
+            # Redis lost its data: one change alone would leave a partial cache behind, which
+            # readers ignore anyway (no marker). Rebuild it all from the database now.
+            log.warning("config cache: marker missing on write, rebuilding from the database")
+            try:
+                self.rebuild()
+            except redis.RedisError as error:
+                log.warning("config cache: rebuild failed (%s); trying again later", error)
+                self._dirty = True
+
+    def publish_app_by_pk(self, pk: int) -> None:
+        spec = specs.app_spec_by_pk(pk)
+        if spec is None:  # deleted since; its own unpublish follows
+            return
+        name = spec["name"]
+        self._write(lambda pipe: (pipe.set(self._app_key(name), specs.dumps(spec)), pipe.sadd(self._apps, name)))
+
+    def unpublish_app(self, name: str) -> None:
+        self._write(lambda pipe: (pipe.delete(self._app_key(name)), pipe.srem(self._apps, name)))
+
+    def publish_environment_by_pk(self, pk: int) -> None:
+        spec = specs.env_spec_by_pk(pk)
+        if spec is None:
+            return
+        name = spec["name"]
+        self._write(lambda pipe: (pipe.set(self._env_key(name), specs.dumps(spec)), pipe.sadd(self._envs, name)))
+
+    def unpublish_environment(self, name: str) -> None:
+        self._write(lambda pipe: (pipe.delete(self._env_key(name)), pipe.srem(self._envs, name)))
+
+    def rebuild(self) -> None:
+        """Rewrite the whole cache from the database in one MULTI/EXEC.
+
+        ``P:cfg:rev`` is WATCHed from before the database is read: a publish that lands in
+        between aborts the transaction and the snapshot is taken again, so a rebuild never
+        overwrites a newer value with an older one.
+        """
+        if settings.APP_CONFIG.mode == "worker":
+            raise RuntimeError("only the supervisor rebuilds the configuration cache (it holds the registry)")
+        for _attempt in range(REBUILD_ATTEMPTS):
+            with self._client().pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self._rev)
+                    apps = specs.all_app_specs()
+                    envs = specs.all_env_specs()
+                    old_apps = pipe.smembers(self._apps)
+                    old_envs = pipe.smembers(self._envs)
+                    pipe.multi()
+                    stale = [self._app_key(n) for n in old_apps - {a["name"] for a in apps}]
+                    stale += [self._env_key(n) for n in old_envs - {e["name"] for e in envs}]
+                    pipe.delete(self._apps, self._envs, *stale)
+                    for spec in apps:
+                        pipe.set(self._app_key(spec["name"]), specs.dumps(spec))
+                    for spec in envs:
+                        pipe.set(self._env_key(spec["name"]), specs.dumps(spec))
+                    if apps:
+                        pipe.sadd(self._apps, *[a["name"] for a in apps])
+                    if envs:
+                        pipe.sadd(self._envs, *[e["name"] for e in envs])
+                    built = json.dumps({"at": timezone.now().isoformat(), "apps": len(apps), "envs": len(envs)})
+                    pipe.set(self._built, built)
+                    pipe.incr(self._rev)
+                    pipe.execute()
+                    log.info("config cache rebuilt: %d apps, %d environments", len(apps), len(envs))
+                    return
+                except redis.WatchError:
+                    continue
+        raise RuntimeError(f"config cache rebuild kept colliding with writes ({REBUILD_ATTEMPTS} attempts)")
+
+    def ensure_built(self, force: bool = False) -> None:
+        """Rebuild if the marker is missing. Cheap: at most one EXISTS per ENSURE_INTERVAL."""
+        if settings.APP_CONFIG.mode == "worker":
+            return
+        now = time.monotonic()
+        if not force and now - self._checked_at < ENSURE_INTERVAL:
+            return
+        with self._lock:
+            if not force and now - self._checked_at < ENSURE_INTERVAL:
+                return
+            # Throttled even when Redis is down, so an outage costs one timeout per interval.
+            self._checked_at = time.monotonic()
+            dirty = self._dirty
+            if dirty or not self._client().exists(self._built):
+                log.warning(
+                    "config cache: %s, rebuilding from the database",
+                    "a write failed" if dirty else "marker missing (Redis emptied?)",
+                )
+                try:
+                    self._dirty = False
+                    self.rebuild()
+                except Exception:
+                    self._dirty = dirty  # still throttled: an outage costs one try per interval
+                    raise
+
+    def is_built(self) -> bool:
+        return bool(self._client().exists(self._built))
+
+    # Reads (workers, proxy)
+    def _read(self, key: str) -> dict | None:
+        # MULTI: the marker and the value come from the same moment.
+        with self._client().pipeline(transaction=True) as pipe:
+            built, raw = pipe.exists(self._built).get(key).execute()
+        if not built:
+            raise CacheNotReady("configuration cache not built yet")
+        return json.loads(raw) if raw else None
+
+    def _read_all(self, names_key: str, item_prefix: str) -> list[dict]:
+        # One atomic script: a reader never mixes the set of names from one moment with
+        # values from another (a FLUSHALL or an unpublish in between).
+        values = self._client().eval(_READ_ALL, 2, self._built, names_key, item_prefix)
+        if values is None:
+            raise CacheNotReady("configuration cache not built yet")
+        return sorted((json.loads(raw) for raw in values), key=lambda spec: spec["name"])
+
+    def get_app(self, name: str) -> dict | None:
+        return self._read(self._app_key(name))
+
+    def apps_for_environment(self, env: str) -> list[dict]:
+        found = self._read_all(self._apps, self._app_key(""))
+        return [spec for spec in found if env in spec.get("environments", {})]
+
+    def get_environment(self, name: str) -> dict | None:
+        return self._read(self._env_key(name))
+
+    def list_environments(self) -> list[dict]:
+        return self._read_all(self._envs, self._env_key(""))
+
+
+_adapter: Discovery | None = None
+_adapter_lock = threading.Lock()
+
+
+def get_discovery() -> Discovery:
+    """The adapter named by APP_DISCOVERY_ADAPTER (one per process)."""
+    global _adapter
+    if _adapter is None:
+        with _adapter_lock:
+            if _adapter is None:
+                remote = settings.APP_CONFIG.discovery_adapter == "remote"
+                _adapter = RemoteDiscovery() if remote else LocalDiscovery()
+    return _adapter
+
+
+class EnsureConfigCacheMiddleware:
+    """Rebuilds the Redis cache at start-up and on the first request after it went missing
+    (supervisor only).
+
+    Django builds its middleware when the WSGI application is created, i.e. when a gunicorn
+    worker boots: the first check runs then, so workers get their cache even before anyone
+    visits the supervisor. After that the check is throttled to one EXISTS per
+    ENSURE_INTERVAL per process. Failures are logged and never fail a request: the admin
+    works from the database, and the next check tries again.
+    """
+
+    def __init__(self, get_response):
+        config = settings.APP_CONFIG
+        if config.mode == "worker" or config.discovery_adapter != "remote":
+            raise MiddlewareNotUsed
+        self.get_response = get_response
+        self._check()
+        if not connection.in_atomic_block:
+            connection.close()  # opened at boot, outside any request: do not keep it idle
+
+    @staticmethod
+    def _check() -> None:
+        try:
+            get_discovery().ensure_built()
+        except Exception as error:  # Redis or the database down: retried on a later request
+            log.warning("config cache check failed: %s", error)
+
+    def __call__(self, request):
+        self._check()
+        return self.get_response(request)

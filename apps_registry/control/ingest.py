@@ -1,0 +1,348 @@
+"""Supervisor-side ingest of the workers' events (``P:events``, consumer group ``supervisor``).
+
+Called wherever fresh state is needed (status endpoint, admin lists, API, the start job);
+it never blocks. Several processes may ingest at once: the consumer group hands each entry
+to one of them, and the actions it calls are safe in any order (statuses carry their time).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps_registry.control import channel, redis_client
+from apps_registry.models import AppStatus, AuditEntry, Environment
+from apps_registry.names import is_valid_name
+from apps_registry.observability import metrics
+from apps_registry.registry import actions
+
+log = logging.getLogger(__name__)
+
+# Entries left pending this long by a consumer (a process that died mid-ingest) are taken over.
+CLAIM_IDLE_MS = 30_000
+_CLAIM_EVERY = 10.0
+
+_group_ready: set[str] = set()
+_last_claim = 0.0
+_redis_down = False
+_OFFSET_EVERY = 60.0
+# How long the ok acknowledgements of a multi-environment request are remembered.
+REQUEST_ACKS_TTL = 24 * 3600
+_offset = 0.0
+_offset_measured = float("-inf")
+
+
+def _group() -> str:
+    return settings.APP_CONFIG.events_group
+
+
+def _consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _ensure_group(client: redis.Redis, stream: str) -> None:
+    if stream in _group_ready:
+        return
+    try:
+        client.xgroup_create(stream, _group(), id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+    _group_ready.add(stream)
+
+
+def _redis_clock_offset(client: redis.Redis) -> float:
+    """Seconds to add to a Redis server time to get this process's time (measured with TIME,
+    refreshed every minute)."""
+    global _offset, _offset_measured
+    now = time.monotonic()
+    if now - _offset_measured > _OFFSET_EVERY:
+        before = time.time()
+        seconds, micros = client.time()
+        after = time.time()
+        _offset = (before + after) / 2 - (seconds + micros / 1e6)
+        _offset_measured = now
+    return _offset
+
+
+def _entry_time(entry_id: str, offset: float) -> dt.datetime | None:
+    """When Redis appended the entry (its id starts with the server's milliseconds), on this
+    process's clock. Every worker's events are so ordered on one clock, the Redis server's:
+    a worker whose clock lags the supervisor's cannot have its reports dropped as stale."""
+    try:
+        millis, sequence = (int(part) for part in entry_id.split("-", 1))
+        # The sequence number as microseconds keeps entries of one millisecond in order.
+        return dt.datetime.fromtimestamp(millis / 1000 + min(sequence, 999) / 1e6 + offset, tz=dt.UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _when(payload: dict) -> dt.datetime:
+    try:
+        return dt.datetime.fromtimestamp(float(payload["at"]), tz=dt.UTC)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return timezone.now()
+
+
+def _registration(payload: dict, at: dt.datetime) -> dict:
+    """``register_environment``'s arguments from a register/heartbeat event (validated)."""
+    name = payload.get("env")
+    if not is_valid_name(name):
+        raise ValueError(f"invalid environment name {name!r}")
+    pid = payload.get("pid")
+    apps_running = payload.get("apps_running") or []
+    if not isinstance(apps_running, list):
+        raise ValueError(f"bad apps_running in {payload!r}")
+    return {
+        "name": name,
+        "url": str(payload.get("url") or ""),
+        "proxy_url": str(payload.get("proxy_url") or ""),
+        "version": str(payload.get("version") or "")[:60],
+        "host": str(payload.get("host") or "")[:255],
+        "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0 else None,
+        "apps_running": sorted({app for app in apps_running if is_valid_name(app)}),
+        "at": at,
+    }
+
+
+def _apply_registration(payload: dict, at: dt.datetime) -> None:
+    fields = _registration(payload, at)
+    # A beat older than a later deregistration must not bring the environment back.
+    if Environment.objects.filter(name=fields["name"], stopped_at__gt=at).exists():
+        return
+    actions.register_environment(**fields)
+
+
+def _status(payload: dict, at: dt.datetime) -> tuple[str, str, str, str, dt.datetime]:
+    app, env, status = payload.get("app"), payload.get("env"), payload.get("status")
+    if not (is_valid_name(app) and is_valid_name(env)) or status not in AppStatus.values:
+        raise ValueError(f"bad status event {payload!r}")
+    return app, env, status, str(payload.get("error") or ""), at
+
+
+def _apply_status(payload: dict, at: dt.datetime) -> None:
+    app, env, status, error, at = _status(payload, at)
+    actions.record_app_status(app, env, status, error=error, at=at)
+
+
+def _observe_round_trip(payload: dict, env: str) -> None:
+    try:
+        seconds = max(0.0, float(payload["at"]) - float(payload["issued_at"]))
+    except (KeyError, TypeError, ValueError):
+        return
+    action = payload.get("action") if payload.get("action") in channel.ACTIONS else "invalid"
+    result = payload.get("result") if payload.get("result") in channel.RESULTS else "error"
+    metrics.observe_command_round_trip(action, env if is_valid_name(env) else "invalid", result, seconds)
+
+
+def _apply_ack(payload: dict) -> None:
+    """A failed, expired or superseded command closes its request as an error at once; an ok
+    closes it only when every environment of the request has acknowledged ok (the request's
+    other environments may still fail, or never be reached)."""
+    request_id = str(payload.get("request_id") or "")
+    result = payload.get("result")
+    env = str(payload.get("env") or "?")
+    _observe_round_trip(payload, env)
+    if not request_id or not is_valid_name(env):
+        return
+    if result == "superseded":
+        actions.finish_request(request_id, error=f"{env}: superseded by a newer request")
+    elif result == "expired":
+        actions.finish_request(request_id, error=f"{env}: the command expired before the worker picked it up")
+    elif result != "ok":
+        actions.finish_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
+    else:
+        wanted = (
+            AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING)
+            .values_list("environments", flat=True)
+            .first()
+        )
+        if wanted is None:
+            return
+        key = redis_client.key("req", request_id)
+        pipe = redis_client.commands().pipeline(transaction=True)
+        pipe.hset(key, env, "ok").expire(key, REQUEST_ACKS_TTL).hkeys(key)
+        acked = set(pipe.execute()[-1])
+        if set(wanted or [env]) <= acked:
+            actions.finish_request(request_id)
+
+
+def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:
+    """Apply one event's stream fields to the registry. ``at`` orders it against other
+    changes (default: the time the worker put in the event)."""
+    event_type = fields.get("type")
+    payload = json.loads(fields.get("data") or "{}")
+    if not isinstance(payload, dict):
+        raise ValueError("event data is not an object")
+    at = at or _when(payload)
+    if event_type in ("register", "heartbeat"):
+        _apply_registration(payload, at)
+    elif event_type == "deregister":
+        name = payload.get("env")
+        if is_valid_name(name):
+            actions.deregister_environment(name, at=at)
+    elif event_type == "status":
+        _apply_status(payload, at)
+    elif event_type == "ack":
+        _apply_ack(payload)
+    else:
+        raise ValueError(f"unknown event type {event_type!r}")
+
+
+class Batch:
+    """One ingest's events, coalesced. Registrations and heartbeats: only the newest per
+    environment matters (each carries the whole description); statuses: only the newest per
+    app × environment (``record_app_status`` would ignore older ones anyway); acks: every one,
+    in order (each may close a request). Newest means latest by event time (the stream id)."""
+
+    def __init__(self) -> None:
+        self.registrations: dict[str, dict] = {}
+        self.deregistrations: dict[str, dt.datetime] = {}
+        self.statuses: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
+        self.acks: list[tuple[str, dict]] = []
+        self.events = 0
+
+    def add(self, fields: dict[str, str], at: dt.datetime | None) -> None:
+        """Validate one event and keep it if it matters; raises ValueError for a bad one."""
+        event_type = fields.get("type")
+        payload = json.loads(fields.get("data") or "{}")
+        if not isinstance(payload, dict):
+            raise ValueError("event data is not an object")
+        at = at or _when(payload)
+        if event_type in ("register", "heartbeat"):
+            report = _registration(payload, at)
+            previous = self.registrations.get(report["name"])
+            announce = event_type == "register" or bool(previous and previous["announce"])
+            if previous is None or previous["at"] <= at:
+                self.registrations[report["name"]] = {**report, "announce": announce}
+            else:
+                previous["announce"] = announce
+        elif event_type == "deregister":
+            name = payload.get("env")
+            if is_valid_name(name) and (name not in self.deregistrations or self.deregistrations[name] <= at):
+                self.deregistrations[name] = at
+        elif event_type == "status":
+            report = _status(payload, at)
+            previous = self.statuses.get(report[:2])
+            if previous is None or previous[4] <= at:
+                self.statuses[report[:2]] = report
+        elif event_type == "ack":
+            self.acks.append((str(payload.get("id") or ""), payload))
+        else:
+            raise ValueError(f"unknown event type {event_type!r}")
+        self.events += 1
+
+    def apply(self) -> None:
+        """Apply the batch (inside the caller's transaction). Each group runs in a savepoint;
+        if a bulk step fails, its items are applied one by one so one bad item drops alone."""
+        # An environment that deregistered in this batch: its newest registration and its
+        # deregistration, in their own order (rare: an agent stopping or restarting).
+        for name, gone_at in self.deregistrations.items():
+            report = self.registrations.pop(name, None)
+            steps: list[tuple[dt.datetime, Callable[[], object]]] = [
+                (gone_at, lambda name=name, at=gone_at: actions.deregister_environment(name, at=at))
+            ]
+            if report is not None:
+                steps.append((report["at"], lambda report=report: self._register_one(report)))
+            for _at, step in sorted(steps, key=lambda item: item[0]):
+                _guarded(step, f"environment {name}")
+        if self.registrations:
+            reports = list(self.registrations.values())
+            if not _guarded(lambda: actions.refresh_environments(reports), "environment refresh", quiet=True):
+                for report in reports:
+                    _guarded(lambda report=report: actions.refresh_environments([report]), f"environment {report}")
+        if self.statuses:
+            statuses = list(self.statuses.values())
+            if not _guarded(lambda: actions.record_app_statuses(statuses), "status reports", quiet=True):
+                for report in statuses:
+                    _guarded(lambda report=report: actions.record_app_statuses([report]), f"status {report}")
+        for command_id, payload in self.acks:
+            _guarded(lambda payload=payload: _apply_ack(payload), f"ack {command_id}")
+
+    @staticmethod
+    def _register_one(report: dict) -> None:
+        fields = {key: value for key, value in report.items() if key != "announce"}
+        if not Environment.objects.filter(name=fields["name"], stopped_at__gt=fields["at"]).exists():
+            actions.register_environment(**fields)
+
+
+def _guarded(step: Callable[[], object], what: str, quiet: bool = False) -> bool:
+    """Run one step in a savepoint; a failure rolls back that step alone and is logged."""
+    try:
+        with transaction.atomic():
+            step()
+        return True
+    except Exception:
+        if quiet:
+            log.warning("event ingest: %s failed in bulk; applying one by one", what, exc_info=True)
+        else:
+            log.exception("event ingest: dropping %s", what)
+        return False
+
+
+def _claim_stale(client: redis.Redis, stream: str, limit: int) -> list:
+    global _last_claim
+    now = time.monotonic()
+    if now - _last_claim < _CLAIM_EVERY:
+        return []
+    _last_claim = now
+    reply = client.xautoclaim(stream, _group(), _consumer(), min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=limit)
+    return reply[1] if reply else []
+
+
+def ingest(limit: int = 1000) -> int:
+    """Apply up to ``limit`` waiting events; return how many were read. Never blocks."""
+    global _redis_down
+    client = redis_client.commands()
+    stream = channel.events_stream()
+    try:
+        _ensure_group(client, stream)
+        offset = _redis_clock_offset(client)
+        entries = list(_claim_stale(client, stream, limit))
+        reply = client.xreadgroup(_group(), _consumer(), {stream: ">"}, count=max(1, limit - len(entries)))
+        for _name, items in reply or []:
+            entries.extend(items)
+    except redis.ResponseError as error:
+        if "NOGROUP" in str(error):  # the stream was deleted (Redis flushed): recreate next time
+            _group_ready.discard(stream)
+            return 0
+        raise
+    except redis.RedisError as error:
+        if not _redis_down:
+            log.warning("event ingest: Redis unavailable (%s); statuses may be stale", error)
+            _redis_down = True
+        return 0
+    if _redis_down:
+        log.info("event ingest: Redis reachable again")
+        _redis_down = False
+    apply_entries(entries, offset)
+    done = [entry_id for entry_id, _fields in entries]
+    if done:
+        client.xack(stream, _group(), *done)
+    return len(entries)
+
+
+def apply_entries(entries: list[tuple[str, dict[str, str] | None]], offset: float = 0.0) -> Batch:
+    """Apply stream entries as one coalesced batch in one transaction (one commit). A bad
+    event is logged and dropped, never blocks the others."""
+    batch = Batch()
+    for entry_id, fields in entries:
+        if fields is None:  # trimmed away while pending
+            continue
+        try:
+            batch.add(fields, _entry_time(entry_id, offset))
+        except Exception:
+            log.exception("event ingest: dropping event %s %r", entry_id, fields)
+    with transaction.atomic():
+        batch.apply()
+    return batch

@@ -1,0 +1,117 @@
+"""Environment status, derived from when its agent was last seen: no sweeper process.
+
+Agents beat a lease every ``APP_LEASE_INTERVAL`` seconds into the sorted set ``P:env:seen``
+(member = environment name, score = unix time). The status is computed when someone looks:
+
+- ``stopped``  the agent deregistered (``stopped_at``) and has not been seen since;
+- ``online``   seen within 2 × lease interval;
+- ``unknown``  seen within ``APP_OFFLINE_AFTER`` (a beat or two went missing);
+- ``offline``  seen longer ago than that, or never.
+
+When Redis has no entry for an environment, the database's ``last_heartbeat`` (written by
+the slower registration heartbeat) is used instead. When Redis cannot be reached at all,
+nothing new can be known: environments that have not deregistered are ``unknown`` (their
+agents keep their apps serving; the proxy keeps routing to them) rather than declared offline
+on a heartbeat that may be two minutes old. In standalone mode the one environment is this
+process itself, ``online`` whenever it answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+
+import redis
+from django.conf import settings
+
+from apps_registry.control import redis_client
+from apps_registry.models import Environment, EnvironmentStatus
+
+log = logging.getLogger(__name__)
+
+SEEN_KEY = ("env", "seen")
+
+
+def classify(
+    last_seen: dt.datetime | None,
+    stopped_at: dt.datetime | None,
+    now: dt.datetime,
+    *,
+    lease_interval: float,
+    offline_after: float,
+) -> str:
+    """The status of one environment from its last sighting; pure, so it is easy to test."""
+    if stopped_at is not None and (last_seen is None or last_seen <= stopped_at):
+        return EnvironmentStatus.STOPPED
+    if last_seen is None:
+        return EnvironmentStatus.OFFLINE
+    age = (now - last_seen).total_seconds()
+    if age <= 2 * lease_interval:
+        return EnvironmentStatus.ONLINE
+    if age <= offline_after:
+        return EnvironmentStatus.UNKNOWN
+    return EnvironmentStatus.OFFLINE
+
+
+def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime] | None:
+    """Last lease beat per environment, in one round trip; None if Redis cannot be reached."""
+    if not names or not redis_client.configured():
+        return {}
+    try:
+        scores = redis_client.commands().zmscore(redis_client.key(*SEEN_KEY), list(names))
+    except redis.RedisError as error:
+        log.warning("liveness: Redis unavailable, environment statuses unknown (%s)", error)
+        return None
+    return {
+        name: dt.datetime.fromtimestamp(float(score), tz=dt.UTC)
+        for name, score in zip(names, scores, strict=True)
+        if score is not None
+    }
+
+
+def environment_statuses(
+    envs: Sequence[Environment], now: dt.datetime | None = None
+) -> dict[str, tuple[str, dt.datetime | None]]:
+    """``{env name: (status, last seen)}`` for these environments, with one Redis round trip."""
+    config = settings.APP_CONFIG
+    now = now or dt.datetime.fromtimestamp(time.time(), tz=dt.UTC)
+    seen = _seen_in_redis([env.name for env in envs])
+    result: dict[str, tuple[str, dt.datetime | None]] = {}
+    for env in envs:
+        if config.mode == "standalone" and env.name == config.environment_name:
+            result[env.name] = (EnvironmentStatus.ONLINE, now)
+            continue
+        if seen is None:
+            stopped = env.stopped_at is not None and (
+                env.last_heartbeat is None or env.last_heartbeat <= env.stopped_at
+            )
+            result[env.name] = (EnvironmentStatus.STOPPED if stopped else EnvironmentStatus.UNKNOWN, env.last_heartbeat)
+            continue
+        sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None]
+        last_seen = max(sightings) if sightings else None
+        status = classify(
+            last_seen,
+            env.stopped_at,
+            now,
+            lease_interval=config.lease_interval,
+            offline_after=config.offline_after,
+        )
+        result[env.name] = (status, last_seen)
+    return result
+
+
+def describe_age(moment: dt.datetime | None, now: dt.datetime | None = None) -> str:
+    """``"40 s ago"``, ``"3 min ago"``, ``"2 h ago"``, ``"5 d ago"`` or ``"never"``."""
+    if moment is None:
+        return "never"
+    now = now or dt.datetime.fromtimestamp(time.time(), tz=dt.UTC)
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"

@@ -1,0 +1,136 @@
+"""The pages the proxy answers itself: the environment chooser and errors a person understands.
+
+HTML for browsers, JSON when the client asks for ``application/json``. No traceback, no
+supervisor session: these pages are rendered without a request context.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+from apps_registry.control import liveness
+from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute
+
+_STATUS_TEXT = {
+    "stopped": "is stopped",
+    "queued": "is queued to start",
+    "starting": "is starting",
+    "stopping": "is stopping",
+    "error": "failed to start; an operator can see why in the supervisor's admin",
+}
+
+
+def wants_json(request: HttpRequest) -> bool:
+    accept = request.META.get("HTTP_ACCEPT", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _page(
+    request: HttpRequest,
+    status: int,
+    title: str,
+    message: str,
+    data: dict,
+    *,
+    app: AppRoute | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    if wants_json(request):
+        body = json.dumps({"status": status, "error": title, "detail": message, **data})
+        response = HttpResponse(body, status=status, content_type="application/json")
+    else:
+        html = render_to_string(
+            "apps_registry/proxy/error.html", {"status": status, "title": title, "message": message, "app": app}
+        )
+        response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
+
+
+def simple(request: HttpRequest, status: int, title: str, message: str) -> HttpResponse:
+    return _page(request, status, title, message, {})
+
+
+def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
+    message = f"There is no application named {name}." if name else "This address does not name an application."
+    return _page(request, 404, "Application not found", message, {"app": name})
+
+
+def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: int) -> HttpResponse:
+    text = _STATUS_TEXT.get(status, f"is {status}")
+    return _page(
+        request,
+        503,
+        "Application not running",
+        f"{app.display_name} {text}. Try again in a moment.",
+        {"app": app.name, "app_status": status, "retry_after": retry_after},
+        app=app,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def bad_gateway(request: HttpRequest, app: AppRoute, environments: tuple[str, ...], what: str) -> HttpResponse:
+    names = ", ".join(environments)
+    noun = "Environment" if len(environments) == 1 else "Environments"
+    return _page(
+        request,
+        502,
+        "Environment unavailable",
+        f"{noun} {names} running {app.display_name} {what}.",
+        {"app": app.name, "environments": list(environments)},
+        app=app,
+    )
+
+
+def gateway_timeout(request: HttpRequest, app: AppRoute, environment: str) -> HttpResponse:
+    return _page(
+        request,
+        504,
+        "Environment too slow",
+        f"Environment {environment} did not answer in time for {app.display_name}.",
+        {"app": app.name, "environments": [environment]},
+        app=app,
+    )
+
+
+def too_large(request: HttpRequest, limit: int) -> HttpResponse:
+    megabytes = limit / (1024 * 1024)
+    return _page(
+        request,
+        413,
+        "Upload too large",
+        f"The request body is larger than the limit of {megabytes:.1f} MB.",
+        {"limit_bytes": limit},
+    )
+
+
+def chooser(request: HttpRequest, app: AppRoute, notice: str) -> HttpResponse:
+    """The app's environments with their statuses; the ones that can serve it are links."""
+    path = request.path
+    rows = [
+        {
+            "environment": p.environment,
+            "env_status": p.env_status if p.enabled else "disabled",
+            "last_seen": liveness.describe_age(p.last_seen),
+            "app_status": p.app_status,
+            "choosable": p.choosable,
+            "href": f"{path}?{ENV_PARAM}={p.environment}",
+        }
+        for p in app.placements
+    ]
+    current = request.COOKIES.get(ENV_COOKIE, "")
+    if wants_json(request):
+        body = {"app": app.name, "choose": [{k: v for k, v in row.items() if k != "href"} for row in rows]}
+        response = HttpResponse(json.dumps({**body, "notice": notice}), status=300, content_type="application/json")
+    else:
+        html = render_to_string(
+            "apps_registry/proxy/chooser.html", {"app": app, "rows": rows, "notice": notice, "current": current}
+        )
+        response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Cache-Control"] = "no-store"
+    return response

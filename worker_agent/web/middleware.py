@@ -1,0 +1,114 @@
+"""Serves hosted apps under ``/apps/<name>/`` in processes that host apps (standalone, worker).
+
+Per request: validate the name, look the app up in the local state file (a ``stat()``; the
+file is re-read only when it changed), answer 404/503 unless the app runs here, otherwise
+route the request to the app: its database alias for every ORM query (``current_app_alias``),
+its own URL table (``request.urlconf``) and, further down, its own session cookie. In
+supervisor mode this middleware removes itself; ``/apps/`` is the proxy's there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+from django.core.exceptions import MiddlewareNotUsed
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+
+from apps_registry.names import is_valid_name
+from worker_agent.hosting import app_databases, local_state
+from worker_agent.hosting.db_router import current_app_alias
+from worker_agent.web import app_sites, error_pages
+
+log = logging.getLogger(__name__)
+
+APPS_PREFIX = "/apps/"
+HOSTING_MODES = ("standalone", "worker")
+
+
+def on_stopped_app_visit(name: str) -> str | None:
+    """Called when a request reaches an app that is stopped or unknown here.
+
+    Returns the status to show instead (e.g. ``"queued"`` once a start on first visit is
+    requested), or None to answer with the app's own status (stopped → 503, unknown → 404).
+    Standalone queues a start for apps that start on first visit; a worker leaves starting to
+    the supervisor.
+    """
+    if settings.APP_MODE != "standalone":
+        return None
+    from apps_registry.control.first_visit import start_on_first_visit
+
+    return start_on_first_visit(name)
+
+
+class _Route:
+    __slots__ = ("alias", "stamp", "urlconf")
+
+    def __init__(self, stamp: tuple, alias: str, urlconf: app_sites.AppUrlConf):
+        self.stamp = stamp
+        self.alias = alias
+        self.urlconf = urlconf
+
+
+class HostedAppMiddleware:
+    def __init__(self, get_response):
+        if settings.APP_MODE not in HOSTING_MODES:
+            raise MiddlewareNotUsed
+        self.get_response = get_response
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        path = request.path_info
+        if not path.startswith(APPS_PREFIX):
+            return self.get_response(request)
+        name, slash, _ = path[len(APPS_PREFIX) :].partition("/")
+        if not is_valid_name(name):
+            return error_pages.not_found(request, None)
+        if not slash:
+            return HttpResponsePermanentRedirect(f"{APPS_PREFIX}{name}/")
+
+        entry = local_state.app_entry(name)
+        status = entry.get("status") if entry else None
+        if status != "running":
+            if status in (None, "stopped"):
+                status = on_stopped_app_visit(name) or status
+            if status is None:
+                return error_pages.not_found(request, name)
+            return error_pages.unavailable(request, name, status)
+
+        try:
+            route = self._route(name, entry)
+        except Exception:
+            log.exception("cannot serve app %s", name)
+            return error_pages.unavailable(request, name, "error")
+        token = current_app_alias.set(route.alias)
+        request.urlconf = route.urlconf
+        request.hosted_app = name
+        try:
+            return self.get_response(request)
+        finally:
+            current_app_alias.reset(token)
+
+    def _route(self, name: str, entry: dict) -> _Route:
+        """The app's alias and URLs, refreshed whenever its state entry was rewritten by a start."""
+        stamp = (entry.get("updated_at"), entry.get("generation"))
+        route = self._routes.get(name)
+        if route is not None and route.stamp == stamp:
+            return route
+        with self._lock:
+            route = self._routes.get(name)
+            if route is not None and route.stamp == stamp:
+                return route
+            spec = entry.get("spec") or {}
+            options = spec.get("options") or {}
+            modules = app_databases.modules_of(spec)
+            db = app_databases.describe(name, options)
+            app_databases.register(db, modules)
+            # The app may have been dropped and created again since: its ids are new.
+            app_databases.forget_cached_ids(db.alias)
+            title = str(spec.get("display_name") or name)
+            route = _Route(stamp, db.alias, app_sites.urlconf_for(name, title, modules))
+            self._routes[name] = route
+            return route
