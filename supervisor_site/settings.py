@@ -38,9 +38,14 @@ INSTALLED_APPS = [
     "revproxy",
     "apps_registry",
     "worker_agent",
-    "worker_agent.modules.contacts",
-    "worker_agent.modules.tasks",
 ]
+# The business modules an app can enable: Django app -> display name. Adding a module is one
+# line here plus its package (docs/hosting.md); everything else reads supervisor_site.catalogue.
+BUSINESS_MODULES = {
+    "worker_agent.modules.contacts": "Contacts",
+    "worker_agent.modules.tasks": "Tasks",
+}
+INSTALLED_APPS += list(BUSINESS_MODULES)
 
 MIDDLEWARE = [
     # First: X-Forwarded-Host/-Proto/-For are believed only from TRUSTED_PROXY_IPS.

@@ -27,10 +27,10 @@ from django.utils.html import format_html, format_html_join
 from apps_registry.control import liveness
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, StartMode
 from apps_registry.registry import actions, outbox
+from supervisor_site import catalogue
 
 log = logging.getLogger(__name__)
 
-MODULE_CHOICES = [("contacts", "Contacts"), ("tasks", "Tasks")]
 
 admin.site.site_header = "App Supervisor"
 admin.site.site_title = "App Supervisor"
@@ -200,7 +200,7 @@ class ApplicationForm(forms.ModelForm):
     )
     modules = forms.MultipleChoiceField(
         label="Business modules",
-        choices=MODULE_CHOICES,
+        choices=catalogue.choices,
         widget=forms.CheckboxSelectMultiple,
         required=False,
     )

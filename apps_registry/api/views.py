@@ -23,11 +23,11 @@ from apps_registry.control import redis_client
 from apps_registry.models import AppEnvironment, Application, Environment, StartMode
 from apps_registry.names import is_valid_name, validate_app_name
 from apps_registry.registry import actions, outbox
+from supervisor_site import catalogue
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
-MODULES = ("contacts", "tasks")
 CREATE_FIELDS = {
     "name",
     "display_name",
@@ -330,9 +330,10 @@ def _validate_create(data: dict) -> tuple[dict, dict[str, list[str]]]:
 
     modules = _string_list(data.get("modules", []), "modules", errors)
     if modules is not None:
-        unknown = [m for m in modules if m not in MODULES]
+        available = catalogue.modules()
+        unknown = [m for m in modules if m not in available]
         if unknown:
-            errors["modules"] = [f"unknown module {m[:60]!r}; choose from {', '.join(MODULES)}" for m in unknown]
+            errors["modules"] = [f"unknown module {m[:60]!r}; choose from {', '.join(available)}" for m in unknown]
         clean["modules"] = modules
 
     start = data.get("start", False)

@@ -32,7 +32,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
-from worker_agent.hosting.db_router import BUSINESS_LABELS, alias_for, set_enabled_modules
+from supervisor_site import catalogue
+from worker_agent.hosting.db_router import alias_for, set_enabled_modules
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,10 @@ def modules_of(spec: dict) -> frozenset[str]:
     modules = (spec.get("options") or {}).get("modules") or []
     if isinstance(modules, str):
         modules = [m.strip() for m in modules.split(",") if m.strip()]
-    unknown = sorted(set(modules) - BUSINESS_LABELS)
+    unknown = sorted(set(modules) - catalogue.labels())
     if unknown:
         raise DatabaseError(
-            f"unknown module(s) {', '.join(map(repr, unknown))}; available: {', '.join(sorted(BUSINESS_LABELS))}"
+            f"unknown module(s) {', '.join(map(repr, unknown))}; available: {', '.join(sorted(catalogue.labels()))}"
         )
     return frozenset(modules)
 

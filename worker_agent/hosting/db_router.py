@@ -7,10 +7,11 @@ business modules that app enables. Neither ever gets the other's tables.
 
 from contextvars import ContextVar
 
+from supervisor_site import catalogue
+
 APP_ALIAS_PREFIX = "app:"
 # Tables an app database carries besides its business modules.
 APP_SHARED_LABELS = frozenset({"auth", "contenttypes", "sessions", "admin"})
-BUSINESS_LABELS = frozenset({"contacts", "tasks"})
 
 # The database alias of the hosted app serving the current request, if any.
 current_app_alias: ContextVar[str | None] = ContextVar("current_app_alias", default=None)
@@ -28,7 +29,7 @@ def alias_for(name: str) -> str:
 
 
 def set_enabled_modules(alias: str, modules: frozenset[str]) -> None:
-    _enabled_modules[alias] = frozenset(modules) & BUSINESS_LABELS
+    _enabled_modules[alias] = frozenset(modules) & catalogue.labels()
 
 
 def enabled_modules(alias: str) -> frozenset[str]:
@@ -48,4 +49,4 @@ class HostedAppRouter:
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if is_app_alias(db):
             return app_label in APP_SHARED_LABELS or app_label in enabled_modules(db)
-        return app_label not in BUSINESS_LABELS
+        return app_label not in catalogue.labels()

@@ -20,11 +20,8 @@ from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path
 from django.views.generic import RedirectView
 
-from worker_agent.modules.contacts import admin as contacts_admin
+from supervisor_site import catalogue
 from worker_agent.modules.storage import app_media_root
-from worker_agent.modules.tasks import admin as tasks_admin
-
-MODULE_ADMINS = {"contacts": contacts_admin.register, "tasks": tasks_admin.register}
 
 
 class HostedAdminSite(admin.AdminSite):
@@ -40,7 +37,7 @@ class HostedAdminSite(admin.AdminSite):
         self.register(User, UserAdmin)
         self.register(Group, GroupAdmin)
         for module in sorted(modules):
-            MODULE_ADMINS[module](self)
+            catalogue.admin_module(module).register(self)
 
 
 class AppUrlConf:

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.names import validate_app_name
 from apps_registry.registry import actions
+from supervisor_site import catalogue
 
 
 def _ingest() -> None:
@@ -43,7 +44,7 @@ class Command(BaseCommand):
 
         app = Application.objects.filter(name=name).first()
         if app is None:
-            options = {"modules": ["contacts", "tasks"], "start_mode": "manual"}
+            options = {"modules": sorted(catalogue.labels()), "start_mode": "manual"}
             password = os.environ.get("ADMIN_PASSWORD", "")
             if user is not None and password:
                 # The app's own first admin gets the same credentials as the supervisor's.
