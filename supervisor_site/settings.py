@@ -144,7 +144,20 @@ RQ_QUEUES = {
 }
 # Enqueue only once the request's transaction commits; our worker class runs the recovery
 # check for starts interrupted by a dead queue worker.
-RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps_registry.control.start_queue.StartQueueWorker"}
+# The backends behind APP_DISCOVERY_ADAPTER and APP_PROCESS_ADAPTER, loaded by dotted path
+# (apps_registry.backends) so that the registry can hand changes to them without importing them.
+APP_DISCOVERY_BACKEND = {
+    "local": "apps_registry.control.discovery.LocalDiscovery",
+    "remote": "apps_registry.control.discovery.RemoteDiscovery",
+}[APP_CONFIG.discovery_adapter]
+APP_PROCESS_BACKEND = {
+    "local": "apps_registry.control.runners.local.LocalProcessAdapter",
+    "remote": "apps_registry.control.runners.remote.RemoteProcessAdapter",
+}[APP_CONFIG.process_adapter]
+# Standalone: what a visit to a stopped app calls (start on first visit), named so that the
+# hosting middleware does not import the control plane.
+APP_FIRST_VISIT_HANDLER = "apps_registry.control.first_visit.start_on_first_visit"
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "apps_registry.control.start_queue.worker.StartQueueWorker"}
 
 LOGGING = {
     "version": 1,

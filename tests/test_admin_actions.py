@@ -10,7 +10,8 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from apps_registry.control import first_visit, start_queue
+from apps_registry.control import first_visit
+from apps_registry.control.start_queue import enqueue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions
 
@@ -153,14 +154,14 @@ def test_status_endpoint_is_staff_only_and_reports_queue_positions(
     outsider.force_login(User.objects.create_user("visitor", password="x"))
     assert outsider.get(f"{url}?apps={apps[0].pk}").status_code == 403
     client, _ = _client("root", superuser=True)
-    queue = start_queue.get_queue()
+    queue = enqueue.get_queue()
     queue.empty()
     try:
         for app in apps:
             generation = actions.request_start(app) and Application.objects.get(pk=app.pk).generation
             # django-rq enqueues on commit only (COMMIT_MODE=on_db_commit).
             with django_capture_on_commit_callbacks(execute=True):
-                start_queue.enqueue_start(app.name, ["env_a", "env_b"], generation=generation, request_id="r")
+                enqueue.enqueue_start(app.name, ["env_a", "env_b"], generation=generation, request_id="r")
         data = client.get(f"{url}?apps={apps[0].pk},{apps[1].pk}&environments={envs[0].pk}").json()
     finally:
         queue.empty()

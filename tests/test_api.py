@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from apps_registry.api import schema_check
 from apps_registry.api.views import MAX_BODY_BYTES
-from apps_registry.control import start_queue
+from apps_registry.control.start_queue import enqueue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
 from tests.processes import free_port
@@ -141,10 +141,10 @@ def test_create_with_start_queues_a_start(admin_api, envs, django_capture_on_com
     assert status == 201 and body["request_id"] and "initial_admin" not in body
     assert body["statuses"] == {"env_a": "queued"}
     generation = Application.objects.get(name="quick").generation
-    assert start_queue.job_id("quick", generation) in start_queue.get_queue().get_job_ids()
-    assert start_queue.queue_positions()["quick"] >= 1
+    assert enqueue.job_id("quick", generation) in enqueue.get_queue().get_job_ids()
+    assert enqueue.queue_positions()["quick"] >= 1
     assert AuditEntry.objects.get(request_id=body["request_id"]).result == "pending"
-    start_queue.get_queue().empty()  # the app exists only in this test's transaction
+    enqueue.get_queue().empty()  # the app exists only in this test's transaction
 
 
 @pytest.mark.parametrize(

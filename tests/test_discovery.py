@@ -11,6 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
+from apps_registry import backends
 from apps_registry.control import discovery, redis_client, specs
 from apps_registry.control.discovery import CacheNotReady, LocalDiscovery, RemoteDiscovery
 from apps_registry.models import AppEnvironment, Application, Environment
@@ -252,8 +253,8 @@ def test_management_command(envs, redis_conn, capsys):
     assert cached(redis_conn, "app", "cmd_app")["name"] == "cmd_app"
 
 
-def test_middleware_rebuilds_a_missing_cache(envs, redis_conn, client, monkeypatch):
-    monkeypatch.setattr(discovery, "_adapter", RemoteDiscovery())
+def test_middleware_rebuilds_a_missing_cache(envs, redis_conn, client):
+    backends._instance.cache_clear()  # a fresh adapter: its check is not throttled by earlier tests
     Application.objects.create(name="mw_app")
     redis_conn.flushdb()
     client.get("/healthz")
@@ -292,8 +293,8 @@ def test_failed_write_does_not_fail_the_change_and_is_repaired(envs, redis_conn,
     assert remote.get_environment("env_b")["name"] == "env_b"  # the database still has it
 
 
-def test_middleware_builds_the_cache_when_the_process_starts(envs, redis_conn, monkeypatch):
-    monkeypatch.setattr(discovery, "_adapter", RemoteDiscovery())  # a freshly booted process
+def test_middleware_builds_the_cache_when_the_process_starts(envs, redis_conn):
+    backends._instance.cache_clear()  # a freshly booted process
     Application.objects.create(name="boot_app")
     redis_conn.flushdb()
     discovery.EnsureConfigCacheMiddleware(lambda request: None)  # what WSGIHandler() does at boot

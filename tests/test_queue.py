@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps_registry.api import schema_check
-from apps_registry.control import start_queue
+from apps_registry.control.start_queue import enqueue, job
 from tests import services
 from tests.processes import PYTHON, Process, manage, wait_until
 from worker_agent.hosting import app_databases
@@ -110,9 +110,7 @@ class QueueWorkers:
         """Until every live queue worker listens: a job must not find only the first one up."""
         from rq import Worker
 
-        from apps_registry.control import start_queue
-
-        queue = start_queue.get_queue()
+        queue = enqueue.get_queue()
         alive = sum(1 for p in self.processes if p.alive())
         wait_until(
             lambda: Worker.count(queue=queue) >= alive, timeout=30, interval=0.05, message="queue workers listening"
@@ -215,22 +213,20 @@ def rq_jobs(app: str) -> list:
     from rq.job import Job
     from rq.registry import FinishedJobRegistry
 
-    from apps_registry.control import start_queue
-
-    queue = start_queue.get_queue()
-    ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if start_queue.app_of_job(i) == app]
+    queue = enqueue.get_queue()
+    ids = [i for i in FinishedJobRegistry(queue=queue).get_job_ids() if enqueue.app_of_job(i) == app]
     return [job for job in Job.fetch_many(ids, connection=queue.connection) if job is not None]
 
 
 def test_start_order_is_stable_per_app_and_spreads_first_starts():
     names = [f"app{i}" for i in range(40)]
-    orders = [start_queue.start_order(name, ["env_b", "env_a"]) for name in names]
+    orders = [job.start_order(name, ["env_b", "env_a"]) for name in names]
     assert all(sorted(order) == ENVS for order in orders)
-    assert orders == [start_queue.start_order(name, ENVS) for name in names]  # same in every call
+    assert orders == [job.start_order(name, ENVS) for name in names]  # same in every call
     firsts = [order[0] for order in orders]
     assert 10 <= firsts.count("env_a") <= 30, firsts  # both environments take first starts
     three = ["env_a", "env_b", "env_c"]
-    assert {tuple(start_queue.start_order(name, three)) for name in names} == {
+    assert {tuple(job.start_order(name, three)) for name in names} == {
         ("env_a", "env_b", "env_c"),
         ("env_b", "env_c", "env_a"),
         ("env_c", "env_a", "env_b"),
@@ -245,7 +241,7 @@ def test_one_app_starts_one_environment_after_another(api, workers, cluster):
     # The job's first environment first; the second (possibly twice: its reconciliation and
     # the command, one after the other) only after the first finished, and not even asked
     # before then.
-    first, second = start_queue.start_order("q_serial", ENVS)
+    first, second = job.start_order("q_serial", ENVS)
     assert rows[0][0] == first and {r[0] for r in rows} == {first, second}
     (second_issued,) = start_commands("q_serial", second)
     assert second_issued >= rows[0][2]
@@ -310,7 +306,7 @@ def test_a_start_that_takes_too_long_times_out_visibly(api, workers, cluster):
 
 def test_queue_worker_killed_mid_start_is_recovered(api, workers, cluster):
     (victim,) = workers.start(1)
-    first, second = start_queue.start_order("q_killed", ENVS)
+    first, second = job.start_order("q_killed", ENVS)
     request_id = api.create("q_killed")
     wait_until(
         lambda: api.statuses("q_killed")["statuses"] == {first: "starting", second: "queued"},

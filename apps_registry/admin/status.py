@@ -36,10 +36,11 @@ def _refresh() -> None:
     if not redis_client.configured():
         return
     try:
-        from apps_registry.control import ingest, start_queue
+        from apps_registry.control import ingest
+        from apps_registry.control.start_queue import recovery
 
         ingest.ingest()
-        start_queue.recover_throttled()
+        recovery.recover_throttled()
     except Exception:  # show what the database says
         log.warning("status refresh failed", exc_info=True)
 
@@ -48,9 +49,9 @@ def _queue_positions() -> dict[str, int]:
     if not redis_client.configured():
         return {}
     try:
-        from apps_registry.control import start_queue
+        from apps_registry.control.start_queue import enqueue
 
-        return start_queue.queue_positions()
+        return enqueue.queue_positions()
     except Exception:
         log.warning("could not read the start queue", exc_info=True)
         return {}

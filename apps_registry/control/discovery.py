@@ -31,6 +31,7 @@ from django.core.exceptions import MiddlewareNotUsed
 from django.db import connection
 from django.utils import timezone
 
+from apps_registry import backends
 from apps_registry.control import redis_client, specs
 
 log = logging.getLogger(__name__)
@@ -299,19 +300,9 @@ class RemoteDiscovery:
         return self._read_all(self._envs, self._env_key(""))
 
 
-_adapter: Discovery | None = None
-_adapter_lock = threading.Lock()
-
-
 def get_discovery() -> Discovery:
     """The adapter named by APP_DISCOVERY_ADAPTER (one per process)."""
-    global _adapter
-    if _adapter is None:
-        with _adapter_lock:
-            if _adapter is None:
-                remote = settings.APP_CONFIG.discovery_adapter == "remote"
-                _adapter = RemoteDiscovery() if remote else LocalDiscovery()
-    return _adapter
+    return backends.discovery()
 
 
 class EnsureConfigCacheMiddleware:

@@ -156,11 +156,11 @@ def _apply_ack(payload: dict) -> None:
     if not request_id or not is_valid_name(env):
         return
     if result == "superseded":
-        actions.finish_request(request_id, error=f"{env}: superseded by a newer request")
+        actions.close_request(request_id, error=f"{env}: superseded by a newer request")
     elif result == "expired":
-        actions.finish_request(request_id, error=f"{env}: the command expired before the worker picked it up")
+        actions.close_request(request_id, error=f"{env}: the command expired before the worker picked it up")
     elif result != "ok":
-        actions.finish_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
+        actions.close_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
     else:
         wanted = (
             AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING)
@@ -174,7 +174,7 @@ def _apply_ack(payload: dict) -> None:
         pipe.hset(key, env, "ok").expire(key, REQUEST_ACKS_TTL).hkeys(key)
         acked = set(pipe.execute()[-1])
         if set(wanted or [env]) <= acked:
-            actions.finish_request(request_id)
+            actions.close_request(request_id)
 
 
 def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:

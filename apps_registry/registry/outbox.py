@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 import redis
 from django.db import connection, transaction
 
-from apps_registry.models import Application, Environment
+from apps_registry import backends
+from apps_registry.models import Application, AuditEntry, Environment
+from apps_registry.registry.requests import close_request
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,8 @@ def _pending() -> dict[str, tuple[str, str, list[str]]]:
 def require_channel(action: str, app: str) -> None:
     """Refuse, before anything changes, a request that cannot be carried out later from the
     registry alone (a delete: once the app is gone, no worker would learn to unload it)."""
-    from django.conf import settings
-
-    from apps_registry.control import redis_client
-
-    if settings.APP_CONFIG.process_adapter != "remote":
-        return
     try:
-        redis_client.commands().ping()
+        backends.runner().check_channel()
     except redis.RedisError as error:
         raise NotDelivered(
             f"Redis (the command channel) is unavailable: the {action} of {app} is refused and nothing was "
@@ -84,9 +80,6 @@ def _outcome(action: str, app: str, envs: list[str]) -> str:
 
 
 def _close_undelivered(error: Exception) -> NotDelivered | None:
-    from apps_registry.models import AuditEntry
-    from apps_registry.registry import actions
-
     requests, _local.requests = _pending(), {}
     summaries = []
     for request_id, (action, app, envs) in requests.items():
@@ -99,7 +92,7 @@ def _close_undelivered(error: Exception) -> NotDelivered | None:
             )
             continue
         outcome = _outcome(action, app, envs)
-        actions.close_undelivered_request(request_id, error=f"{NOT_DELIVERED} ({error}); {outcome}")
+        close_request(request_id, error=f"{NOT_DELIVERED} ({error}); {outcome}", override=True)
         summaries.append(f"the {action} of {app} was not delivered: {outcome}")
     if not summaries:
         return None
@@ -138,15 +131,11 @@ def _on_commit(call: Callable[[], object], request: tuple[str, str, str, Sequenc
 
 
 def _discovery():
-    from apps_registry.control.discovery import get_discovery
-
-    return get_discovery()
+    return backends.discovery()
 
 
 def _process():
-    from apps_registry.control.runners.remote import get_process_adapter
-
-    return get_process_adapter()
+    return backends.runner()
 
 
 def publish_app(app: Application) -> None:

@@ -15,6 +15,7 @@ import threading
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.utils.module_loading import import_string
 
 from apps_registry.names import is_valid_name
 from worker_agent.hosting import app_databases, local_state
@@ -37,9 +38,8 @@ def on_stopped_app_visit(name: str) -> str | None:
     """
     if settings.APP_MODE != "standalone":
         return None
-    from apps_registry.control.first_visit import start_on_first_visit
-
-    return start_on_first_visit(name)
+    # The registry's handler, named in settings: hosting does not import the control plane.
+    return import_string(settings.APP_FIRST_VISIT_HANDLER)(name)
 
 
 class _Route:

@@ -12,10 +12,8 @@ workers only.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,10 +21,13 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connections
 
-from apps_registry.control.start_queue import SUPERSEDED, StartJob
+from apps_registry.control import specs
+from apps_registry.control.start_queue.job import SUPERSEDED, StartJob
 from apps_registry.models import Application, AppStatus
 from apps_registry.names import validate_app_name
 from apps_registry.registry import actions
+from worker_agent.hosting import runtime
+from worker_agent.hosting.file_lock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -43,53 +44,18 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-class FileLock:
-    """A per-app lock on ``<storage>/locks/start-<app>.lock`` (flock): excludes threads and
-    processes alike and is released by the kernel if the process dies."""
-
-    def __init__(self, app_name: str):
-        validate_app_name(app_name)
-        folder = Path(settings.APP_CONFIG.storage_dir) / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"start-{app_name}.lock"
-        self.lost = threading.Event()  # a flock cannot be lost while the process lives
-        self._file = None
-
-    def acquire(self, wait: float = 0.0) -> bool:
-        handle = open(self.path, "a+")  # noqa: SIM115 - kept open while the lock is held
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._file = handle
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.close()
-                    return False
-                time.sleep(0.02)
-
-    def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+def _start_lock(app_name: str) -> FileLock:
+    """The app's start lock, ``<storage>/locks/start-<app>.lock``: excludes the threads and web
+    processes of this instance alike."""
+    validate_app_name(app_name)
+    folder = Path(settings.APP_CONFIG.storage_dir) / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder / f"start-{app_name}.lock")
 
 
 def _spec(app_name: str) -> dict:
-    from apps_registry.control.discovery import get_discovery
-
-    spec = get_discovery().get_app(app_name) if hasattr(get_discovery(), "get_app") else None
-    if spec:
-        return spec
-    app = Application.objects.prefetch_related("placements__environment").get(name=app_name)
-    return {
-        "name": app.name,
-        "display_name": app.display_name,
-        "options": app.options,
-        "generation": app.generation,
-        "environments": {p.environment.name: {"desired_running": p.desired_running} for p in app.placements.all()},
-    }
+    """The app's AppSpec, read from the registry (this process is the registry)."""
+    return specs.app_spec(specs.applications().get(name=app_name))
 
 
 def _in_thread(fn: Callable[[], object]) -> Callable[[], None]:
@@ -107,20 +73,23 @@ def _in_thread(fn: Callable[[], object]) -> Callable[[], None]:
 class LocalProcessAdapter:
     """Process adapter of standalone mode."""
 
-    # --- the dispatch interface ---
+    # --- the outbox's interface ---
+
+    def check_channel(self) -> None:
+        """Nothing to reach: requests run in this process."""
 
     def start(self, app_pk: int, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
         name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
         if name is None:
-            return self._submit(lambda: actions.finish_request(request_id, error="application deleted"))
+            return self._submit(lambda: actions.close_request(request_id, error="application deleted"))
         job = StartJob(
             name,
             environments,
             generation=generation,
             request_id=request_id,
             starter=self.start_on_environment,
-            ingest=lambda: None,
-            lock=FileLock(name),
+            ingest=lambda: None,  # statuses are recorded in this process as they change
+            lock=_start_lock(name),
         )
         return self._submit(lambda: job.run(lock_wait=1.0, requeue=False))
 
@@ -134,8 +103,6 @@ class LocalProcessAdapter:
         self, name: str, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
     ) -> Future:
         def remove_here(env: str) -> None:
-            from worker_agent.hosting import runtime
-
             runtime.remove_app(name, drop_data=drop_data)
             actions.record_app_status(name, env, AppStatus.STOPPED)
 
@@ -150,8 +117,6 @@ class LocalProcessAdapter:
     ) -> str | None:
         """Initialise the app in this process; returns an error message or None. The status
         is recorded here, so the job's wait ends at once."""
-        from worker_agent.hosting import runtime
-
         try:
             runtime.start_app(_spec(app_name))
         except runtime.AppStartError as error:
@@ -171,14 +136,10 @@ class LocalProcessAdapter:
         return _executor().submit(_in_thread(fn))
 
     def _stop_here(self, name: str, env: str) -> None:
-        from worker_agent.hosting import runtime
-
         runtime.stop_app(name)
         actions.record_app_status(name, env, AppStatus.STOPPED)
 
     def _restart_here(self, name: str, env: str) -> None:
-        from worker_agent.hosting import runtime
-
         runtime.stop_app(name)
         actions.record_app_status(name, env, AppStatus.STARTING)
         self.start_on_environment(name, env, generation=0, request_id="", timeout=0)
@@ -192,12 +153,12 @@ class LocalProcessAdapter:
         operation: Callable[[str, str], None],
         deleted_ok: bool = False,
     ) -> None:
-        lock = FileLock(name)
+        lock = _start_lock(name)
         lock.acquire(wait=24 * 3600)
         try:
             current = Application.objects.filter(name=name).values_list("generation", flat=True).first()
             if (current is None and not deleted_ok) or (current is not None and current != generation):
-                actions.finish_request(request_id, error=SUPERSEDED)
+                actions.close_request(request_id, error=SUPERSEDED)
                 return
             errors = []
             for env in sorted(environments):
@@ -206,6 +167,6 @@ class LocalProcessAdapter:
                 except Exception as error:
                     log.exception("%s on %s failed", name, env)
                     errors.append(f"{env}: {error}")
-            actions.finish_request(request_id, error="; ".join(errors))
+            actions.close_request(request_id, error="; ".join(errors))
         finally:
             lock.release()

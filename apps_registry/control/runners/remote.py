@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from django.conf import settings
 
 from apps_registry.control import channel, redis_client
+from apps_registry.control.start_queue.enqueue import enqueue_start
 from apps_registry.models import Application
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,17 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
 class RemoteProcessAdapter:
     """Commands to the workers over Redis."""
 
+    def check_channel(self) -> None:
+        """Raise a Redis error if the command channel cannot be reached now."""
+        redis_client.commands().ping()
+
     def start(self, app_pk: int, environments: Sequence[str], *, generation: int, request_id: str) -> None:
         """Queue the start on ``app_starts`` (called after commit); the job walks the
         environments one after another under the app's lock (``apps_registry.control.start_queue``)."""
-        from apps_registry.control import start_queue
-
         name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
         if name is None:
             return
-        start_queue.enqueue_start(name, environments, generation=generation, request_id=request_id)
+        enqueue_start(name, environments, generation=generation, request_id=request_id)
 
     def _send(self, action: str, name: str, environments: Sequence[str], **fields) -> list[str]:
         return [channel.send_command(env, action, name, **fields) for env in environments]
@@ -92,11 +95,3 @@ class RemoteProcessAdapter:
         return self._send(
             "remove", name, environments, generation=generation, request_id=request_id, drop_data=drop_data
         )
-
-
-def get_process_adapter():
-    if settings.APP_CONFIG.process_adapter == "remote":
-        return RemoteProcessAdapter()
-    from apps_registry.control.runners.local import LocalProcessAdapter
-
-    return LocalProcessAdapter()

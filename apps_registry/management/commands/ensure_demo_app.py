@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError
 
+from apps_registry.control import ingest, redis_client
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.names import validate_app_name
 from apps_registry.registry import actions
@@ -19,12 +20,9 @@ from supervisor_site import catalogue
 
 
 def _ingest() -> None:
-    """Apply pending worker events (registrations, statuses) when the ingester exists."""
-    try:
-        from apps_registry.control.ingest import ingest
-    except ImportError:
-        return
-    ingest()
+    """Apply pending worker events (registrations, statuses) when Redis carries them."""
+    if redis_client.configured():
+        ingest.ingest()
 
 
 class Command(BaseCommand):

@@ -1,0 +1,172 @@
+"""One start request for one app, run under the app's lock by a queue worker (``worker``) or
+in-process by the standalone runner. Its collaborators — how to start the app on one
+environment, how to take in the workers' reports, which lock — are given to it."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from django.conf import settings
+
+from apps_registry.control.start_queue.enqueue import enqueue_start
+from apps_registry.models import AppEnvironment, Application, AppStatus
+from apps_registry.registry import actions
+
+log = logging.getLogger(__name__)
+
+# How long a job waits for another job's lock on the same app before requeueing itself.
+LOCK_WAIT = 1.0
+SETTLED = (AppStatus.RUNNING, AppStatus.ERROR, AppStatus.STOPPED)
+SUPERSEDED = "superseded by a later request"
+
+# (app, environment, *, generation, request_id, timeout) -> error message or None
+Starter = Callable[..., str | None]
+
+
+class Lock(Protocol):
+    lost: object  # a threading.Event: set when the lock was lost while held
+
+    def acquire(self, wait: float = 0.0) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+def start_order(app_name: str, environments: Sequence[str]) -> list[str]:
+    """The order in which one app's environments are started (one after another).
+
+    A first start initialises the app's shared database, CPU work done by one agent process;
+    if every app began with the alphabetically first environment, that agent would do all of
+    it while the others wait. Rotating name order by a stable hash of the app's name (crc32:
+    the same in every process, unlike ``hash()``) spreads first initialisations over the
+    environments, and a retried or requeued job of the app keeps the same order."""
+    names = sorted(environments)
+    if len(names) < 2:
+        return names
+    shift = zlib.crc32(app_name.encode()) % len(names)
+    return names[shift:] + names[:shift]
+
+
+class StartJob:
+    """One start request for one app, executed under the app's lock: ``starter`` starts it on
+    one environment (a command to a worker, or the runtime in this process), ``ingest`` takes in
+    the workers' reports before the job reads a status, ``lock`` is the app's start lock."""
+
+    def __init__(
+        self,
+        app_name: str,
+        environments: Sequence[str],
+        *,
+        generation: int,
+        request_id: str,
+        starter: Starter,
+        ingest: Callable[[], object],
+        lock: Lock,
+    ):
+        self.app_name = app_name
+        self.environments = start_order(app_name, environments)
+        self.generation = generation
+        self.request_id = request_id
+        self.starter = starter
+        self.ingest = ingest
+        self.lock = lock
+
+    def _current_generation(self) -> int | None:
+        return Application.objects.filter(name=self.app_name).values_list("generation", flat=True).first()
+
+    def _outdated(self) -> str | None:
+        current = self._current_generation()
+        if current is None:
+            actions.close_request(self.request_id, error="application deleted before it started")
+            return "gone"
+        if current != self.generation:
+            actions.close_request(self.request_id, error=SUPERSEDED)
+            return "superseded"
+        return None
+
+    def run(self, attempt: int = 0, lock_wait: float = LOCK_WAIT, requeue: bool = True) -> str:
+        """Start the app on each environment in turn. If another job holds the app's lock:
+        requeue (queue workers) or keep waiting while still the latest request (in-process)."""
+        outdated = self._outdated()
+        if outdated:
+            return outdated
+        lock = self.lock
+        while not lock.acquire(wait=lock_wait):
+            if requeue:
+                # An older job of this app is finishing its current environment: wait our turn
+                # at the back of the queue rather than holding a queue worker.
+                enqueue_start(
+                    self.app_name,
+                    self.environments,
+                    generation=self.generation,
+                    request_id=self.request_id,
+                    attempt=attempt + 1,
+                )
+                return "requeued"
+            outdated = self._outdated()
+            if outdated:
+                return outdated
+        try:
+            return self._run_locked(lock)
+        finally:
+            lock.release()
+
+    def _run_locked(self, lock: Lock) -> str:
+        errors: list[str] = []
+        for env in self.environments:
+            if lock.lost.is_set():
+                errors.append("start lock lost (queue worker stalled); retry the start")
+                break
+            outcome = actions.begin_environment_start(self.app_name, env, generation=self.generation)
+            if outcome == "superseded":
+                actions.close_request(self.request_id, error=SUPERSEDED)
+                return "superseded"
+            if outcome != "starting":
+                continue
+            error = self._start_one(env)
+            if error:
+                errors.append(f"{env}: {error}")
+        actions.close_request(self.request_id, error="; ".join(errors), override=True)
+        return "error" if errors else "ok"
+
+    def _start_one(self, env: str) -> str | None:
+        timeout = settings.APP_CONFIG.start_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            error = self.starter(
+                self.app_name, env, generation=self.generation, request_id=self.request_id, timeout=timeout
+            )
+        except Exception as exc:  # the adapter failed to reach the environment
+            log.exception("start of %s on %s failed", self.app_name, env)
+            error = f"could not send the start: {exc}"
+        if error:
+            actions.record_app_status(self.app_name, env, AppStatus.ERROR, error=error)
+            return error
+        # Even if a later request supersedes us meanwhile, wait for this environment to settle:
+        # the next start of this app must not begin while this initialisation may still run.
+        while True:
+            status, error = self._status(env)
+            if status is None:
+                return None  # placement deleted
+            if status in SETTLED:
+                return error if status == AppStatus.ERROR else None
+            if time.monotonic() >= deadline:
+                message = f"start timed out after {timeout:g} s"
+                actions.record_app_status(self.app_name, env, AppStatus.ERROR, error=message)
+                return message
+            time.sleep(0.05)
+
+    def _status(self, env: str) -> tuple[str | None, str]:
+        try:
+            self.ingest()
+        except Exception:  # status stays as it is in the DB; the next poll tries again
+            log.warning("event ingest failed", exc_info=True)
+        row = (
+            AppEnvironment.objects.filter(application__name=self.app_name, environment__name=env)
+            .values_list("status", "error")
+            .first()
+        )
+        return row if row else (None, "")

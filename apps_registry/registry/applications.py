@@ -1,0 +1,249 @@
+"""Applications: create, edit, place, delete; start, stop, restart and unload requests.
+
+Every request bumps the app's generation under its row lock, is audited, and reaches the
+workers through the outbox after commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import models, transaction
+from django.utils import timezone
+
+from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
+from apps_registry.registry import outbox
+from apps_registry.registry.requests import acting_user, audit, new_request_id
+
+# Statuses from which a start may be requested: anything that is not already on its way up.
+STARTABLE = (AppStatus.STOPPED, AppStatus.ERROR, AppStatus.STOPPING)
+ACTIVE = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
+
+
+def _bump_generation(app: Application) -> int:
+    """Take the app's row lock and bump its generation: requests for one app are serialised
+    and numbered, so a command or queued start that carries an older number is stale."""
+    locked = Application.objects.select_for_update().only("pk", "generation").get(pk=app.pk)
+    generation = locked.generation + 1
+    Application.objects.filter(pk=app.pk).update(generation=generation)
+    app.generation = generation
+    return generation
+
+
+def _placements(app: Application, environments: Sequence[str] | None) -> list[AppEnvironment]:
+    placements = AppEnvironment.objects.filter(application=app).select_related("environment")
+    if environments is not None:
+        placements = placements.filter(environment__name__in=list(environments))
+    return sorted(placements, key=lambda p: p.environment.name)
+
+
+# --- Applications -------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_application(
+    *,
+    name: str,
+    environments: Sequence[Environment],
+    user: AbstractBaseUser | None = None,
+    display_name: str = "",
+    description: str = "",
+    options: dict | None = None,
+    via: str = "admin",
+) -> Application:
+    app = Application(
+        name=name,
+        display_name=display_name or name,
+        description=description,
+        options=options or {},
+        created_by=acting_user(user),
+        updated_by=acting_user(user),
+    )
+    app.full_clean()
+    app.save()
+    AppEnvironment.objects.bulk_create(AppEnvironment(application=app, environment=env) for env in environments)
+    audit("create", user=user, app_name=name, environments=[e.name for e in environments], via=via)
+    outbox.publish_app(app)
+    return app
+
+
+@transaction.atomic
+def set_application_environments(
+    app: Application, environments: Sequence[Environment], user: AbstractBaseUser | None = None, via: str = "admin"
+) -> None:
+    """Place the app on exactly these environments; removed ones get a remove command."""
+    wanted = {env.pk: env for env in environments}
+    current = {p.environment_id: p for p in _placements(app, None)}
+    added = [env for pk, env in wanted.items() if pk not in current]
+    removed = [p for pk, p in current.items() if pk not in wanted]
+    AppEnvironment.objects.bulk_create(AppEnvironment(application=app, environment=env) for env in added)
+    if removed:
+        request_remove(app, user, environments=[p.environment.name for p in removed], via=via)
+        AppEnvironment.objects.filter(pk__in=[p.pk for p in removed]).delete()
+    if added or removed:
+        audit(
+            "set_environments",
+            user=user,
+            app_name=app.name,
+            environments=[env.name for env in environments],
+            via=via,
+        )
+    outbox.publish_app(app)
+
+
+@transaction.atomic
+def update_application(app: Application, user: AbstractBaseUser | None = None, via: str = "admin") -> None:
+    """Save edited descriptive fields (display name, description, options)."""
+    app.updated_by = acting_user(user)
+    app.full_clean()
+    Application.objects.filter(pk=app.pk).update(
+        display_name=app.display_name,
+        description=app.description,
+        options=app.options,
+        updated_by=app.updated_by,
+        updated_at=timezone.now(),
+    )
+    audit("update", user=user, app_name=app.name, via=via)
+    outbox.publish_app(app)
+
+
+@transaction.atomic
+def delete_application(
+    app: Application, user: AbstractBaseUser | None = None, *, drop_data: bool = False, via: str = "admin"
+) -> str:
+    """Remove the app from every environment, then from the registry."""
+    outbox.require_channel("delete", app.name)
+    envs = [p.environment.name for p in _placements(app, None)]
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    if envs:
+        outbox.send_remove(app, envs, generation=generation, request_id=request_id, drop_data=drop_data)
+    audit(
+        "delete_with_data" if drop_data else "delete",
+        user=user,
+        app_name=app.name,
+        environments=envs,
+        request_id=request_id,
+        via=via,
+    )
+    name = app.name
+    app.delete()
+    outbox.unpublish_app(name)
+    return request_id
+
+
+# --- Start, stop, restart, remove ---------------------------------------------------------
+
+
+@transaction.atomic
+def request_start(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    """Queue a start of the app on its environments (one after another, by the start queue)."""
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    now = timezone.now()
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids, status__in=STARTABLE).update(
+        status=AppStatus.QUEUED, error="", status_changed_at=now, queued_at=now
+    )
+    names = [p.environment.name for p in placements]
+    # desired_running is set per environment by the start job as it reaches each one, so a
+    # worker's reconciliation never starts the app ahead of the queue.
+    audit("start", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    outbox.send_start(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_stop(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    now = timezone.now()
+    # One UPDATE (this is the command round trip's hot path): a queued start that has not
+    # begun is simply withdrawn, a starting or running app is on its way down.
+    moving = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
+    AppEnvironment.objects.filter(pk__in=ids).update(
+        status=models.Case(
+            models.When(status=AppStatus.QUEUED, then=models.Value(AppStatus.STOPPED)),
+            models.When(status__in=moving, then=models.Value(AppStatus.STOPPING)),
+            default=models.F("status"),
+        ),
+        status_changed_at=models.Case(
+            models.When(status__in=moving, then=models.Value(now)), default=models.F("status_changed_at")
+        ),
+        queued_at=models.Case(models.When(status__in=moving, then=models.Value(None)), default=models.F("queued_at")),
+        desired_running=False,
+    )
+    names = [p.environment.name for p in placements]
+    audit("stop", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    outbox.publish_app(app)
+    outbox.send_stop(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_restart(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    via: str = "admin",
+) -> str:
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=True)
+    names = [p.environment.name for p in placements]
+    audit("restart", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    outbox.publish_app(app)
+    outbox.send_restart(app, names, generation=generation, request_id=request_id)
+    return request_id
+
+
+@transaction.atomic
+def request_remove(
+    app: Application,
+    user: AbstractBaseUser | None = None,
+    *,
+    environments: Sequence[str] | None = None,
+    drop_data: bool = False,
+    via: str = "admin",
+) -> str:
+    """Stop the app on these environments and unload it there (data kept unless drop_data)."""
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    placements = _placements(app, environments)
+    ids = [p.pk for p in placements]
+    AppEnvironment.objects.filter(pk__in=ids).exclude(status=AppStatus.STOPPED).update(
+        status=AppStatus.STOPPING, status_changed_at=timezone.now(), queued_at=None
+    )
+    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=False)
+    names = [p.environment.name for p in placements]
+    audit(
+        "remove_with_data" if drop_data else "remove",
+        user=user,
+        app_name=app.name,
+        environments=names,
+        result="pending",
+        request_id=request_id,
+        via=via,
+    )
+    outbox.publish_app(app)
+    outbox.send_remove(app, names, generation=generation, request_id=request_id, drop_data=drop_data)
+    return request_id

@@ -1,0 +1,128 @@
+"""Environments: registration and heartbeats from their agents, and the operator's enable,
+disable and forget."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import models, transaction
+from django.utils import timezone
+
+from apps_registry.models import Environment
+from apps_registry.registry import outbox
+from apps_registry.registry.bulk import chunks, per_row
+from apps_registry.registry.requests import audit
+
+
+def register_environment(
+    *,
+    name: str,
+    url: str,
+    proxy_url: str = "",
+    version: str = "",
+    host: str = "",
+    pid: int | None = None,
+    apps_running: Sequence[str] = (),
+    at: dt.datetime | None = None,
+) -> Environment:
+    """A worker announced itself (start-up or heartbeat): create or refresh its record."""
+    at = at or timezone.now()
+    fields = {
+        "url": url,
+        "proxy_url": proxy_url,
+        "version": version,
+        "host": host,
+        "pid": pid,
+        "apps_running": sorted(apps_running),
+        "last_heartbeat": at,
+        "stopped_at": None,
+    }
+    env, created = Environment.objects.get_or_create(name=name, defaults={**fields, "first_seen": at})
+    if created:
+        audit("environment_registered", app_name="", environments=[name], via="worker")
+    else:
+        Environment.objects.filter(pk=env.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(env, key, value)
+    outbox.publish_environment(env)
+    return env
+
+
+# A heartbeat that changes nothing but ``last_heartbeat``, by less than this, is not written:
+# liveness reads the lease in Redis, the database's beat is only its fallback.
+HEARTBEAT_RESOLUTION = dt.timedelta(seconds=1)
+_DESCRIPTIVE = ("url", "proxy_url", "version", "host", "pid", "apps_running")
+
+
+def refresh_environments(reports: Sequence[dict]) -> int:
+    """Apply many workers' registrations and heartbeats at once, at most one per environment
+    (the newest). Each report holds ``register_environment``'s keyword arguments plus
+    ``announce`` (True for a ``register`` event: the agent started or Redis came back).
+
+    One read of the environments, then: a beat that only moves ``last_heartbeat`` forward is
+    written for every such environment in one guarded UPDATE (never moved backwards by an
+    older report applied late) and skipped if it moves it by less than HEARTBEAT_RESOLUTION;
+    a new environment, a changed description or an announcement goes through
+    ``register_environment`` (audit, cache publish); a report older than a deregistration
+    already recorded is ignored. Returns how many environments were written."""
+    latest: dict[str, dict] = {}
+    for report in reports:
+        latest[report["name"]] = report
+    if not latest:
+        return 0
+    existing = {env.name: env for env in Environment.objects.filter(name__in=list(latest))}
+    beats: dict[int, dt.datetime] = {}
+    written = 0
+    for name, report in latest.items():
+        fields = {key: value for key, value in report.items() if key != "announce"}
+        fields["apps_running"] = sorted(fields.get("apps_running") or ())
+        at = fields["at"]
+        env = existing.get(name)
+        if env is not None and env.stopped_at is not None and env.stopped_at > at:
+            continue  # a later deregistration is recorded: this beat must not bring it back
+        unchanged = (
+            env is not None
+            and env.stopped_at is None
+            and not report.get("announce")
+            and all(getattr(env, key) == fields[key] for key in _DESCRIPTIVE)
+        )
+        if not unchanged:
+            register_environment(**fields)
+            written += 1
+        elif env.last_heartbeat is None or at - env.last_heartbeat >= HEARTBEAT_RESOLUTION:
+            beats[env.pk] = at
+    field = Environment._meta.get_field("last_heartbeat")
+    for chunk in chunks(sorted(beats)):
+        at = per_row({pk: beats[pk] for pk in chunk}, field)
+        written += (
+            Environment.objects.filter(pk__in=chunk)
+            .filter(models.Q(last_heartbeat__isnull=True) | models.Q(last_heartbeat__lt=at))
+            .update(last_heartbeat=at)
+        )
+    return written
+
+
+def deregister_environment(name: str, *, at: dt.datetime | None = None) -> bool:
+    """The worker's agent stopped cleanly (SIGTERM)."""
+    updated = Environment.objects.filter(name=name).update(stopped_at=at or timezone.now())
+    if updated:
+        audit("environment_stopped", environments=[name], via="worker")
+    return bool(updated)
+
+
+def set_environment_enabled(env: Environment, enabled: bool, user: AbstractBaseUser | None = None) -> None:
+    Environment.objects.filter(pk=env.pk).update(enabled=enabled)
+    env.enabled = enabled
+    audit("environment_enabled" if enabled else "environment_disabled", user=user, environments=[env.name])
+    outbox.publish_environment(env)
+
+
+@transaction.atomic
+def forget_environment(env: Environment, user: AbstractBaseUser | None = None) -> None:
+    """Drop an environment from the registry (it registers again if its agent comes back)."""
+    name = env.name
+    env.delete()
+    audit("environment_forgotten", user=user, environments=[name])
+    outbox.unpublish_environment(name)
