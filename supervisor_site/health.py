@@ -49,7 +49,7 @@ def _metrics_allowed(request: HttpRequest) -> bool:
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    from apps_registry.observability.metrics import render
+    from apps_registry.observability.exposition import render
 
     if not _metrics_allowed(request):
         config = settings.APP_CONFIG
@@ -58,5 +58,10 @@ def metrics(request: HttpRequest) -> HttpResponse:
         else:
             reason = "metrics need a bearer token (METRICS_TOKEN) or an allowed address (METRICS_ALLOWED_IPS)"
         return HttpResponse(reason + "\n", status=403, content_type="text/plain")
-    body, content_type = render()
+    if settings.APP_MODE == "worker":
+        from worker_agent.hosting.metrics import HOSTED_APPS
+
+        body, content_type = render(HOSTED_APPS)
+    else:
+        body, content_type = render()
     return HttpResponse(body, content_type=content_type)
