@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from apps_registry.names import is_valid_name
+
 MODES = ("standalone", "supervisor", "worker")
 ADAPTERS = ("local", "remote")
 COMMAND_ADAPTERS = ("redis",)
@@ -29,7 +31,6 @@ MODE_DEFAULTS = {
     "worker": {"discovery": "remote", "process": "local", "command": "redis"},
 }
 
-IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 REDIS_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,40}$")
 
 
@@ -166,7 +167,7 @@ class _Reader:
             if required:
                 raise ConfigError(f"{name} is required here: an identifier such as env_a")
             return ""
-        if not IDENTIFIER_RE.match(value):
+        if not is_valid_name(value):
             raise ConfigError(
                 f"{name} must start with a lowercase letter, then lowercase letters, digits "
                 f"or _, at most 40 characters (got {value!r})"

@@ -29,9 +29,6 @@ ENV_PARAM = "env"
 _FORBIDDEN_ENCODINGS = ("%2f", "%2e", "%5c", "%00")
 _CONTROL = frozenset(chr(c) for c in range(0x20)) | {"\x7f", "\\"}
 
-# How long a browser should wait before trying again, by the app's status.
-RETRY_AFTER = {AppStatus.QUEUED: 5, AppStatus.STARTING: 5, AppStatus.STOPPING: 5, AppStatus.STOPPED: 10}
-
 
 @dataclass(frozen=True)
 class Placement:

@@ -44,6 +44,7 @@ from apps_registry.observability import metrics
 from apps_registry.proxy import pages, routing
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, Placement
 from supervisor_site.forwarded import PEER_ADDR
+from supervisor_site.retry_after import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class AppProxyView(ProxyView):
             status = decision.status
             if status == AppStatus.STOPPED:
                 status = routing.on_stopped_app_visit(route.as_application()) or status
-            return pages.unavailable(request, route, status, routing.RETRY_AFTER.get(status, 30))
+            return pages.unavailable(request, route, status, retry_after(status))
 
         placement = decision.placement
         assert placement is not None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import logging
 import os
@@ -34,6 +33,7 @@ from django.db import connections
 
 from supervisor_site import catalogue
 from worker_agent.hosting.db_router import alias_for, set_enabled_modules
+from worker_agent.hosting.file_lock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -322,22 +322,13 @@ def _sqlite_create(db: AppDatabase, template_source: TemplateSource | None) -> s
 @contextmanager
 def _sqlite_lock(db: AppDatabase, timeout: float) -> Iterator[None]:
     # A file lock only protects processes on this machine: SQLite apps are not shared anyway.
-    with open(f"{db.name}.init-lock", "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DatabaseError(
-                        f"timed out after {timeout:g} s waiting for another initialisation of {db.label}"
-                    ) from None
-                time.sleep(LOCK_POLL)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(f"{db.name}.init-lock")
+    if not lock.acquire(wait=timeout):
+        raise DatabaseError(f"timed out after {timeout:g} s waiting for another initialisation of {db.label}")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _sqlite_drop(db: AppDatabase) -> None:

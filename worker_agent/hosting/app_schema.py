@@ -10,7 +10,6 @@ rebuilt on demand, so dropping one is always safe (docs/hosting.md, "Schema temp
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -27,6 +26,7 @@ from django.db.migrations.loader import MigrationLoader
 
 from worker_agent.hosting import app_databases as dbs
 from worker_agent.hosting.db_router import APP_SHARED_LABELS, alias_for
+from worker_agent.hosting.file_lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +98,19 @@ def build_sqlite_template(db: dbs.AppDatabase, modules: frozenset[str]) -> str:
     path = folder / f"{template_name(modules)}.sqlite3"
     if path.exists():
         return str(path)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.exists():
-                return str(path)
-            building = Path(f"{path}.building")
-            building.unlink(missing_ok=True)
-            # Without the WAL journal mode: the template must be one self-contained file to copy.
-            options = {k: v for k, v in db.settings.get("OPTIONS", {}).items() if k != "init_command"}
-            settings_ = {**db.settings, "NAME": str(building), "OPTIONS": options}
-            _migrate_template(
-                dbs.AppDatabase(app=path.stem, alias=alias_for(path.stem), vendor=db.vendor, settings=settings_),
-                modules,
-            )
-            os.replace(building, path)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(f"{path}.lock"):
+        if path.exists():
+            return str(path)
+        building = Path(f"{path}.building")
+        building.unlink(missing_ok=True)
+        # Without the WAL journal mode: the template must be one self-contained file to copy.
+        options = {k: v for k, v in db.settings.get("OPTIONS", {}).items() if k != "init_command"}
+        settings_ = {**db.settings, "NAME": str(building), "OPTIONS": options}
+        _migrate_template(
+            dbs.AppDatabase(app=path.stem, alias=alias_for(path.stem), vendor=db.vendor, settings=settings_),
+            modules,
+        )
+        os.replace(building, path)
     log.info("built schema template %s for modules %s", path, ", ".join(sorted(modules)) or "(none)")
     return str(path)
 

@@ -16,7 +16,6 @@ File layout::
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+
+from worker_agent.hosting.file_lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,8 @@ def app_status(name: str, path: Path | None = None) -> str | None:
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The thread lock covers threads of one process; flock covers other processes.
-    with _write_lock, open(path.with_suffix(".lock"), "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with _write_lock, file_lock(path.with_suffix(".lock")):
+        yield
 
 
 def _write(path: Path, apps: dict[str, dict]) -> None:

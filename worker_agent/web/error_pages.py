@@ -8,8 +8,8 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
-# Seconds a client should wait before asking again, by status.
-RETRY_AFTER = {"queued": 5, "starting": 5, "stopping": 5, "stopped": 30, "error": 30}
+from supervisor_site.retry_after import retry_after as retry_after_for
+
 MESSAGES = {
     "queued": "This application is queued to start.",
     "starting": "This application is starting.",
@@ -45,7 +45,7 @@ def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
 
 
 def unavailable(request: HttpRequest, name: str, status: str) -> HttpResponse:
-    retry_after = RETRY_AFTER.get(status, 10)
+    retry_after = retry_after_for(status)
     body = {"app": name, "status": status, "retry_after": retry_after}
     message = MESSAGES.get(status, "This application is not available right now.")
     response = _answer(request, 503, body, f"{name} is not available", message)
