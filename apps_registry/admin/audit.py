@@ -1,14 +1,12 @@
-"""The audit trail (read-only, filterable by app and user) and API tokens (revocable) in the
-admin. Entries are written only by ``apps_registry.registry.actions``."""
+"""The audit trail in the admin: read-only, filterable by app and user. Entries are written
+only by ``apps_registry.registry.actions``."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib import admin
 from django.http import HttpRequest
-from django.utils import timezone
 
-from apps_registry.models import ApiToken, AuditEntry
+from apps_registry.models import AuditEntry
 
 MAX_APP_CHOICES = 200
 
@@ -52,28 +50,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
-
-
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are created with ``manage.py create_api_token <username>``; here they are listed
-    and revoked. Only a prefix and the hash are stored."""
-
-    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter), ("user", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["prefix", "name", "user__username"]
-    readonly_fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
-    fields = readonly_fields
-    actions = ["revoke_tokens"]
-    list_select_related = ["user"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.action(description="Revoke selected tokens", permissions=["change"])
-    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False  # revoke instead: the row keeps "who had access" answerable
