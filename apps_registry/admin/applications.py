@@ -14,19 +14,17 @@ import logging
 import secrets
 
 import redis
-from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
-from django.contrib.auth.validators import UnicodeUsernameValidator
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
-from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, StartMode
+from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.registry import actions, outbox
-from supervisor_site import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -57,49 +55,6 @@ class EnvironmentFilter(admin.SimpleListFilter):
         return queryset.filter(
             Exists(AppEnvironment.objects.filter(application=OuterRef("pk"), environment__name=self.value()))
         )
-
-
-class ApplicationForm(forms.ModelForm):
-    target_environments = forms.ModelMultipleChoiceField(
-        label="Environments",
-        queryset=Environment.objects.all(),
-        widget=forms.CheckboxSelectMultiple,
-        help_text="Where the application runs; usually one. Several split its traffic between them.",
-    )
-    modules = forms.MultipleChoiceField(
-        label="Business modules",
-        choices=catalogue.choices,
-        widget=forms.CheckboxSelectMultiple,
-        required=False,
-    )
-    start_mode = forms.ChoiceField(label="Start", choices=StartMode.choices, initial=StartMode.MANUAL)
-    admin_username = forms.CharField(label="First admin username", initial="admin", max_length=150, required=False)
-    admin_password = forms.CharField(
-        label="First admin password",
-        widget=forms.PasswordInput(render_value=False),
-        required=False,
-        help_text="Leave blank to generate one; it is shown once after saving and stored only as a hash.",
-    )
-
-    class Meta:
-        model = Application
-        fields = ["name", "display_name", "description"]
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        app = self.instance
-        placed = list(app.placements.values_list("environment_id", flat=True)) if app.pk else []
-        # A disabled environment takes no new apps, but stays listed where the app already is.
-        self.fields["target_environments"].queryset = Environment.objects.filter(Q(enabled=True) | Q(pk__in=placed))
-        if app.pk:
-            self.fields["target_environments"].initial = placed
-            self.fields["modules"].initial = app.modules
-            self.fields["start_mode"].initial = app.start_mode
-
-    def clean_admin_username(self) -> str:
-        username = (self.cleaned_data.get("admin_username") or "admin").strip()
-        UnicodeUsernameValidator()(username)
-        return username
 
 
 @admin.register(Application)
@@ -163,12 +118,6 @@ class ApplicationAdmin(admin.ModelAdmin):
             ((status_badge(p.status, p.environment.name),) for p in placements),
         )
 
-    def _options(self, app: Application, form: ApplicationForm) -> dict:
-        options = dict(app.options or {})
-        options["modules"] = list(form.cleaned_data.get("modules") or [])
-        options["start_mode"] = form.cleaned_data.get("start_mode") or StartMode.MANUAL
-        return options
-
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
@@ -193,7 +142,7 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Application, form: ApplicationForm, change: bool) -> None:
         environments = list(form.cleaned_data["target_environments"])
-        options = self._options(obj, form)
+        options = form.application_options(obj)
         if change:
             obj.options = options
             actions.update_application(obj, request.user)
