@@ -1,11 +1,8 @@
-"""Applications in the admin: list, add, edit, delete.
-
-Every change goes through ``apps_registry.registry.actions`` (audit trail, cache write-through,
-commands to workers); nothing here saves a status. List pages cost a constant number of
-queries whatever the number of rows: placements and their environments are prefetched in
-one query.
-
-Other modules extend these classes by adding to ``list_display`` and ``actions``.
+"""Applications in the admin: list, add, edit, delete, plus the operations of
+``OperationsMixin``. Every change goes through ``apps_registry.registry.actions`` (audit trail,
+cache write-through, commands to workers); nothing here saves a status. The list costs a
+constant number of queries whatever the number of rows: placements and their environments are
+prefetched in one query.
 """
 
 from __future__ import annotations
@@ -17,11 +14,13 @@ import redis
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from apps_registry.admin import audit
 from apps_registry.admin.forms import ApplicationForm
+from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.registry import actions, outbox
@@ -58,14 +57,14 @@ class EnvironmentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Application)
-class ApplicationAdmin(admin.ModelAdmin):
+class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
-    list_display = ["name", "display_name", "statuses", "open_link"]
+    list_display = ["name", "display_name", "statuses", "open_link"]  # + the operations column (the mixin)
     list_display_links = ["name"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
     search_fields = ["name", "display_name"]
     list_per_page = 50
-    actions: list = []
+    actions = ["start_applications", "stop_applications", "restart_applications", "remove_applications"]
     Media = SupervisorMedia
 
     _add_fieldsets = [
@@ -76,16 +75,22 @@ class ApplicationAdmin(admin.ModelAdmin):
     _change_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "target_environments"]}),
         ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Recent history", {"fields": ["recent_history"]}),
     ]
+    _start_fieldset = ("Start", {"fields": ["start_now"]})
 
-    def get_fieldsets(self, request: HttpRequest, obj: Application | None = None):
-        return self._change_fieldsets if obj is not None else self._add_fieldsets
+    def get_fieldsets(self, request: HttpRequest, obj: Application | None = None) -> list:
+        if obj is not None:
+            return self._change_fieldsets
+        if self.has_start_permission(request):
+            return [*self._add_fieldsets, self._start_fieldset]
+        return self._add_fieldsets
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name"] if obj is not None else []
+        return ["name", "recent_history"] if obj is not None else []
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
         return super().changelist_view(request, extra_context)
 
@@ -118,13 +123,19 @@ class ApplicationAdmin(admin.ModelAdmin):
             ((status_badge(p.status, p.environment.name),) for p in placements),
         )
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    @admin.display(description="recent history")
+    def recent_history(self, app: Application | None) -> str:
+        return audit.recent_history(app)
+
+    def changeform_view(
+        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except redis.RedisError as error:
             return self._redis_unavailable(request, error)
 
-    def delete_view(self, request, object_id, extra_context=None):
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
         except redis.RedisError as error:
@@ -148,6 +159,13 @@ class ApplicationAdmin(admin.ModelAdmin):
             actions.update_application(obj, request.user)
             actions.set_application_environments(obj, environments, request.user)
             return
+        self._create(request, obj, form, environments, options)
+        if form.cleaned_data.get("start_now") and self.has_start_permission(request):
+            actions.request_start(Application.objects.get(pk=obj.pk), request.user)
+
+    def _create(
+        self, request: HttpRequest, obj: Application, form: ApplicationForm, environments: list, options: dict
+    ) -> None:
         # As in the API: an app created while Redis is down could not be started, and the
         # password shown below would be lost with the error page; refuse before changing anything.
         outbox.require_channel("creation", obj.name)
@@ -166,6 +184,7 @@ class ApplicationAdmin(admin.ModelAdmin):
             description=obj.description,
             options=options,
         )
+        # The admin goes on with obj (log entry, redirect): make it the saved row.
         obj.pk = app.pk
         obj.options = app.options
         obj._state.adding = False
@@ -175,7 +194,7 @@ class ApplicationAdmin(admin.ModelAdmin):
                 f"First admin user of {app.name}: {username} / {password} (shown only this once; note it now).",
             )
 
-    def save_related(self, request, form, formsets, change) -> None:
+    def save_related(self, request: HttpRequest, form: ApplicationForm, formsets: list, change: bool) -> None:
         # Placements were set by the actions in save_model; there is nothing else to save.
         return None
 
@@ -185,9 +204,3 @@ class ApplicationAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for app in queryset:
             actions.delete_application(app, request.user)
-
-
-# Operations with confirmation, recent history, links.
-from apps_registry.admin import operations  # noqa: E402
-
-operations.install(ApplicationAdmin)

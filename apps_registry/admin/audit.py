@@ -1,14 +1,17 @@
-"""The audit trail in the admin: read-only, filterable by app and user. Entries are written
-only by ``apps_registry.registry.actions``."""
+"""The audit trail in the admin: read-only, filterable by app and user, and an app's recent
+history for its change page. Entries are written only by ``apps_registry.registry.actions``."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from apps_registry.models import AuditEntry
+from apps_registry.models import Application, AuditEntry
 
 MAX_APP_CHOICES = 200
+HISTORY_ROWS = 10
 
 
 class AppNameFilter(admin.SimpleListFilter):
@@ -50,3 +53,36 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+def recent_history(app: Application | None) -> str:
+    """The app's last requests as a table, and a link to its full audit trail."""
+    if app is None or app.pk is None:
+        return "—"
+    entries = list(AuditEntry.objects.filter(app_name=app.name).select_related("user")[:HISTORY_ROWS])
+    if not entries:
+        return "No requests yet."
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                f"{entry.at:%Y-%m-%d %H:%M:%S}",
+                entry.user or "—",
+                entry.action,
+                ", ".join(entry.environments) or "—",
+                entry.result,
+                entry.error or "",
+            )
+            for entry in entries
+        ),
+    )
+    link = reverse("admin:apps_registry_auditentry_changelist") + f"?app_name={app.name}"
+    return format_html(
+        '<table class="appsup-history"><thead><tr><th>when</th><th>who</th><th>what</th><th>environments</th>'
+        '<th>result</th><th>error</th></tr></thead><tbody>{}</tbody></table><p><a href="{}">Full audit trail of {}'
+        "</a></p>",
+        rows,
+        link,
+        app.name,
+    )

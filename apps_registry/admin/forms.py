@@ -1,5 +1,5 @@
 """The form of the Applications admin: an application with its environments, business
-modules, start mode and first admin user."""
+modules, start mode, first admin user and, on the add page, "Start now"."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ class ApplicationForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False),
         required=False,
         help_text="Leave blank to generate one; it is shown once after saving and stored only as a hash.",
+    )
+    # Shown (and acted on) only on the add page and for users who may start applications:
+    # ApplicationAdmin.get_fieldsets and save_model check the permission.
+    start_now = forms.BooleanField(
+        label="Start now", required=False, help_text="Queue a start on its environments once created."
     )
 
     class Meta:
