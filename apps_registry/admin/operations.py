@@ -78,8 +78,9 @@ def send(operation: str, app: Application, user: AbstractBaseUser | None, *, dro
 
 
 class OperationsMixin:
-    """For ``admin.ModelAdmin`` subclasses of ``Application``: list them in ``actions``
-    (``<operation>_applications``); the row buttons column is added by ``get_list_display``."""
+    """Goes before ``admin.ModelAdmin`` in the bases of the Applications ModelAdmin, which names
+    the bulk actions it offers in ``actions`` (``start_applications`` …); the column of row
+    buttons is appended by ``get_list_display``."""
 
     change_list_template = "admin/apps_registry/application/change_list.html"
     confirmation_template = "admin/apps_registry/application/confirm_operation.html"
