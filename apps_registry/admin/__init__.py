@@ -1,3 +1,5 @@
-"""The operator UI: the Django admin's *App supervisor* section and its live status endpoint."""
+"""The operator UI: the Django admin's *App supervisor* section and its live status endpoint
+(``status``, routed by ``supervisor_site.urls``). Importing the modules below registers the
+ModelAdmins on ``admin.site``."""
 
-from apps_registry.admin import applications  # noqa: F401  (registers the ModelAdmins)
+from apps_registry.admin import applications, audit, environments, site, tokens  # noqa: F401

@@ -1,11 +1,8 @@
-"""The "App supervisor" section of the admin: environments and applications.
-
-Every change goes through ``apps_registry.registry.actions`` (audit trail, cache write-through,
-commands to workers); nothing here saves a status. List pages cost a constant number of
-queries whatever the number of rows: placements and their environments are prefetched in
-one query, environment liveness is one Redis round trip per page.
-
-Other modules extend these classes by adding to ``list_display`` and ``actions``.
+"""Applications in the admin: list, add, edit, delete, plus the operations of
+``OperationsMixin``. Every change goes through ``apps_registry.registry.actions`` (audit trail,
+cache write-through, commands to workers); nothing here saves a status. The list costs a
+constant number of queries whatever the number of rows: placements and their environments are
+prefetched in one query.
 """
 
 from __future__ import annotations
@@ -14,153 +11,21 @@ import logging
 import secrets
 
 import redis
-from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
-from django.contrib.auth.validators import UnicodeUsernameValidator
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry.control import liveness
-from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, StartMode
+from apps_registry.admin import audit
+from apps_registry.admin.forms import ApplicationForm
+from apps_registry.admin.operations import OperationsMixin
+from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
+from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.registry import actions, outbox
-from supervisor_site import catalogue
 
 log = logging.getLogger(__name__)
-
-
-admin.site.site_header = "App Supervisor"
-admin.site.site_title = "App Supervisor"
-admin.site.index_title = "Control plane"
-
-
-class SupervisorMedia:
-    css = {"all": ("apps_registry/admin.css",)}
-    js = ("apps_registry/status.js",)  # live badges on the lists (admin_actions / status_views)
-
-
-def apply_worker_events() -> None:
-    """Bring statuses up to date before a list renders (supervisor: the workers' events)."""
-    config = settings.APP_CONFIG
-    if config.mode == "supervisor" and config.command_adapter == "redis":
-        from apps_registry.control import ingest
-
-        ingest.ingest()
-
-
-def status_badge(status: str, label: str = "") -> str:
-    text = f"{label}: {status}" if label else status
-    return format_html('<span class="appsup-badge appsup-{}" title="{}">{}</span>', status, text, text)
-
-
-# --- Environments -----------------------------------------------------------------------------
-
-
-@admin.register(Environment)
-class EnvironmentAdmin(admin.ModelAdmin):
-    list_display = ["name", "version", "url", "proxy_url", "status", "last_heartbeat_age", "running", "enabled"]
-    list_filter = ["enabled"]
-    search_fields = ["name", "url"]
-    actions = ["disable_environments", "enable_environments", "forget_environments"]
-    readonly_fields = [
-        "name",
-        "url",
-        "proxy_url",
-        "version",
-        "host",
-        "pid",
-        "apps_running",
-        "first_seen",
-        "last_heartbeat",
-        "stopped_at",
-        "enabled",
-    ]
-    Media = SupervisorMedia
-
-    # Workers register themselves: nobody types an environment in.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Environment | None = None) -> bool:
-        # The detail page is view-only; "change" is what the enable/disable actions need.
-        if obj is not None:
-            return False
-        return super().has_change_permission(request, obj)
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        found = super().get_actions(request)
-        found.pop("delete_selected", None)  # forgetting goes through forget_environments
-        return found
-
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        apply_worker_events()
-        return super().changelist_view(request, extra_context)
-
-    def get_changelist_instance(self, request: HttpRequest):
-        changelist = super().get_changelist_instance(request)
-        rows = list(changelist.result_list)  # evaluates (and caches) the page's queryset
-        statuses = liveness.environment_statuses(rows)
-        for env in rows:
-            env.liveness = statuses[env.name]
-        return changelist
-
-    def _liveness(self, env: Environment) -> tuple[str, object]:
-        found = getattr(env, "liveness", None)
-        if found is None:
-            found = liveness.environment_statuses([env])[env.name]
-            env.liveness = found
-        return found
-
-    @admin.display(description="status")
-    def status(self, env: Environment) -> str:
-        return status_badge(self._liveness(env)[0])
-
-    @admin.display(description="last heartbeat", ordering="last_heartbeat")
-    def last_heartbeat_age(self, env: Environment) -> str:
-        return liveness.describe_age(self._liveness(env)[1])
-
-    @admin.display(description="apps running")
-    def running(self, env: Environment) -> str:
-        names = list(env.apps_running or [])
-        if len(names) > 8:
-            return f"{', '.join(names[:8])} … (+{len(names) - 8})"
-        return ", ".join(names) or "—"
-
-    def delete_model(self, request: HttpRequest, obj: Environment) -> None:
-        actions.forget_environment(obj, request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for env in queryset:
-            actions.forget_environment(env, request.user)
-
-    @admin.action(description="Disable selected environments", permissions=["change"])
-    def disable_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
-        for env in envs:
-            actions.set_environment_enabled(env, False, request.user)
-        self.message_user(request, f"Disabled {len(envs)} environment(s).", messages.SUCCESS)
-
-    @admin.action(description="Enable selected environments", permissions=["change"])
-    def enable_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
-        for env in envs:
-            actions.set_environment_enabled(env, True, request.user)
-        self.message_user(request, f"Enabled {len(envs)} environment(s).", messages.SUCCESS)
-
-    @admin.action(
-        description="Forget selected environments (they register again if they come back)", permissions=["delete"]
-    )
-    def forget_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
-        for env in envs:
-            actions.forget_environment(env, request.user)
-        self.message_user(request, f"Forgot {len(envs)} environment(s).", messages.SUCCESS)
-
-
-# --- Applications -----------------------------------------------------------------------------
 
 
 class PlacementStatusFilter(admin.SimpleListFilter):
@@ -191,58 +56,15 @@ class EnvironmentFilter(admin.SimpleListFilter):
         )
 
 
-class ApplicationForm(forms.ModelForm):
-    target_environments = forms.ModelMultipleChoiceField(
-        label="Environments",
-        queryset=Environment.objects.all(),
-        widget=forms.CheckboxSelectMultiple,
-        help_text="Where the application runs; usually one. Several split its traffic between them.",
-    )
-    modules = forms.MultipleChoiceField(
-        label="Business modules",
-        choices=catalogue.choices,
-        widget=forms.CheckboxSelectMultiple,
-        required=False,
-    )
-    start_mode = forms.ChoiceField(label="Start", choices=StartMode.choices, initial=StartMode.MANUAL)
-    admin_username = forms.CharField(label="First admin username", initial="admin", max_length=150, required=False)
-    admin_password = forms.CharField(
-        label="First admin password",
-        widget=forms.PasswordInput(render_value=False),
-        required=False,
-        help_text="Leave blank to generate one; it is shown once after saving and stored only as a hash.",
-    )
-
-    class Meta:
-        model = Application
-        fields = ["name", "display_name", "description"]
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        app = self.instance
-        placed = list(app.placements.values_list("environment_id", flat=True)) if app.pk else []
-        # A disabled environment takes no new apps, but stays listed where the app already is.
-        self.fields["target_environments"].queryset = Environment.objects.filter(Q(enabled=True) | Q(pk__in=placed))
-        if app.pk:
-            self.fields["target_environments"].initial = placed
-            self.fields["modules"].initial = app.modules
-            self.fields["start_mode"].initial = app.start_mode
-
-    def clean_admin_username(self) -> str:
-        username = (self.cleaned_data.get("admin_username") or "admin").strip()
-        UnicodeUsernameValidator()(username)
-        return username
-
-
 @admin.register(Application)
-class ApplicationAdmin(admin.ModelAdmin):
+class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
-    list_display = ["name", "display_name", "statuses", "open_link"]
+    list_display = ["name", "display_name", "statuses", "open_link"]  # + the operations column (the mixin)
     list_display_links = ["name"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
     search_fields = ["name", "display_name"]
     list_per_page = 50
-    actions: list = []
+    actions = ["start_applications", "stop_applications", "restart_applications", "remove_applications"]
     Media = SupervisorMedia
 
     _add_fieldsets = [
@@ -253,16 +75,22 @@ class ApplicationAdmin(admin.ModelAdmin):
     _change_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "target_environments"]}),
         ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Recent history", {"fields": ["recent_history"]}),
     ]
+    _start_fieldset = ("Start", {"fields": ["start_now"]})
 
-    def get_fieldsets(self, request: HttpRequest, obj: Application | None = None):
-        return self._change_fieldsets if obj is not None else self._add_fieldsets
+    def get_fieldsets(self, request: HttpRequest, obj: Application | None = None) -> list:
+        if obj is not None:
+            return self._change_fieldsets
+        if self.has_start_permission(request):
+            return [*self._add_fieldsets, self._start_fieldset]
+        return self._add_fieldsets
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None):
+    def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name"] if obj is not None else []
+        return ["name", "recent_history"] if obj is not None else []
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
         return super().changelist_view(request, extra_context)
 
@@ -295,19 +123,19 @@ class ApplicationAdmin(admin.ModelAdmin):
             ((status_badge(p.status, p.environment.name),) for p in placements),
         )
 
-    def _options(self, app: Application, form: ApplicationForm) -> dict:
-        options = dict(app.options or {})
-        options["modules"] = list(form.cleaned_data.get("modules") or [])
-        options["start_mode"] = form.cleaned_data.get("start_mode") or StartMode.MANUAL
-        return options
+    @admin.display(description="recent history")
+    def recent_history(self, app: Application | None) -> str:
+        return audit.recent_history(app)
 
-    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+    def changeform_view(
+        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)
         except redis.RedisError as error:
             return self._redis_unavailable(request, error)
 
-    def delete_view(self, request, object_id, extra_context=None):
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
         except redis.RedisError as error:
@@ -325,12 +153,19 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Application, form: ApplicationForm, change: bool) -> None:
         environments = list(form.cleaned_data["target_environments"])
-        options = self._options(obj, form)
+        options = form.application_options(obj)
         if change:
             obj.options = options
             actions.update_application(obj, request.user)
             actions.set_application_environments(obj, environments, request.user)
             return
+        self._create(request, obj, form, environments, options)
+        if form.cleaned_data.get("start_now") and self.has_start_permission(request):
+            actions.request_start(Application.objects.get(pk=obj.pk), request.user)
+
+    def _create(
+        self, request: HttpRequest, obj: Application, form: ApplicationForm, environments: list, options: dict
+    ) -> None:
         # As in the API: an app created while Redis is down could not be started, and the
         # password shown below would be lost with the error page; refuse before changing anything.
         outbox.require_channel("creation", obj.name)
@@ -349,6 +184,7 @@ class ApplicationAdmin(admin.ModelAdmin):
             description=obj.description,
             options=options,
         )
+        # The admin goes on with obj (log entry, redirect): make it the saved row.
         obj.pk = app.pk
         obj.options = app.options
         obj._state.adding = False
@@ -358,7 +194,7 @@ class ApplicationAdmin(admin.ModelAdmin):
                 f"First admin user of {app.name}: {username} / {password} (shown only this once; note it now).",
             )
 
-    def save_related(self, request, form, formsets, change) -> None:
+    def save_related(self, request: HttpRequest, form: ApplicationForm, formsets: list, change: bool) -> None:
         # Placements were set by the actions in save_model; there is nothing else to save.
         return None
 
@@ -368,9 +204,3 @@ class ApplicationAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for app in queryset:
             actions.delete_application(app, request.user)
-
-
-# Operations with confirmation, recent history, links; audit trail and API token admins.
-from apps_registry.admin import audit, operations  # noqa: E402, F401
-
-operations.install(ApplicationAdmin)

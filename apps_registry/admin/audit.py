@@ -1,16 +1,17 @@
-"""The audit trail (read-only, filterable by app and user) and API tokens (revocable) in the
-admin. Entries are written only by ``apps_registry.registry.actions``."""
+"""The audit trail in the admin: read-only, filterable by app and user, and an app's recent
+history for its change page. Entries are written only by ``apps_registry.registry.actions``."""
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.contrib import admin
 from django.http import HttpRequest
-from django.utils import timezone
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 
-from apps_registry.models import ApiToken, AuditEntry
+from apps_registry.models import Application, AuditEntry
 
 MAX_APP_CHOICES = 200
+HISTORY_ROWS = 10
 
 
 class AppNameFilter(admin.SimpleListFilter):
@@ -54,26 +55,34 @@ class AuditEntryAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are created with ``manage.py create_api_token <username>``; here they are listed
-    and revoked. Only a prefix and the hash are stored."""
-
-    list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter), ("user", admin.RelatedOnlyFieldListFilter)]
-    search_fields = ["prefix", "name", "user__username"]
-    readonly_fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
-    fields = readonly_fields
-    actions = ["revoke_tokens"]
-    list_select_related = ["user"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    @admin.action(description="Revoke selected tokens", permissions=["change"])
-    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
-        self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False  # revoke instead: the row keeps "who had access" answerable
+def recent_history(app: Application | None) -> str:
+    """The app's last requests as a table, and a link to its full audit trail."""
+    if app is None or app.pk is None:
+        return "—"
+    entries = list(AuditEntry.objects.filter(app_name=app.name).select_related("user")[:HISTORY_ROWS])
+    if not entries:
+        return "No requests yet."
+    rows = format_html_join(
+        "",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        (
+            (
+                f"{entry.at:%Y-%m-%d %H:%M:%S}",
+                entry.user or "—",
+                entry.action,
+                ", ".join(entry.environments) or "—",
+                entry.result,
+                entry.error or "",
+            )
+            for entry in entries
+        ),
+    )
+    link = reverse("admin:apps_registry_auditentry_changelist") + f"?app_name={app.name}"
+    return format_html(
+        '<table class="appsup-history"><thead><tr><th>when</th><th>who</th><th>what</th><th>environments</th>'
+        '<th>result</th><th>error</th></tr></thead><tbody>{}</tbody></table><p><a href="{}">Full audit trail of {}'
+        "</a></p>",
+        rows,
+        link,
+        app.name,
+    )

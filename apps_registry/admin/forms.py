@@ -1,0 +1,66 @@
+"""The form of the Applications admin: an application with its environments, business
+modules, start mode, first admin user and, on the add page, "Start now"."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.db.models import Q
+
+from apps_registry.models import Application, Environment, StartMode
+from supervisor_site import catalogue
+
+
+class ApplicationForm(forms.ModelForm):
+    target_environments = forms.ModelMultipleChoiceField(
+        label="Environments",
+        queryset=Environment.objects.all(),
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Where the application runs; usually one. Several split its traffic between them.",
+    )
+    modules = forms.MultipleChoiceField(
+        label="Business modules",
+        choices=catalogue.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+    start_mode = forms.ChoiceField(label="Start", choices=StartMode.choices, initial=StartMode.MANUAL)
+    admin_username = forms.CharField(label="First admin username", initial="admin", max_length=150, required=False)
+    admin_password = forms.CharField(
+        label="First admin password",
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Leave blank to generate one; it is shown once after saving and stored only as a hash.",
+    )
+    # Shown (and acted on) only on the add page and for users who may start applications:
+    # ApplicationAdmin.get_fieldsets and save_model check the permission.
+    start_now = forms.BooleanField(
+        label="Start now", required=False, help_text="Queue a start on its environments once created."
+    )
+
+    class Meta:
+        model = Application
+        fields = ["name", "display_name", "description"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        app = self.instance
+        placed = list(app.placements.values_list("environment_id", flat=True)) if app.pk else []
+        # A disabled environment takes no new apps, but stays listed where the app already is.
+        self.fields["target_environments"].queryset = Environment.objects.filter(Q(enabled=True) | Q(pk__in=placed))
+        if app.pk:
+            self.fields["target_environments"].initial = placed
+            self.fields["modules"].initial = app.modules
+            self.fields["start_mode"].initial = app.start_mode
+
+    def clean_admin_username(self) -> str:
+        username = (self.cleaned_data.get("admin_username") or "admin").strip()
+        UnicodeUsernameValidator()(username)
+        return username
+
+    def application_options(self, app: Application) -> dict:
+        """``app.options`` with the modules and start mode chosen here (other keys kept)."""
+        options = dict(app.options or {})
+        options["modules"] = list(self.cleaned_data.get("modules") or [])
+        options["start_mode"] = self.cleaned_data.get("start_mode") or StartMode.MANUAL
+        return options

@@ -1,0 +1,32 @@
+"""What every page of the *App supervisor* section shares: the site's titles, the stylesheet
+and live-status script, the badge markup, and bringing statuses up to date before a list renders."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.utils.html import format_html
+
+admin.site.site_header = "App Supervisor"
+admin.site.site_title = "App Supervisor"
+admin.site.index_title = "Control plane"
+
+
+class SupervisorMedia:
+    css = {"all": ("apps_registry/admin.css",)}
+    js = ("apps_registry/status.js",)  # live badges on the lists, polling apps_registry.admin.status
+
+
+def apply_worker_events() -> None:
+    """Bring statuses up to date before a list renders (supervisor: the workers' events)."""
+    config = settings.APP_CONFIG
+    if config.mode == "supervisor" and config.command_adapter == "redis":
+        from apps_registry.control import ingest
+
+        ingest.ingest()
+
+
+def status_badge(status: str, label: str = "") -> str:
+    """The badge status.js repaints in place: its classes and text are what the script rewrites."""
+    text = f"{label}: {status}" if label else status
+    return format_html('<span class="appsup-badge appsup-{}" title="{}">{}</span>', status, text, text)
