@@ -113,7 +113,6 @@ def main() -> None:
                     at=now,
                     heartbeat=event_type == "heartbeat",
                 )
-                pipe.hset(keys.env_info(name), mapping={"url": registration.url, "heartbeat_at": str(now)})
                 pipe.zadd(keys.seen(), {name: now})
                 pipe.xadd(
                     keys.events_stream(),

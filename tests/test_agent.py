@@ -1,7 +1,6 @@
 """The worker agent against real processes: registration, liveness, deregistration."""
 
 import dataclasses
-import json
 import signal
 import time
 
@@ -39,10 +38,7 @@ def test_workers_register_themselves(cluster_logs):
     env_a = Environment.objects.get(name="env_a")
     assert env_a.url == cluster_logs.env_a.url
     assert env_a.version and env_a.host and env_a.pid == cluster_logs.env_a.agent.pid
-    info = redis_client.commands().hgetall(keys.env_info("env_a"))
-    assert info["url"] == cluster_logs.env_a.url
-    assert info["pid"] == str(cluster_logs.env_a.agent.pid)
-    assert json.loads(info["apps_running"]) == []
+    assert env_a.apps_running == []
 
 
 def test_killed_agent_goes_unknown_then_offline_and_back(cluster_logs, short_liveness):

@@ -4,7 +4,6 @@ expiry, duplicates, generations, reconciliation, shared data, malformed input.""
 from __future__ import annotations
 
 import http.cookiejar
-import json
 import re
 import time
 import urllib.error
@@ -28,6 +27,16 @@ pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct horse battery"
 # The workers check it with their default hashers (the test process only knows MD5).
 PASSWORD_HASH = PBKDF2PasswordHasher().encode(PASSWORD, "testsalt", iterations=1000)
+
+
+def last_reported(app: str, env: str) -> str | None:
+    """The newest status the worker reported for the app (its latest ``status`` event)."""
+    for _entry_id, fields in redis_client.commands().xrevrange(keys.events_stream(), count=200):
+        if fields.get("type") == "status":
+            report = protocol.StatusReport.decode(fields)
+            if (report.app, report.env) == (app, env):
+                return report.status
+    return None
 
 
 @pytest.fixture
@@ -107,8 +116,7 @@ def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
     request_id = actions.request_start(app)
     wait_status(app, "env_a", "running")
     wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged ok")
-    live = json.loads(redis_client.commands().hget(keys.status(app.name), "env_a"))
-    assert live["status"] == "running"
+    assert last_reported(app.name, "env_a") == "running"
     wait_until(lambda: http_status(home) == 200, timeout=3, message="app served within 1 s of running")
 
     app.refresh_from_db()
@@ -274,12 +282,10 @@ def test_command_interrupted_by_sigkill_runs_again_after_restart(envs, cluster_l
     app = new_app("crashed", [envs["env_b"]])
     client = redis_client.commands()
 
-    def live_status():
-        raw = client.hget(keys.status(app.name), "env_b")
-        return raw and json.loads(raw)["status"]
-
     command_id = channel.send_command("env_b", "start", app.name, generation=app.generation + 1, request_id="c")
-    wait_until(lambda: live_status() == "starting", timeout=20, interval=0.005, message="start under way")
+    wait_until(
+        lambda: last_reported(app.name, "env_b") == "starting", timeout=20, interval=0.005, message="start under way"
+    )
     worker.kill_agent()  # read but never acknowledged: pending in the group
     assert client.llen(keys.ack(command_id)) == 0
     worker.start_agent()

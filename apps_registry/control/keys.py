@@ -44,22 +44,12 @@ def request_acks(request_id: str) -> str:
     return _key("req", request_id)
 
 
-# --- liveness and statuses -------------------------------------------------------------------
+# --- liveness -------------------------------------------------------------------------------
 
 
 def seen() -> str:
     """``P:env:seen``: sorted set env -> Redis server time of its agent's last lease beat."""
     return _key("env", "seen")
-
-
-def env_info(env: str) -> str:
-    """``P:env:info:<env>``: hash, the agent's description and registration times."""
-    return _key("env", "info", env)
-
-
-def status(app: str) -> str:
-    """``P:status:<app>``: hash env -> JSON status, the live mirror of the status events."""
-    return _key("status", app)
 
 
 # --- configuration cache ----------------------------------------------------------------------

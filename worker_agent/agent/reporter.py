@@ -3,7 +3,6 @@ and heartbeat (with the lease), the lease alone, deregistration, statuses, ackno
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -70,43 +69,22 @@ class Reporter:
             heartbeat=heartbeat,
         )
         pipe = self.link.client.pipeline(transaction=False)
-        pipe.hset(
-            keys.env_info(self.env),
-            mapping={
-                "env": self.env,
-                "url": self.url,
-                "proxy_url": self.proxy_url,
-                "version": self.version,
-                "host": self.host,
-                "pid": str(registration.pid),
-                "at": str(registration.at),
-                "apps_running": json.dumps(list(registration.apps_running)),
-                "heartbeat_at" if heartbeat else "registered_at": str(registration.at),
-                "stopped_at": "",
-            },
-        )
         self.renew_lease(pipe)
         self._xadd(pipe, registration)
         pipe.execute()
 
     def deregister(self) -> None:
         pipe = self.link.client.pipeline(transaction=False)
-        now = time.time()
         pipe.zrem(keys.seen(), self.env)
-        pipe.hset(keys.env_info(self.env), "stopped_at", str(now))
-        self._xadd(pipe, protocol.Deregistration(env=self.env, at=now))
+        self._xadd(pipe, protocol.Deregistration(env=self.env, at=time.time()))
         pipe.execute()
 
     # --- statuses: a Redis failure is logged, never raised --------------------------------------
 
     def status(self, app: str, status: str, error: str = "") -> None:
         """Report an app's status here."""
-        report = protocol.StatusReport(app, self.env, status, error, time.time())
         try:
-            pipe = self.link.client.pipeline(transaction=False)
-            pipe.hset(keys.status(app), self.env, json.dumps({"status": status, "error": error, "at": report.at}))
-            self._xadd(pipe, report)
-            pipe.execute()
+            self._xadd(self.link.client, protocol.StatusReport(app, self.env, status, error, time.time()))
         except redis.RedisError as error_:
             self.link.lost(error_)
 
