@@ -28,9 +28,8 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections
 
-from worker_agent.agent import executor
 from worker_agent.agent.commands import Delivery
-from worker_agent.agent.executor import Executor
+from worker_agent.agent.executor import Executor, running_apps
 from worker_agent.agent.inbox import Generations, Inbox
 from worker_agent.agent.lanes import AppLanes
 from worker_agent.agent.lease import run_lease
@@ -68,7 +67,7 @@ class Agent:
             url=config.environment_url,
             proxy_url=config.environment_proxy_url,
             version=self.version,
-            running_apps=executor.running_apps,
+            running_apps=running_apps,
         )
         self.lanes = AppLanes(config.command_concurrency, self._run_task)
         self.inbox = Inbox(self.link, self.reporter, self.generations, env=self.env, submit=self._queue_command)

@@ -17,9 +17,8 @@ import redis
 
 from apps_registry.control.discovery import CacheNotReady, get_discovery
 from apps_registry.names import is_valid_name
-from worker_agent.agent import executor as executor_module
 from worker_agent.agent.commands import CommandError
-from worker_agent.agent.executor import Executor
+from worker_agent.agent.executor import Executor, running_apps, spec_generation
 from worker_agent.agent.inbox import Generations
 from worker_agent.agent.link import RedisLink
 from worker_agent.hosting import local_state, runtime
@@ -70,7 +69,7 @@ class Reconciler:
 
     def reconcile(self) -> None:
         """Queue a convergence step for every app whose desired and actual states differ."""
-        running = executor_module.running_apps()
+        running = running_apps()
         try:
             specs = get_discovery().apps_for_environment(self.env)
         except redis.RedisError:
@@ -105,10 +104,10 @@ class Reconciler:
             return
         except CommandError:
             return
-        if spec is None or executor_module.spec_generation(spec) < self.generations.get(app):
+        if spec is None or spec_generation(spec) < self.generations.get(app):
             return  # the cache is behind a command this agent already saw
         desired = self._desired(spec)
-        running = app in executor_module.running_apps()
+        running = app in running_apps()
         if desired and self.executor.start_failed_for(spec):
             return
         try:

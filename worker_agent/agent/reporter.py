@@ -53,7 +53,8 @@ class Reporter:
     # --- liveness: raise RedisError, the lease thread retries ---------------------------------
 
     def renew_lease(self, target: Target | None = None) -> None:
-        self._renew(keys=[keys.seen()], args=[self.env], client=target or self.link.client)
+        # Not ``target or ...``: a pipeline with nothing queued yet is falsy.
+        self._renew(keys=[keys.seen()], args=[self.env], client=self.link.client if target is None else target)
 
     def announce(self, *, heartbeat: bool) -> None:
         """``register`` or ``heartbeat``: the whole description, with a lease beat."""
