@@ -136,7 +136,7 @@ def main() -> None:
         django.setup()
         from django.core.management import call_command
 
-        from apps_registry.control import channel, ingest, redis_client
+        from apps_registry.control import channel, ingest, keys, redis_client
         from apps_registry.control.discovery import get_discovery
         from apps_registry.models import AppEnvironment
         from apps_registry.registry import actions
@@ -149,7 +149,7 @@ def main() -> None:
 
         agent = Process("agent", [PYTHON, "manage.py", "run_worker"], worker_env, work).start()
         wait_until(
-            lambda: redis_client.commands().zscore(channel.seen_key(), ENV) is not None,
+            lambda: redis_client.commands().zscore(keys.seen(), ENV) is not None,
             timeout=30,
             message="agent lease",
         )
@@ -167,7 +167,7 @@ def main() -> None:
 
         placement = AppEnvironment.objects.filter(application=app, environment=env)
         client = redis_client.commands()
-        stream = channel.events_stream()
+        stream = keys.events_stream()
         full: list[float] = []
         issuing: list[float] = []
         for _ in range(args.commands):

@@ -91,7 +91,7 @@ def main() -> None:
         django.setup()
         from django.db import connections
 
-        from apps_registry.control import channel
+        from apps_registry.control import keys, protocol
         from apps_registry.models import Environment
         from bench.admin_list import login
 
@@ -102,22 +102,22 @@ def main() -> None:
             now = time.time()
             pipe = client.pipeline(transaction=False)
             for name in names:
-                payload = {
-                    "env": name,
-                    "url": f"http://10.0.0.{1 + names.index(name) % 250}:8000",
-                    "proxy_url": "",
-                    "version": "bench",
-                    "host": "bench",
-                    "pid": 1,
-                    "apps_running": [],
-                    "at": now,
-                }
-                pipe.hset(channel.env_info_key(name), mapping={"url": payload["url"], "heartbeat_at": str(now)})
-                pipe.zadd(channel.seen_key(), {name: now})
+                registration = protocol.Registration(
+                    env=name,
+                    url=f"http://10.0.0.{1 + names.index(name) % 250}:8000",
+                    proxy_url="",
+                    version="bench",
+                    host="bench",
+                    pid=1,
+                    apps_running=(),
+                    at=now,
+                    heartbeat=event_type == "heartbeat",
+                )
+                pipe.zadd(keys.seen(), {name: now})
                 pipe.xadd(
-                    channel.events_stream(),
-                    channel.encode_event(event_type, payload),
-                    maxlen=channel.EVENTS_MAXLEN,
+                    keys.events_stream(),
+                    registration.encode(),
+                    maxlen=protocol.EVENTS_MAXLEN,
                     approximate=True,
                 )
             pipe.execute()
@@ -169,7 +169,7 @@ def main() -> None:
         supervisor_cpu = cpu_seconds(web.pid) - supervisor_cpu0
         redis_cpu = cpu_seconds(private.process.pid) - redis_cpu0
         own_cpu = time.process_time() - own_cpu0
-        backlog = client.xinfo_groups(channel.events_stream())
+        backlog = client.xinfo_groups(keys.events_stream())
         lag = max((group.get("lag") or 0) for group in backlog) if backlog else 0
         conn.close()
         print(

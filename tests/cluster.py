@@ -134,11 +134,11 @@ class Worker:
         wait_until(lambda: http_ok(f"{self.url}/healthz"), timeout=timeout, interval=0.1, message=f"{self.name} web")
 
     def wait_registered(self, timeout: float = 30.0) -> None:
-        from apps_registry.control import channel, redis_client
+        from apps_registry.control import keys, redis_client
 
         client = redis_client.commands()
         wait_until(
-            lambda: (client.zscore(channel.seen_key(), self.name) or 0) > time.time() - OFFLINE_AFTER,
+            lambda: (client.zscore(keys.seen(), self.name) or 0) > time.time() - OFFLINE_AFTER,
             timeout=timeout,
             interval=0.05,
             message=f"{self.name} agent lease",
@@ -197,9 +197,9 @@ class Cluster:
     def ensure_config_cache(self, timeout: float = 10.0) -> None:
         """Have the supervisor rebuild the configuration cache if a test emptied Redis (its
         middleware rebuilds on a request when the marker is missing)."""
-        from apps_registry.control import redis_client
+        from apps_registry.control import keys, redis_client
 
-        marker = redis_client.key("cfg", "built")
+        marker = keys.cfg_built()
         client = redis_client.get()
         wait_until(
             lambda: client.exists(marker) or (http_ok(f"{self.url}/healthz") and client.exists(marker)),

@@ -308,7 +308,7 @@ def test_environment_actions_need_permissions(client):
 def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
     import time
 
-    from apps_registry.control import channel, ingest
+    from apps_registry.control import ingest, keys, protocol
 
     env = make_envs(1)[0]
     app = Application.objects.create(name="fresh")
@@ -321,8 +321,8 @@ def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
         status_changed_at=timezone.now() - dt.timedelta(seconds=1),
     )
     ingest._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
-    payload = {"app": "fresh", "env": env.name, "status": "running", "error": "", "at": time.time()}
-    redis_conn.xadd(channel.events_stream(), channel.encode_event("status", payload))
+    report = protocol.StatusReport(app="fresh", env=env.name, status="running", error="", at=time.time())
+    redis_conn.xadd(keys.events_stream(), report.encode())
     page = admin_client.get(APPS_URL).content.decode()
     assert 'appsup-running" title="env_0000: running"' in page
 

@@ -1,13 +1,12 @@
 """The worker agent against real processes: registration, liveness, deregistration."""
 
 import dataclasses
-import json
 import signal
 import time
 
 import pytest
 
-from apps_registry.control import channel, ingest, liveness, redis_client
+from apps_registry.control import ingest, keys, liveness, redis_client
 from apps_registry.models import Environment
 from tests.cluster import LEASE_INTERVAL, OFFLINE_AFTER
 from tests.processes import wait_until
@@ -39,10 +38,7 @@ def test_workers_register_themselves(cluster_logs):
     env_a = Environment.objects.get(name="env_a")
     assert env_a.url == cluster_logs.env_a.url
     assert env_a.version and env_a.host and env_a.pid == cluster_logs.env_a.agent.pid
-    info = redis_client.commands().hgetall(channel.env_info_key("env_a"))
-    assert info["url"] == cluster_logs.env_a.url
-    assert info["pid"] == str(cluster_logs.env_a.agent.pid)
-    assert json.loads(info["apps_running"]) == []
+    assert env_a.apps_running == []
 
 
 def test_killed_agent_goes_unknown_then_offline_and_back(cluster_logs, short_liveness):
@@ -65,5 +61,5 @@ def test_sigterm_deregisters_within_a_second(cluster_logs, short_liveness):
     wait_until(lambda: env_status("env_a") == "stopped", timeout=2, interval=0.02, message="env_a stopped")
     assert time.monotonic() - sent <= 1.0
     assert worker.agent.popen.wait(timeout=30) == 0
-    assert redis_client.commands().zscore(channel.seen_key(), "env_a") is None
+    assert redis_client.commands().zscore(keys.seen(), "env_a") is None
     assert "deregistered environment env_a" in worker.agent.log()

@@ -4,7 +4,6 @@ expiry, duplicates, generations, reconciliation, shared data, malformed input.""
 from __future__ import annotations
 
 import http.cookiejar
-import json
 import re
 import time
 import urllib.error
@@ -15,7 +14,7 @@ import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import transaction
 
-from apps_registry.control import channel, ingest, redis_client
+from apps_registry.control import channel, ingest, keys, protocol, redis_client
 from apps_registry.control.discovery import get_discovery
 from apps_registry.control.runners import remote
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
@@ -28,6 +27,16 @@ pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 PASSWORD = "correct horse battery"
 # The workers check it with their default hashers (the test process only knows MD5).
 PASSWORD_HASH = PBKDF2PasswordHasher().encode(PASSWORD, "testsalt", iterations=1000)
+
+
+def last_reported(app: str, env: str) -> str | None:
+    """The newest status the worker reported for the app (its latest ``status`` event)."""
+    for _entry_id, fields in redis_client.commands().xrevrange(keys.events_stream(), count=200):
+        if fields.get("type") == "status":
+            report = protocol.StatusReport.decode(fields)
+            if (report.app, report.env) == (app, env):
+                return report.status
+    return None
 
 
 @pytest.fixture
@@ -107,8 +116,7 @@ def test_start_stop_restart_remove_with_acks(envs, cluster_logs):
     request_id = actions.request_start(app)
     wait_status(app, "env_a", "running")
     wait_until(lambda: request_result(request_id) == "ok", timeout=10, message="start acknowledged ok")
-    live = json.loads(redis_client.commands().hget(channel.status_key(app.name), "env_a"))
-    assert live["status"] == "running"
+    assert last_reported(app.name, "env_a") == "running"
     wait_until(lambda: http_status(home) == 200, timeout=3, message="app served within 1 s of running")
 
     app.refresh_from_db()
@@ -156,16 +164,16 @@ def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_log
         "expires_at": str(time.time() + 60),
         "drop_data": "0",
     }
-    stream = channel.command_stream("env_b")
+    stream = keys.command_stream("env_b")
     client.xadd(stream, fields)
     client.xadd(stream, fields)
     assert channel.wait_for_ack(fields["id"], 10)["result"] == "ok"
     wait_until(
-        lambda: client.xpending(stream, channel.AGENT_GROUP)["pending"] == 0,
+        lambda: client.xpending(stream, protocol.AGENT_GROUP)["pending"] == 0,
         timeout=5,
         message="both deliveries acknowledged in the group",
     )
-    assert client.llen(channel.ack_key(fields["id"])) == 1
+    assert client.llen(keys.ack(fields["id"])) == 1
 
 
 def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
@@ -244,7 +252,7 @@ def test_one_app_on_both_environments_shares_its_data(envs, cluster_logs):
 
 def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, cluster_logs):
     client = redis_client.commands()
-    stream = channel.command_stream("env_a")
+    stream = keys.command_stream("env_a")
     future = str(time.time() + 60)
     base = {"generation": "1", "request_id": "m", "issued_at": str(time.time()), "expires_at": future}
     bad_json = client.xadd(stream, {"json": "{not json"})
@@ -274,14 +282,12 @@ def test_command_interrupted_by_sigkill_runs_again_after_restart(envs, cluster_l
     app = new_app("crashed", [envs["env_b"]])
     client = redis_client.commands()
 
-    def live_status():
-        raw = client.hget(channel.status_key(app.name), "env_b")
-        return raw and json.loads(raw)["status"]
-
     command_id = channel.send_command("env_b", "start", app.name, generation=app.generation + 1, request_id="c")
-    wait_until(lambda: live_status() == "starting", timeout=20, interval=0.005, message="start under way")
+    wait_until(
+        lambda: last_reported(app.name, "env_b") == "starting", timeout=20, interval=0.005, message="start under way"
+    )
     worker.kill_agent()  # read but never acknowledged: pending in the group
-    assert client.llen(channel.ack_key(command_id)) == 0
+    assert client.llen(keys.ack(command_id)) == 0
     worker.start_agent()
     ack = channel.wait_for_ack(command_id, 60)
     assert ack["result"] == "ok", ack

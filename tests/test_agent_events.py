@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -12,7 +13,7 @@ from django.db import connections as db_connections
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
-from apps_registry.control import channel, ingest, redis_client
+from apps_registry.control import ingest, keys, protocol, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
 from apps_registry.registry import actions
 from tests.processes import wait_until
@@ -21,7 +22,23 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def emit(event_type: str, **payload) -> str:
-    return redis_client.commands().xadd(channel.events_stream(), channel.encode_event(event_type, payload))
+    """Any event, well-formed or not, as a worker (or a forger) would append it."""
+    return redis_client.commands().xadd(keys.events_stream(), {"type": event_type, "data": json.dumps(payload)})
+
+
+def ingest_newer_first(redis_conn, monkeypatch, older: Callable[[], str], newer: Callable[[], str]) -> None:
+    """Two ingesters: one takes the older event and stalls; the other ingests the newer one;
+    the older is then taken over (XAUTOCLAIM of a stalled consumer's entries) and applied last."""
+    ingest.ingest()  # the group exists and has caught up
+    older()
+    group = ingest._group()
+    redis_conn.xreadgroup(group, "stalled-ingester", {keys.events_stream(): ">"}, count=1000)
+    newer()
+    ingest.ingest()
+    with monkeypatch.context() as patch:  # the stalled consumer's entry is idle long enough now
+        patch.setattr(ingest, "CLAIM_IDLE_MS", 0)
+        patch.setattr(ingest, "_last_claim", float("-inf"))
+        ingest.ingest()
 
 
 def round_trips(action: str, result: str) -> float:
@@ -33,12 +50,12 @@ def round_trips(action: str, result: str) -> float:
     )
 
 
-def test_registration_statuses_acks_and_bad_events(redis_conn):
+def test_registration_statuses_acks_and_bad_events(redis_conn, monkeypatch):
     now = time.time()
     emit(
         "register", env="env_x", url="http://127.0.0.1:9", version="1.2", host="h", pid=42, apps_running=["crm"], at=now
     )
-    redis_conn.xadd(channel.events_stream(), {"type": "status", "data": "{not json"})
+    redis_conn.xadd(keys.events_stream(), {"type": "status", "data": "{not json"})
     emit("teleport", env="env_x")
     emit("status", app="../x", env="env_x", status="running", at=now)
     assert ingest.ingest() >= 4  # plus any beats of the shared test cluster's workers
@@ -88,30 +105,32 @@ def test_registration_statuses_acks_and_bad_events(redis_conn):
 
     # Several ingesters may apply one stream's events out of order: a newer report applied
     # first is not undone by an older one.
-    stream = channel.events_stream()
-    first = emit("status", app="crm", env="env_x", status="running", at=time.time())
-    second = emit("status", app="crm", env="env_x", status="stopped", at=time.time())
-    for entry_id in (second, first):
-        fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
-        ingest.apply_event(fields, ingest._entry_time(entry_id, 0.0))
+    stream = keys.events_stream()
+    ingest_newer_first(
+        redis_conn,
+        monkeypatch,
+        older=lambda: emit("status", app="crm", env="env_x", status="running", at=time.time()),
+        newer=lambda: emit("status", app="crm", env="env_x", status="stopped", at=time.time()),
+    )
     assert AppEnvironment.objects.get(application=app).status == "stopped"
     # Likewise a beat applied after a later deregistration does not bring the environment back.
-    beat = emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time())
-    gone = emit("deregister", env="env_x", at=time.time())
-    for entry_id in (gone, beat):
-        fields = redis_conn.xrange(stream, entry_id, entry_id)[0][1]
-        ingest.apply_event(fields, ingest._entry_time(entry_id, 0.0))
+    ingest_newer_first(
+        redis_conn,
+        monkeypatch,
+        older=lambda: emit("heartbeat", env="env_x", url="http://127.0.0.1:9", at=time.time()),
+        newer=lambda: emit("deregister", env="env_x", at=time.time()),
+    )
     assert Environment.objects.get(name="env_x").stopped_at is not None
     ingest.ingest()
     assert Environment.objects.get(name="env_x").stopped_at is not None
-    pending = redis_conn.xpending(stream, channel.SUPERVISOR_GROUP)
+    pending = redis_conn.xpending(stream, protocol.SUPERVISOR_GROUP)
     assert pending["pending"] == 0
 
 
 def take(redis_conn, ids: list[str]) -> list[tuple[str, dict]]:
     """Our own entries (not the shared cluster's), removed from the stream so no other ingest
     applies them again."""
-    stream = channel.events_stream()
+    stream = keys.events_stream()
     wanted = set(ids)
     entries = [(i, f) for i, f in redis_conn.xrange(stream, ids[0], ids[-1]) if i in wanted]
     redis_conn.xdel(stream, *ids)

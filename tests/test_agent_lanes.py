@@ -1,13 +1,9 @@
 """The agent's command lanes (in-process): one app's commands in order, different apps at once,
-bounded, and the parsing of stream entries."""
+bounded."""
 
-import json
 import threading
 import time
 
-import pytest
-
-from worker_agent.agent.commands import CommandError, parse_command
 from worker_agent.agent.lanes import AppLanes
 
 
@@ -81,46 +77,3 @@ def test_lanes_run_everything_in_order():
     for app in ("a", "b", "c", "d"):
         assert [n for a, n in done if a == app] == list(range(10))
     assert lanes.close(timeout=5)
-
-
-FIELDS = {
-    "id": "c1",
-    "action": "stop",
-    "app": "crm",
-    "generation": "3",
-    "request_id": "r",
-    "issued_at": "1.5",
-    "expires_at": "99999999999",
-    "drop_data": "1",
-}
-
-
-def test_parse_command_accepts_fields_or_one_json_document():
-    command = parse_command("1-0", FIELDS)
-    assert (command.id, command.action, command.app, command.generation, command.drop_data) == (
-        "c1",
-        "stop",
-        "crm",
-        3,
-        True,
-    )
-    assert parse_command("1-1", {"json": json.dumps(FIELDS)}).app == "crm"
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"id": "bad id!"}, "invalid command id"),
-        ({"action": "launch"}, "unknown action"),
-        ({"app": "Bad-Name"}, "invalid app name"),
-        ({"app": "admin"}, "invalid app name"),
-        ({"generation": "x"}, "must be numbers"),
-        ({"generation": "-1"}, "must not be negative"),
-        ({"drop_data": "maybe"}, "drop_data"),
-    ],
-)
-def test_parse_command_says_what_is_wrong(change, message):
-    with pytest.raises(CommandError, match=message):
-        parse_command("1-0", {**FIELDS, **change})
-    with pytest.raises(CommandError, match="bad JSON"):
-        parse_command("1-0", {"json": "{oops"})

@@ -203,9 +203,9 @@ def assert_no_overlap(app: str) -> list[tuple[str, float, float]]:
 
 def start_commands(app: str, env: str) -> list[float]:
     """issued_at of every start command of ``app`` sent to ``env``."""
-    from apps_registry.control import channel, redis_client
+    from apps_registry.control import keys, redis_client
 
-    entries = redis_client.commands().xrange(channel.command_stream(env))
+    entries = redis_client.commands().xrange(keys.command_stream(env))
     return [float(f["issued_at"]) for _id, f in entries if f.get("app") == app and f.get("action") == "start"]
 
 

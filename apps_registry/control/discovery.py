@@ -32,7 +32,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps_registry import backends
-from apps_registry.control import redis_client, specs
+from apps_registry.control import keys, redis_client, specs
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,8 @@ class LocalDiscovery:
 class RemoteDiscovery:
     """The Redis configuration cache: written by the supervisor, read by everyone."""
 
-    def __init__(
-        self,
-        client: Callable[[], redis.Redis] = redis_client.get,
-        key: Callable[..., str] = redis_client.key,
-    ):
+    def __init__(self, client: Callable[[], redis.Redis] = redis_client.get):
         self._client = client
-        self._key = key
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
         # Set when a write failed (Redis unreachable): the cache may miss a change, so the
@@ -136,27 +131,29 @@ class RemoteDiscovery:
         self._dirty = False
 
     # Keys
-    def _app_key(self, name: str) -> str:
-        return self._key("cfg", "app", name)
+    @staticmethod
+    def _app_key(name: str) -> str:
+        return keys.cfg_app(name)
 
-    def _env_key(self, name: str) -> str:
-        return self._key("cfg", "env", name)
+    @staticmethod
+    def _env_key(name: str) -> str:
+        return keys.cfg_env(name)
 
     @property
     def _apps(self) -> str:
-        return self._key("cfg", "apps")
+        return keys.cfg_apps()
 
     @property
     def _envs(self) -> str:
-        return self._key("cfg", "envs")
+        return keys.cfg_envs()
 
     @property
     def _built(self) -> str:
-        return self._key("cfg", "built")
+        return keys.cfg_built()
 
     @property
     def _rev(self) -> str:
-        return self._key("cfg", "rev")
+        return keys.cfg_rev()
 
     # Writes (supervisor, after commit)
     def _write(self, ops: Callable[[redis.client.Pipeline], None]) -> None:

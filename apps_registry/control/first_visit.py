@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 from apps_registry.models import AppEnvironment, Application, AppStatus, StartMode
 from apps_registry.registry import actions
 
@@ -26,7 +26,7 @@ _local_guard = threading.Lock()
 
 def _first_caller(app_name: str) -> bool:
     if redis_client.configured():
-        key = redis_client.key("lock", "first-visit", app_name)
+        key = keys.first_visit_lock(app_name)
         return bool(redis_client.commands().set(key, "1", nx=True, px=int(DEBOUNCE_SECONDS * 1000)))
     now = time.monotonic()
     with _local_guard:

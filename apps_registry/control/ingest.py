@@ -8,7 +8,6 @@ to one of them, and the actions it calls are safe in any order (statuses carry t
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -20,8 +19,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps_registry.control import channel, redis_client
-from apps_registry.models import AppStatus, AuditEntry, Environment
+from apps_registry.control import keys, protocol, redis_client
+from apps_registry.models import AuditEntry, Environment
 from apps_registry.names import is_valid_name
 from apps_registry.observability import metrics
 from apps_registry.registry import actions
@@ -87,80 +86,52 @@ def _entry_time(entry_id: str, offset: float) -> dt.datetime | None:
         return None
 
 
-def _when(payload: dict) -> dt.datetime:
+def _when(at: float | None) -> dt.datetime:
+    """The time the worker put in an event, for an entry whose id gives none."""
     try:
-        return dt.datetime.fromtimestamp(float(payload["at"]), tz=dt.UTC)
-    except (KeyError, TypeError, ValueError, OverflowError):
+        return dt.datetime.fromtimestamp(at, tz=dt.UTC) if at is not None else timezone.now()
+    except (OverflowError, OSError, ValueError):
         return timezone.now()
 
 
-def _registration(payload: dict, at: dt.datetime) -> dict:
-    """``register_environment``'s arguments from a register/heartbeat event (validated)."""
-    name = payload.get("env")
-    if not is_valid_name(name):
-        raise ValueError(f"invalid environment name {name!r}")
-    pid = payload.get("pid")
-    apps_running = payload.get("apps_running") or []
-    if not isinstance(apps_running, list):
-        raise ValueError(f"bad apps_running in {payload!r}")
+def _registration(event: protocol.Registration, at: dt.datetime) -> dict:
+    """``register_environment``'s arguments from a register/heartbeat event."""
     return {
-        "name": name,
-        "url": str(payload.get("url") or ""),
-        "proxy_url": str(payload.get("proxy_url") or ""),
-        "version": str(payload.get("version") or "")[:60],
-        "host": str(payload.get("host") or "")[:255],
-        "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0 else None,
-        "apps_running": sorted({app for app in apps_running if is_valid_name(app)}),
+        "name": event.env,
+        "url": event.url,
+        "proxy_url": event.proxy_url,
+        "version": event.version,
+        "host": event.host,
+        "pid": event.pid,
+        "apps_running": list(event.apps_running),
         "at": at,
     }
 
 
-def _apply_registration(payload: dict, at: dt.datetime) -> None:
-    fields = _registration(payload, at)
-    # A beat older than a later deregistration must not bring the environment back.
-    if Environment.objects.filter(name=fields["name"], stopped_at__gt=at).exists():
+def _observe_round_trip(ack: protocol.Ack, env: str) -> None:
+    if ack.at is None or ack.issued_at is None:
         return
-    actions.register_environment(**fields)
-
-
-def _status(payload: dict, at: dt.datetime) -> tuple[str, str, str, str, dt.datetime]:
-    app, env, status = payload.get("app"), payload.get("env"), payload.get("status")
-    if not (is_valid_name(app) and is_valid_name(env)) or status not in AppStatus.values:
-        raise ValueError(f"bad status event {payload!r}")
-    return app, env, status, str(payload.get("error") or ""), at
-
-
-def _apply_status(payload: dict, at: dt.datetime) -> None:
-    app, env, status, error, at = _status(payload, at)
-    actions.record_app_status(app, env, status, error=error, at=at)
-
-
-def _observe_round_trip(payload: dict, env: str) -> None:
-    try:
-        seconds = max(0.0, float(payload["at"]) - float(payload["issued_at"]))
-    except (KeyError, TypeError, ValueError):
-        return
-    action = payload.get("action") if payload.get("action") in channel.ACTIONS else "invalid"
-    result = payload.get("result") if payload.get("result") in channel.RESULTS else "error"
+    seconds = max(0.0, ack.at - ack.issued_at)
+    action = ack.action if ack.action in protocol.ACTIONS else "invalid"
+    result = ack.result if ack.result in protocol.RESULTS else "error"
     metrics.observe_command_round_trip(action, env if is_valid_name(env) else "invalid", result, seconds)
 
 
-def _apply_ack(payload: dict) -> None:
+def _apply_ack(ack: protocol.Ack) -> None:
     """A failed, expired or superseded command closes its request as an error at once; an ok
     closes it only when every environment of the request has acknowledged ok (the request's
     other environments may still fail, or never be reached)."""
-    request_id = str(payload.get("request_id") or "")
-    result = payload.get("result")
-    env = str(payload.get("env") or "?")
-    _observe_round_trip(payload, env)
+    request_id = ack.request_id or ""
+    env = ack.env or "?"
+    _observe_round_trip(ack, env)
     if not request_id or not is_valid_name(env):
         return
-    if result == "superseded":
+    if ack.result == "superseded":
         actions.close_request(request_id, error=f"{env}: superseded by a newer request")
-    elif result == "expired":
+    elif ack.result == "expired":
         actions.close_request(request_id, error=f"{env}: the command expired before the worker picked it up")
-    elif result != "ok":
-        actions.close_request(request_id, error=f"{env}: {payload.get('error') or 'failed'}")
+    elif ack.result != "ok":
+        actions.close_request(request_id, error=f"{env}: {ack.error or 'failed'}")
     else:
         wanted = (
             AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING)
@@ -169,34 +140,12 @@ def _apply_ack(payload: dict) -> None:
         )
         if wanted is None:
             return
-        key = redis_client.key("req", request_id)
+        key = keys.request_acks(request_id)
         pipe = redis_client.commands().pipeline(transaction=True)
         pipe.hset(key, env, "ok").expire(key, REQUEST_ACKS_TTL).hkeys(key)
         acked = set(pipe.execute()[-1])
         if set(wanted or [env]) <= acked:
             actions.close_request(request_id)
-
-
-def apply_event(fields: dict[str, str], at: dt.datetime | None = None) -> None:
-    """Apply one event's stream fields to the registry. ``at`` orders it against other
-    changes (default: the time the worker put in the event)."""
-    event_type = fields.get("type")
-    payload = json.loads(fields.get("data") or "{}")
-    if not isinstance(payload, dict):
-        raise ValueError("event data is not an object")
-    at = at or _when(payload)
-    if event_type in ("register", "heartbeat"):
-        _apply_registration(payload, at)
-    elif event_type == "deregister":
-        name = payload.get("env")
-        if is_valid_name(name):
-            actions.deregister_environment(name, at=at)
-    elif event_type == "status":
-        _apply_status(payload, at)
-    elif event_type == "ack":
-        _apply_ack(payload)
-    else:
-        raise ValueError(f"unknown event type {event_type!r}")
 
 
 class Batch:
@@ -209,37 +158,31 @@ class Batch:
         self.registrations: dict[str, dict] = {}
         self.deregistrations: dict[str, dt.datetime] = {}
         self.statuses: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
-        self.acks: list[tuple[str, dict]] = []
+        self.acks: list[tuple[str, protocol.Ack]] = []
         self.events = 0
 
     def add(self, fields: dict[str, str], at: dt.datetime | None) -> None:
-        """Validate one event and keep it if it matters; raises ValueError for a bad one."""
-        event_type = fields.get("type")
-        payload = json.loads(fields.get("data") or "{}")
-        if not isinstance(payload, dict):
-            raise ValueError("event data is not an object")
-        at = at or _when(payload)
-        if event_type in ("register", "heartbeat"):
-            report = _registration(payload, at)
+        """Decode one event and keep it if it matters; raises ProtocolError for a bad one."""
+        event = protocol.decode_event(fields)
+        at = at or _when(event.at)
+        if isinstance(event, protocol.Registration):
+            report = _registration(event, at)
             previous = self.registrations.get(report["name"])
-            announce = event_type == "register" or bool(previous and previous["announce"])
+            announce = not event.heartbeat or bool(previous and previous["announce"])
             if previous is None or previous["at"] <= at:
                 self.registrations[report["name"]] = {**report, "announce": announce}
             else:
                 previous["announce"] = announce
-        elif event_type == "deregister":
-            name = payload.get("env")
-            if is_valid_name(name) and (name not in self.deregistrations or self.deregistrations[name] <= at):
-                self.deregistrations[name] = at
-        elif event_type == "status":
-            report = _status(payload, at)
+        elif isinstance(event, protocol.Deregistration):
+            if event.env not in self.deregistrations or self.deregistrations[event.env] <= at:
+                self.deregistrations[event.env] = at
+        elif isinstance(event, protocol.StatusReport):
+            report = (event.app, event.env, event.status, event.error, at)
             previous = self.statuses.get(report[:2])
             if previous is None or previous[4] <= at:
                 self.statuses[report[:2]] = report
-        elif event_type == "ack":
-            self.acks.append((str(payload.get("id") or ""), payload))
         else:
-            raise ValueError(f"unknown event type {event_type!r}")
+            self.acks.append((event.id, event))
         self.events += 1
 
     def apply(self) -> None:
@@ -266,8 +209,8 @@ class Batch:
             if not _guarded(lambda: actions.record_app_statuses(statuses), "status reports", quiet=True):
                 for report in statuses:
                     _guarded(lambda report=report: actions.record_app_statuses([report]), f"status {report}")
-        for command_id, payload in self.acks:
-            _guarded(lambda payload=payload: _apply_ack(payload), f"ack {command_id}")
+        for command_id, ack in self.acks:
+            _guarded(lambda ack=ack: _apply_ack(ack), f"ack {command_id}")
 
     @staticmethod
     def _register_one(report: dict) -> None:
@@ -304,7 +247,7 @@ def ingest(limit: int = 1000) -> int:
     """Apply up to ``limit`` waiting events; return how many were read. Never blocks."""
     global _redis_down
     client = redis_client.commands()
-    stream = channel.events_stream()
+    stream = keys.events_stream()
     try:
         _ensure_group(client, stream)
         offset = _redis_clock_offset(client)

@@ -26,12 +26,10 @@ from collections.abc import Sequence
 import redis
 from django.conf import settings
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 from apps_registry.models import Environment, EnvironmentStatus
 
 log = logging.getLogger(__name__)
-
-SEEN_KEY = ("env", "seen")
 
 
 def classify(
@@ -60,7 +58,7 @@ def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime] | None:
     if not names or not redis_client.configured():
         return {}
     try:
-        scores = redis_client.commands().zmscore(redis_client.key(*SEEN_KEY), list(names))
+        scores = redis_client.commands().zmscore(keys.seen(), list(names))
     except redis.RedisError as error:
         log.warning("liveness: Redis unavailable, environment statuses unknown (%s)", error)
         return None

@@ -158,7 +158,12 @@ def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api
     )
     reregistered = time.monotonic()
     wait_until(
-        lambda: set(client.hkeys(f"{prefix}:status:{APP}")) == {"env_a", "env_b"},
+        lambda: {
+            json.loads(fields["data"]).get("env")
+            for _id, fields in client.xrange(f"{prefix}:events")
+            if fields.get("type") == "status" and json.loads(fields["data"]).get("app") == APP
+        }
+        == {"env_a", "env_b"},
         timeout=30,
         interval=0.05,
         message="statuses reported again",

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from apps_registry.control import channel, redis_client
+from apps_registry.control import channel, keys, protocol, redis_client
 from tests import services
 from tests.processes import wait_until
 
@@ -59,7 +59,7 @@ BAD_IDS = ["x:*", "../../ack", "a b", "i" * 200, ""]
 def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survives(cluster_logs):
     worker = cluster_logs.env_a
     client = redis_client.commands()
-    stream = channel.command_stream("env_a")
+    stream = keys.command_stream("env_a")
     raw = redis.Redis(host=services.REDIS_HOST, port=services.REDIS_PORT, db=services.REDIS_DB)
 
     log_start = len(worker.agent.log())
@@ -89,12 +89,12 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
 
     # Nothing left pending in the agent's group: every entry was acknowledged.
     wait_until(
-        lambda: client.xpending(stream, channel.AGENT_GROUP)["pending"] == 0,
+        lambda: client.xpending(stream, protocol.AGENT_GROUP)["pending"] == 0,
         timeout=10,
         message="no pending command entries",
     )
     # No key was written outside the run's prefix, and no ack key outside the ack namespace.
-    ack_prefix = channel.ack_key("")
+    ack_prefix = keys.ack("")
     stray = [k for k in client.scan_iter(match=f"{services.RUN_ID}:ack:*") if not k.startswith(ack_prefix)]
     assert stray == []
     assert worker.agent.alive(), worker.agent.log()[-3000:]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from apps_registry.control import channel, redis_client
+from apps_registry.control import channel, keys, redis_client
 from apps_registry.control.start_queue.enqueue import enqueue_start
 from apps_registry.models import Application
 
@@ -27,7 +27,7 @@ _ACK_POLL = 1.0
 def _environment_alive(env: str) -> bool:
     """True if the environment's agent renewed its lease recently (or Redis cannot tell)."""
     try:
-        seen = redis_client.commands().zscore(channel.seen_key(), env)
+        seen = redis_client.commands().zscore(keys.seen(), env)
     except Exception:  # no answer is not evidence of death
         return True
     return seen is not None and time.time() - seen <= settings.APP_CONFIG.offline_after

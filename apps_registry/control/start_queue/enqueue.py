@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import rq
 from django.conf import settings
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def pending_key() -> str:
     """Hash app → ``"<generation> <request_id>"`` of every start request not finished by its
     job yet. A worker's own ``starting`` (reconciliation, restart) is not in it, so recovery
     leaves that alone."""
-    return redis_client.key("start", "pending")
+    return keys.start_pending()
 
 
 _FORGET = """

@@ -9,7 +9,7 @@ import time
 
 from django.conf import settings
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ return 0
 
 
 def lock_key(app_name: str) -> str:
-    return redis_client.key("lock", "start", app_name)
+    return keys.start_lock(app_name)
 
 
 class StartLock:

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 from apps_registry.control.start_queue.enqueue import (
     app_of_job,
     enqueue_start,
@@ -121,7 +121,7 @@ def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:
 def recover_throttled() -> None:
     """Run the recovery check at most once per lock TTL across all processes."""
     ttl = settings.APP_CONFIG.start_lock_ttl
-    if not redis_client.commands().set(redis_client.key("lock", "start-recovery"), "1", nx=True, px=int(ttl * 1000)):
+    if not redis_client.commands().set(keys.start_recovery_lock(), "1", nx=True, px=int(ttl * 1000)):
         return
     try:
         recover_interrupted_starts()

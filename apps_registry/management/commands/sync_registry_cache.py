@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from apps_registry.control import redis_client
+from apps_registry.control import keys, redis_client
 from apps_registry.control.discovery import RemoteDiscovery
 
 
@@ -28,5 +28,5 @@ class Command(BaseCommand):
             self.stdout.write("cache present, left as is" if before else "cache was missing: rebuilt")
             return
         cache.rebuild()
-        raw = redis_client.get().get(redis_client.key("cfg", "built"))
+        raw = redis_client.get().get(keys.cfg_built())
         self.stdout.write(f"config cache rebuilt: {raw}")

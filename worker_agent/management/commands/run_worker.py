@@ -11,7 +11,7 @@ class Command(BaseCommand):
         config = settings.APP_CONFIG
         if config.mode != "worker":
             raise CommandError(f"run_worker needs APP_MODE=worker (this process has APP_MODE={config.mode})")
-        from worker_agent.agent.loop import Agent
+        from worker_agent.agent.main import Agent
 
         code = Agent().run()
         if code:

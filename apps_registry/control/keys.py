@@ -1,0 +1,108 @@
+"""Every Redis key of the project, built in one place (the key tables of docs/protocol.md).
+
+Each key is ``<APP_REDIS_PREFIX>:part:part`` (``redis_client.key``). Names, environment
+names and command ids are validated before they become key parts.
+"""
+
+from __future__ import annotations
+
+from apps_registry.control.redis_client import key as _key
+
+# --- command channel (supervisor -> worker) ---------------------------------------------
+
+
+def command_stream(env: str) -> str:
+    """``P:cmd:<env>``: the environment's command stream (consumer group ``agent``)."""
+    return _key("cmd", env)
+
+
+def ack(command_id: str) -> str:
+    """``P:ack:<command id>``: the command's acknowledgement, for a blocking wait."""
+    return _key("ack", command_id)
+
+
+def done(env: str, command_id: str) -> str:
+    """``P:done:<env>:<command id>``: the result of a processed command (de-duplication)."""
+    return _key("done", env, command_id)
+
+
+def generations(env: str) -> str:
+    """``P:gen:<env>``: hash app -> newest generation this environment has seen."""
+    return _key("gen", env)
+
+
+# --- events (worker -> supervisor) --------------------------------------------------------
+
+
+def events_stream() -> str:
+    """``P:events``: every worker's reports (consumer group ``supervisor``)."""
+    return _key("events")
+
+
+def request_acks(request_id: str) -> str:
+    """``P:req:<request id>``: hash env -> result of a request's ok acknowledgements."""
+    return _key("req", request_id)
+
+
+# --- liveness -------------------------------------------------------------------------------
+
+
+def seen() -> str:
+    """``P:env:seen``: sorted set env -> Redis server time of its agent's last lease beat."""
+    return _key("env", "seen")
+
+
+# --- configuration cache ----------------------------------------------------------------------
+
+
+def cfg_app(name: str) -> str:
+    """``P:cfg:app:<name>``: JSON AppSpec; ``cfg_app("")`` is the prefix of them all."""
+    return _key("cfg", "app", name)
+
+
+def cfg_apps() -> str:
+    """``P:cfg:apps``: set of the cached application names."""
+    return _key("cfg", "apps")
+
+
+def cfg_env(name: str) -> str:
+    """``P:cfg:env:<name>``: JSON EnvSpec; ``cfg_env("")`` is the prefix of them all."""
+    return _key("cfg", "env", name)
+
+
+def cfg_envs() -> str:
+    """``P:cfg:envs``: set of the cached environment names."""
+    return _key("cfg", "envs")
+
+
+def cfg_built() -> str:
+    """``P:cfg:built``: marker of the last full rebuild; missing means "not ready"."""
+    return _key("cfg", "built")
+
+
+def cfg_rev() -> str:
+    """``P:cfg:rev``: bumped by every cache write; a rebuild WATCHes it."""
+    return _key("cfg", "rev")
+
+
+# --- start queue and first visit --------------------------------------------------------------
+
+
+def start_lock(app: str) -> str:
+    """``P:lock:start:<app>``: owner token of the job starting the app."""
+    return _key("lock", "start", app)
+
+
+def start_pending() -> str:
+    """``P:start:pending``: hash app -> "<generation> <request_id>" of unfinished start jobs."""
+    return _key("start", "pending")
+
+
+def start_recovery_lock() -> str:
+    """``P:lock:start-recovery``: throttle of the interrupted-start recovery check."""
+    return _key("lock", "start-recovery")
+
+
+def first_visit_lock(app: str) -> str:
+    """``P:lock:first-visit:<app>``: debounce of "start on first visit"."""
+    return _key("lock", "first-visit", app)

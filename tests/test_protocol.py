@@ -1,0 +1,138 @@
+"""The protocol's messages (no Redis): each one decodes what it encodes, and decoding says what
+is wrong with bad input."""
+
+import json
+
+import pytest
+
+from apps_registry.control import protocol
+from apps_registry.models import AppStatus
+
+FIELDS = {
+    "id": "c1",
+    "action": "stop",
+    "app": "crm",
+    "generation": "3",
+    "request_id": "r",
+    "issued_at": "1.5",
+    "expires_at": "99999999999",
+    "drop_data": "1",
+}
+
+
+def test_command_decodes_fields_or_one_json_document():
+    command = protocol.Command.decode(FIELDS)
+    assert (command.id, command.action, command.app, command.generation, command.drop_data) == (
+        "c1",
+        "stop",
+        "crm",
+        3,
+        True,
+    )
+    assert protocol.Command.decode({"json": json.dumps(FIELDS)}).app == "crm"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"id": "bad id!"}, "invalid command id"),
+        ({"action": "launch"}, "unknown action"),
+        ({"app": "Bad-Name"}, "invalid app name"),
+        ({"app": "admin"}, "invalid app name"),
+        ({"generation": "x"}, "must be numbers"),
+        ({"generation": "-1"}, "must not be negative"),
+        ({"drop_data": "maybe"}, "drop_data"),
+    ],
+)
+def test_command_decoding_says_what_is_wrong(change, message):
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.Command.decode({**FIELDS, **change})
+    with pytest.raises(protocol.ProtocolError, match="bad JSON"):
+        protocol.Command.decode({"json": "{oops"})
+
+
+def test_command_round_trip_keeps_the_wire_fields():
+    command = protocol.Command.new("remove", "crm", generation=7, request_id="r9", ttl=60, drop_data=True)
+    fields = command.encode()
+    assert set(fields) == {"id", "action", "app", "generation", "request_id", "issued_at", "expires_at", "drop_data"}
+    assert all(isinstance(value, str) for value in fields.values())
+    assert (fields["generation"], fields["drop_data"]) == ("7", "1")
+    decoded = protocol.Command.decode(fields)
+    assert decoded.id == command.id and decoded.drop_data and decoded.generation == 7
+    assert abs(decoded.expires_at - decoded.issued_at - 60) < 1e-3
+    with pytest.raises(protocol.ProtocolError, match="unknown command action"):
+        protocol.Command.new("launch", "crm", generation=1, request_id="r", ttl=1)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        protocol.Registration("env_a", "http://a", "", "1.0", "h", 42, ("crm", "sales"), 1.5),
+        protocol.Registration("env_a", "http://a", "http://p", "1.0", "h", None, (), 2.5, heartbeat=True),
+        protocol.Deregistration("env_a", 3.5),
+        protocol.StatusReport("crm", "env_a", "error", "boom", 4.5),
+        protocol.Ack("c1", "env_a", "ok", "", 5.5, "r1", "crm", "stop", 3, 5.0),
+        protocol.Ack("entry-1-0", "env_a", "error", "bad JSON", 6.5),
+    ],
+)
+def test_every_event_decodes_what_it_encodes(event):
+    fields = event.encode()
+    assert set(fields) == {"type", "data"} and fields["type"] in protocol.EVENT_TYPES
+    assert protocol.decode_event(fields) == event
+
+
+def test_event_data_on_the_wire():
+    ack = protocol.Ack("c1", "env_a", "ok", "", 5.5, "r1", "crm", "stop", 3, 5.0)
+    assert json.loads(ack.encode()["data"]) == {
+        "id": "c1",
+        "env": "env_a",
+        "result": "ok",
+        "error": "",
+        "at": 5.5,
+        "request_id": "r1",
+        "app": "crm",
+        "action": "stop",
+        "generation": 3,
+        "issued_at": 5.0,
+    }
+    assert protocol.Ack.from_json(ack.to_json()) == ack
+    registration = protocol.Registration("env_a", "http://a", "", "1.0", "h", 42, ("crm",), 1.5)
+    assert json.loads(registration.encode()["data"]) == {
+        "env": "env_a",
+        "url": "http://a",
+        "proxy_url": "",
+        "version": "1.0",
+        "host": "h",
+        "pid": 42,
+        "apps_running": ["crm"],
+        "at": 1.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"type": "teleport", "data": "{}"}, "unknown event type"),
+        ({"type": "status", "data": "{not json"}, "bad event data"),
+        ({"type": "status", "data": "[1]"}, "not an object"),
+        ({"type": "status", "data": json.dumps({"app": "../x", "env": "env_a", "status": "running"})}, "bad status"),
+        ({"type": "status", "data": json.dumps({"app": "crm", "env": "env_a", "status": "dancing"})}, "bad status"),
+        ({"type": "register", "data": json.dumps({"env": "Bad Env"})}, "invalid environment name"),
+        ({"type": "heartbeat", "data": json.dumps({"env": "env_a", "apps_running": "crm"})}, "not a list"),
+        ({"type": "deregister", "data": json.dumps({"env": 7})}, "invalid environment name"),
+    ],
+)
+def test_bad_events_say_what_is_wrong(fields, message):
+    with pytest.raises(protocol.ProtocolError, match=message):
+        protocol.decode_event(fields)
+
+
+def test_registration_decoding_bounds_and_filters_what_it_keeps():
+    data = {"env": "env_a", "version": "v" * 100, "host": "h" * 300, "pid": True, "apps_running": ["b", "a", "../x"]}
+    registration = protocol.Registration.decode({"type": "register", "data": json.dumps(data)})
+    assert (len(registration.version), len(registration.host)) == (protocol.MAX_VERSION, protocol.MAX_HOST)
+    assert registration.pid is None and registration.apps_running == ("a", "b")
+
+
+def test_reported_statuses_are_the_registrys():
+    assert set(protocol.STATUSES) == set(AppStatus.values)

@@ -1,0 +1,131 @@
+"""Carrying out commands in their app's lane, through the hosting runtime: the generation
+check, the app's spec from the configuration cache, start/stop/restart/remove with their
+statuses, and the acknowledgement of the result."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from apps_registry.control.discovery import CacheNotReady, get_discovery
+from worker_agent.agent.commands import CommandError, Delivery
+from worker_agent.agent.inbox import Generations
+from worker_agent.agent.reporter import Reporter
+from worker_agent.hosting import runtime
+
+log = logging.getLogger("worker_agent.agent")
+
+
+def running_apps() -> dict[str, dict]:
+    """The apps running here, from the local state file; empty if it cannot be read."""
+    try:
+        return runtime.running_apps()
+    except Exception:
+        log.exception("cannot read the local state of running apps")
+        return {}
+
+
+def spec_generation(spec: dict) -> int:
+    try:
+        return int(spec.get("generation") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        env: str,
+        reporter: Reporter,
+        generations: Generations,
+        finish: Callable[[Delivery, str, str], None],
+    ) -> None:
+        self.env = env
+        self.reporter = reporter
+        self.generations = generations
+        self._finish = finish
+        # Apps whose start failed here, with the generation it failed at: reconciliation does
+        # not retry those in a loop; a new request (a newer generation) tries again.
+        self._failed: dict[str, int] = {}
+
+    # --- the app's spec -------------------------------------------------------------------------
+
+    def spec(self, app: str) -> dict | None:
+        """The app's spec from the configuration cache; None if the cache does not know it."""
+        try:
+            spec = get_discovery().get_app(app)
+        except CacheNotReady:
+            raise CommandError("the configuration cache is not built yet (the supervisor rebuilds it)") from None
+        return spec if isinstance(spec, dict) else None
+
+    def _placed_spec(self, app: str) -> dict:
+        spec = self.spec(app)
+        if spec is None:
+            raise CommandError(f"unknown app {app!r}")
+        if self.env not in (spec.get("environments") or {}):
+            raise CommandError(f"app {app!r} is not placed on environment {self.env!r}")
+        return spec
+
+    def start_failed_for(self, spec: dict) -> bool:
+        """True if a start of this very generation of the app already failed here."""
+        return self._failed.get(spec.get("name")) == spec_generation(spec)
+
+    # --- actions, each reporting its statuses ---------------------------------------------------
+
+    def start(self, app: str, spec: dict) -> None:
+        self.reporter.status(app, "starting")
+        try:
+            runtime.start_app(spec)
+        except Exception as error:
+            message = str(error) or error.__class__.__name__
+            if not isinstance(error, runtime.AppStartError):
+                log.exception("start of %s failed", app)
+            self.reporter.status(app, "error", message)
+            self._failed[app] = spec_generation(spec)
+            raise CommandError(message) from None
+        self._failed.pop(app, None)
+        self.reporter.status(app, "running")
+
+    def stop(self, app: str) -> None:
+        self.reporter.status(app, "stopping")
+        runtime.stop_app(app)
+        self.reporter.status(app, "stopped")
+
+    def _execute(self, delivery: Delivery) -> None:
+        command = delivery.command
+        app = command.app
+        if command.action == "start":
+            self.start(app, self._placed_spec(app))
+        elif command.action == "restart":
+            spec = self._placed_spec(app)
+            if app in running_apps():
+                self.stop(app)
+            self.start(app, spec)
+        elif command.action == "stop":
+            if app not in runtime.app_statuses() and self.spec(app) is None:
+                raise CommandError(f"unknown app {app!r}")
+            self.stop(app)
+        elif command.action == "remove":
+            self.reporter.status(app, "stopping")
+            runtime.remove_app(app, drop_data=command.drop_data)
+            self.reporter.status(app, "stopped")
+
+    def run(self, delivery: Delivery) -> None:
+        """Carry out one command when its lane gets to it, then acknowledge it."""
+        command = delivery.command
+        if command.generation < self.generations.get(command.app):
+            self._finish(delivery, "superseded", "a newer request for this app arrived first")
+            self.reporter.actual(command.app)
+            return
+        try:
+            self._execute(delivery)
+        except CommandError as error:
+            self._finish(delivery, "error", str(error))
+            return
+        except Exception as error:
+            log.exception("command %s (%s %s) failed", command.id, command.action, command.app)
+            self.reporter.status(command.app, "error", f"{command.action} failed: {error}")
+            self._finish(delivery, "error", f"{command.action} failed: {error}")
+            return
+        self._finish(delivery, "ok")

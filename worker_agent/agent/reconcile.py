@@ -1,0 +1,147 @@
+"""Reconciliation against the configuration cache: at start-up and every
+``APP_RECONCILE_INTERVAL``, converge each app placed here towards its ``desired_running``;
+and, before anything else at start-up, finish what a crash interrupted.
+
+Each step runs in the app's lane like a command and is re-checked against fresh state when
+its turn comes. Apps the cache does not know are left alone, and a cache that is not built
+postpones reconciliation: an empty Redis never stops apps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+
+from apps_registry.control.discovery import CacheNotReady, get_discovery
+from apps_registry.names import is_valid_name
+from worker_agent.agent.commands import CommandError
+from worker_agent.agent.executor import Executor, running_apps, spec_generation
+from worker_agent.agent.inbox import Generations
+from worker_agent.agent.link import RedisLink
+from worker_agent.hosting import local_state, runtime
+
+log = logging.getLogger("worker_agent.agent")
+
+Submit = Callable[[str, Callable[[], None]], None]
+Queued = Callable[[str], int]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        env: str,
+        link: RedisLink,
+        executor: Executor,
+        generations: Generations,
+        submit: Submit,
+        queued: Queued,
+        interval: float,
+    ) -> None:
+        self.env = env
+        self.link = link
+        self.executor = executor
+        self.generations = generations
+        self._submit = submit
+        self._queued = queued
+        self._interval = interval
+        self._next = 0.0
+        self._cache_ready = True
+
+    def _desired(self, spec: dict) -> bool:
+        placement = (spec.get("environments") or {}).get(self.env)
+        return bool(placement and placement.get("desired_running"))
+
+    # --- periodic ---------------------------------------------------------------------------------
+
+    def due(self) -> None:
+        """Reconcile if the interval has passed (called from the main loop)."""
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self._interval
+            self.reconcile()
+
+    def soon(self) -> None:
+        """Reconcile at the next chance (Redis is back: the cache may have moved on)."""
+        self._next = 0.0
+
+    def reconcile(self) -> None:
+        """Queue a convergence step for every app whose desired and actual states differ."""
+        running = running_apps()
+        try:
+            specs = get_discovery().apps_for_environment(self.env)
+        except redis.RedisError:
+            raise
+        except CacheNotReady:
+            if self._cache_ready:  # one line per change, not one per interval
+                log.info("reconciliation postponed until the supervisor builds the configuration cache")
+            self._cache_ready = False
+            return
+        except Exception:
+            log.exception("reconciliation: cannot list this environment's apps")
+            return
+        if not self._cache_ready:
+            log.info("configuration cache available: reconciling %d app(s) placed here", len(specs or []))
+        self._cache_ready = True
+        for spec in specs or []:
+            name = spec.get("name")
+            if not is_valid_name(name):
+                continue
+            desired = self._desired(spec)
+            if desired and self.executor.start_failed_for(spec):
+                continue  # it failed for this very request: wait for a new one, do not loop
+            if desired != (name in running) and not self._queued(name):
+                self._submit(name, lambda name=name: self._converge(name))
+
+    def _converge(self, app: str) -> None:
+        """Re-check against fresh state when the lane gets to it, then act."""
+        try:
+            spec = self.executor.spec(app)
+        except redis.RedisError as error:
+            self.link.lost(error)
+            return
+        except CommandError:
+            return
+        if spec is None or spec_generation(spec) < self.generations.get(app):
+            return  # the cache is behind a command this agent already saw
+        desired = self._desired(spec)
+        running = app in running_apps()
+        if desired and self.executor.start_failed_for(spec):
+            return
+        try:
+            if desired and not running:
+                log.info("reconciliation: starting %s", app)
+                self.executor.start(app, spec)
+            elif not desired and running:
+                log.info("reconciliation: stopping %s", app)
+                self.executor.stop(app)
+        except CommandError as error:
+            log.warning("reconciliation of %s: %s", app, error)
+        except Exception:
+            log.exception("reconciliation of %s failed", app)
+
+    # --- at start-up ------------------------------------------------------------------------------
+
+    def resume_interrupted(self) -> None:
+        """Finish what a crash (SIGKILL) interrupted, from the local state file alone, so it
+        works while Redis is down: a start in progress is started again, a stop finished."""
+        for name, entry in runtime.app_statuses().items():
+            if entry.get("status") == "starting":
+                spec = (local_state.app_entry(name) or {}).get("spec")
+                if isinstance(spec, dict) and spec.get("name") == name:
+                    log.info("resuming the interrupted start of %s", name)
+                    self._submit(name, lambda name=name, spec=spec: self._resume(name, spec))
+            elif entry.get("status") == "stopping":
+                log.info("finishing the interrupted stop of %s", name)
+                self._submit(name, lambda name=name: self._resume(name, None))
+
+    def _resume(self, app: str, spec: dict | None) -> None:
+        try:
+            if spec is None:
+                self.executor.stop(app)
+            else:
+                self.executor.start(app, spec)
+        except Exception as error:  # reported as the app's error status by Executor.start
+            log.warning("resuming %s failed: %s", app, error)
