@@ -13,11 +13,11 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from apps_registry.api import schema_check
-from apps_registry.api.views import MAX_BODY_BYTES
+from apps_registry.api.body import MAX_BODY_BYTES
 from apps_registry.control import start_queue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
+from tests import schema_check
 from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db
