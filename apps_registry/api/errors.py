@@ -64,6 +64,9 @@ def field_errors(errors: list[dict[str, Any]]) -> dict[str, list[str]]:
         kind = error.get("type", "")
         if kind == "string_type" and len(loc) > depth + 1:
             message = _MESSAGES["list_type"]  # an item of a list of strings
+        elif kind in ("enum", "literal_error"):  # pydantic says "'a' or 'b'"; the API says "a, b"
+            expected = str(error.get("ctx", {}).get("expected", ""))
+            message = _MESSAGES[kind].format(expected=expected.replace("'", "").replace(" or ", ", "))
         elif kind in _MESSAGES:
             message = _MESSAGES[kind].format(**error.get("ctx", {}))
         else:

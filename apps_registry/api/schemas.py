@@ -73,6 +73,14 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def _optional(schema: dict[str, Any]) -> None:
+    # Null is accepted as "omitted" but not advertised: document the non-null branch only.
+    _no_default(schema)
+    branches = [branch for branch in schema.pop("anyOf", []) if branch.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+
+
 def _no_default_min_one(schema: dict[str, Any]) -> None:
     _no_default(schema)
     schema["minItems"] = 1
@@ -180,12 +188,10 @@ class AppCreate(_Body):
     start: StrictBool = Field(False, description="queue a start right away")
     start_mode: StartMode = StartMode.MANUAL
     admin_username: Annotated[StrictStr, Field(max_length=150), AfterValidator(_not_blank)] = "admin"
-    admin_password: StrictStr = Field(
+    admin_password: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = Field(
         None,
-        min_length=1,
-        max_length=200,
         description="first admin's password; generated and returned once if omitted",
-        json_schema_extra=_no_default,
+        json_schema_extra=_optional,
     )
 
 
