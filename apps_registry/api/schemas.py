@@ -10,8 +10,16 @@ import datetime as dt
 from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from ninja import Schema
-from pydantic import AfterValidator, ConfigDict, Field, PlainSerializer, StrictBool, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictStr,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
@@ -97,14 +105,16 @@ Timestamp = Annotated[
 ]
 
 
-class _Body(Schema):
+class _Body(BaseModel):
     """Request bodies: a field the model does not name is refused, never ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class _Out(Schema):
-    """Responses: exactly the documented fields (``additionalProperties: false``)."""
+class _Out(BaseModel):
+    """Responses: exactly the documented fields (``additionalProperties: false``). Plain pydantic,
+    not ninja's Schema: its per-instance Python validator (for ORM objects, which the endpoints
+    never return) made a thousand-app list ~10x slower to answer."""
 
     model_config = ConfigDict(extra="forbid")
 
