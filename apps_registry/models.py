@@ -67,6 +67,14 @@ class Environment(models.Model):
         return self.proxy_url or self.url
 
 
+class ApplicationQuerySet(models.QuerySet):
+    def with_placements(self) -> ApplicationQuerySet:
+        """Each application with its placements (by environment name) and their environments,
+        in two queries however many applications there are."""
+        placements = AppEnvironment.objects.select_related("environment").order_by("environment__name")
+        return self.prefetch_related(models.Prefetch("placements", queryset=placements))
+
+
 class Application(models.Model):
     name = models.CharField(max_length=40, unique=True, validators=[validate_app_name])
     display_name = models.CharField(max_length=200, blank=True)
@@ -85,6 +93,8 @@ class Application(models.Model):
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+
+    objects = ApplicationQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_rq",
     "revproxy",
+    "ninja",  # its templates and static files: the API's Swagger UI page, served by whitenoise
     "apps_registry",
     "worker_agent",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -13,11 +14,21 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from apps_registry.api import schema_check
-from apps_registry.api.views import MAX_BODY_BYTES
+from apps_registry.api.body import MAX_BODY_BYTES
 from apps_registry.control.start_queue import enqueue
-from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
+from apps_registry.models import (
+    ApiToken,
+    AppEnvironment,
+    Application,
+    AppStatus,
+    AuditEntry,
+    Environment,
+    EnvironmentStatus,
+    StartMode,
+)
 from apps_registry.registry import actions, outbox
+from supervisor_site import catalogue
+from tests import schema_check
 from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db
@@ -281,6 +292,29 @@ def test_openapi_documents_every_route(document):
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})
     assert schema_check.response_errors(document, "/apps", "GET", 418, {})
+
+
+def test_openapi_enums_come_from_the_catalogue_and_the_models(document):
+    schemas = document["components"]["schemas"]
+    assert schemas["AppCreate"]["properties"]["modules"]["items"]["enum"] == list(catalogue.modules())
+    assert schemas["StartMode"]["enum"] == list(StartMode.values)
+    assert schemas["AppStatus"]["enum"] == list(AppStatus.values)
+    assert schemas["EnvironmentStatus"]["enum"] == list(EnvironmentStatus.values)
+    assert schemas["AppCreate"]["example"]["name"] == "sales_eu"
+
+
+def test_docs_page_needs_no_token_and_uses_no_cdn():
+    response = Client().get("/api/v1/docs")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "/api/v1/openapi.json" in html
+    assert not re.search(r"(?:src|href)=[\"']?(?:https?:)?//", html), "an external URL in the docs page"
+    assets = re.findall(r"(?:src|href)=\"(/static/[^\"]+)\"", html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    for asset in assets:
+        assert Client().get(asset).status_code == 200, asset
+    # Viewing the page is free; calling the API from it still takes a token.
+    assert Client().get("/api/v1/apps").status_code == 401
 
 
 def test_create_api_token_prints_the_token_alone():

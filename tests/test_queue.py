@@ -18,9 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apps_registry.api import schema_check
 from apps_registry.control.start_queue import enqueue, job
-from tests import services
+from tests import schema_check, services
 from tests.processes import PYTHON, Process, manage, wait_until
 from worker_agent.hosting import app_databases
 

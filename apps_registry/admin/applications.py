@@ -13,7 +13,7 @@ import secrets
 import redis
 from django.contrib import admin, messages
 from django.contrib.auth.hashers import make_password
-from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -95,8 +95,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        placements = AppEnvironment.objects.select_related("environment").order_by("environment__name")
-        return super().get_queryset(request).prefetch_related(Prefetch("placements", queryset=placements))
+        return super().get_queryset(request).with_placements()
 
     @admin.display(description="open")
     def open_link(self, app: Application) -> str:

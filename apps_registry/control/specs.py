@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 
-from apps_registry.models import AppEnvironment, Application, Environment
+from apps_registry.models import Application, Environment
 
 
 def applications() -> QuerySet[Application]:
     """Applications with their placements and environments: two queries for any number."""
-    placements = AppEnvironment.objects.select_related("environment").order_by("environment__name")
-    return Application.objects.prefetch_related(Prefetch("placements", queryset=placements))
+    return Application.objects.with_placements()
 
 
 def app_spec(app: Application) -> dict:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from apps_registry.api.views import MAX_BODY_BYTES
+from apps_registry.api.body import MAX_BODY_BYTES
 from apps_registry.models import ApiToken, AppEnvironment, Application, AppStatus, AuditEntry, Environment
 from apps_registry.names import NAME_RE, RESERVED_APP_NAMES, is_valid_name, validate_app_name
 from apps_registry.registry import actions

@@ -1,0 +1,193 @@
+"""``/apps`` endpoints: list, read, create and delete applications, start, stop and restart
+them. Every change goes through ``apps_registry.registry.actions`` (audit trail with
+``via="api"``); the permissions are the admin's, checked by ``TokenAuth`` before the body is read."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError
+from django.http import HttpRequest, HttpResponse
+from ninja import Router, Status
+from ninja.params.functions import Path, Query
+from pydantic import AfterValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from apps_registry.api import representations
+from apps_registry.api.auth import PermissionMissing, TokenAuth
+from apps_registry.api.body import JsonBody
+from apps_registry.api.errors import ApiError
+from apps_registry.api.responses import documented
+from apps_registry.api.schemas import (
+    NAME_SCHEMA,
+    Accepted,
+    App,
+    AppCreate,
+    AppCreated,
+    AppList,
+    Operation,
+)
+from apps_registry.models import Application, Environment
+from apps_registry.names import is_valid_name
+from apps_registry.registry import actions, outbox
+
+router = Router()
+
+_BOOLEAN_TEXT = ("true", "false", "1", "0")
+
+
+def _boolean_text(value: str) -> str:
+    if value.lower() not in _BOOLEAN_TEXT:
+        raise PydanticCustomError("boolean_text", "must be true or false")
+    return value.lower()
+
+
+# A path name is not validated as a name: an invalid one is simply no application (404).
+AppPath = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
+DropData = Annotated[
+    str,
+    AfterValidator(_boolean_text),
+    WithJsonSchema({"type": "string", "enum": list(_BOOLEAN_TEXT), "default": "false"}),
+]
+
+
+def _get_app(name: str) -> Application:
+    app = Application.objects.with_placements().filter(name=name).first() if is_valid_name(name) else None
+    if app is None:
+        raise ApiError(404, f"no application named {name[:60]!r}")
+    return app
+
+
+@router.get(
+    "/apps",
+    auth=TokenAuth("apps_registry.view_application"),
+    summary="List applications with their status per environment",
+    **documented(200, AppList, "Applications"),
+)
+def list_apps(request: HttpRequest) -> dict[str, Any]:
+    representations.refresh()
+    return {"apps": representations.apps_json()}
+
+
+@router.post(
+    "/apps",
+    auth=TokenAuth("apps_registry.add_application"),
+    summary="Create an application",
+    exclude_unset=True,  # request_id and initial_admin appear only when they apply
+    **documented(201, AppCreated, "Created", 409, 413, 503),
+)
+def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Status[dict[str, Any]]:
+    user = request.auth
+    if payload.start and not user.has_perm("apps_registry.start_application"):
+        raise PermissionMissing("permission denied: needs apps_registry.start_application")
+    representations.refresh()  # an environment that just registered may be named
+    found = {env.name: env for env in Environment.objects.filter(name__in=payload.environments)}
+    unknown = [name for name in payload.environments if name not in found]
+    if unknown:
+        raise ApiError(400, errors={"environments": [f"unknown environment {n[:60]!r}" for n in unknown]})
+    if Application.objects.filter(name=payload.name).exists():
+        raise ApiError(409, f"an application named {payload.name!r} already exists")
+    # Refused while Redis is down, before anything changes: the 503 could not carry the
+    # generated admin password, and the workers could not learn about the app.
+    outbox.require_channel("creation", payload.name)
+    password = payload.admin_password
+    generated = password is None
+    if generated:
+        password = secrets.token_urlsafe(12)
+    username = payload.admin_username.strip()
+    options = {
+        "modules": payload.modules,
+        "start_mode": payload.start_mode.value,
+        "initial_admin": {"username": username, "password_hash": make_password(password)},
+    }
+    try:
+        app = actions.create_application(
+            name=payload.name,
+            environments=[found[name] for name in payload.environments],
+            user=user,
+            display_name=payload.display_name,
+            description=payload.description,
+            options=options,
+            via="api",
+        )
+    except IntegrityError:
+        raise ApiError(409, f"an application named {payload.name!r} already exists") from None
+    except ValidationError as error:
+        raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
+    result: dict[str, Any] = {}
+    if payload.start:
+        result["request_id"] = actions.request_start(app, user, via="api")
+    result.update(representations.apps_json([app.name])[0])
+    if generated:
+        # Shown once, as the admin does; only its hash is stored.
+        result["initial_admin"] = {"username": username, "password": password}
+    return Status(201, result)
+
+
+@router.get(
+    "/apps/{name}",
+    auth=TokenAuth("apps_registry.view_application"),
+    summary="One application",
+    **documented(200, App, "The application", 404),
+)
+def get_app(request: HttpRequest, name: AppPath = Path(..., example="sales_eu")) -> dict[str, Any]:
+    representations.refresh()
+    return representations.apps_json([_get_app(name).name])[0]
+
+
+@router.delete(
+    "/apps/{name}",
+    auth=TokenAuth("apps_registry.delete_application"),
+    summary="Remove the application from its environments and the registry",
+    **documented(204, None, "Removed", 404, 503),
+)
+def delete_app(
+    request: HttpRequest,
+    name: AppPath = Path(..., example="sales_eu"),
+    drop_data: DropData = Query("false", description="also drop the app's database"),
+) -> HttpResponse:
+    app = _get_app(name)
+    actions.delete_application(app, request.auth, drop_data=drop_data in ("true", "1"), via="api")
+    return HttpResponse(status=204)
+
+
+def _operation(verb: str, action: Callable[..., str]) -> None:
+    """Register ``POST /apps/{name}/<verb>``."""
+    permission = f"{verb}_application"
+
+    def operate(
+        request: HttpRequest,
+        name: AppPath = Path(..., example="sales_eu"),
+        payload: Operation = JsonBody(None),
+    ) -> Status[dict[str, Any]]:
+        app = _get_app(name)
+        envs = payload.environments
+        if envs is not None:
+            placed = {p.environment.name for p in app.placements.all()}
+            strangers = [env for env in envs if env not in placed]
+            if strangers:
+                errors = [f"{app.name} is not on environment {env[:60]!r}" for env in strangers]
+                raise ApiError(400, errors={"environments": errors})
+        request_id = action(app, request.auth, environments=envs, via="api")
+        return Status(202, {"request_id": request_id, "app": app.name})
+
+    operate.__name__ = f"{verb}_app"  # the operationId and URL name
+    router.post(
+        f"/apps/{{name}}/{verb}",
+        auth=TokenAuth(f"apps_registry.{permission}"),
+        summary=f"{verb.capitalize()} the app on its environments",
+        description=(
+            "Starts are queued and run one environment after another; stop and restart go out at once. "
+            f"Needs apps_registry.{permission}. The last request wins."
+        ),
+        **documented(202, Accepted, "Accepted; follow it in the audit trail by request_id", 404, 413, 503),
+    )(operate)
+
+
+_operation("start", actions.request_start)
+_operation("stop", actions.request_stop)
+_operation("restart", actions.request_restart)

@@ -1,0 +1,222 @@
+"""Request and response bodies of /api/v1/ as pydantic models: ninja validates requests with
+them and generates the OpenAPI document (``/api/v1/openapi.json``) from them.
+
+Checks that need the registry (does an environment exist, is the app placed on it) are made by
+the endpoints; everything decidable from the body alone is decided here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictStr,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
+from apps_registry.names import MAX_NAME_LENGTH, NAME_RE, validate_app_name
+from supervisor_site import catalogue
+
+NAME_SCHEMA = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": MAX_NAME_LENGTH}
+
+
+def _refuse(kind: str, message: str) -> PydanticCustomError:
+    # The message goes through the context, not the template: it may quote user input with braces.
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _valid_app_name(value: str) -> str:
+    try:
+        validate_app_name(value)
+    except DjangoValidationError as error:
+        raise _refuse("app_name", error.messages[0]) from None
+    return value
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise _refuse("repeated_entry", "must not repeat an entry")
+    return values
+
+
+def _at_least_one(message: str) -> AfterValidator:
+    def check(values: list[str]) -> list[str]:
+        if not values:
+            raise _refuse("empty", message)
+        return values
+
+    return AfterValidator(check)
+
+
+def _known_modules(values: list[str]) -> list[str]:
+    available = catalogue.modules()
+    unknown = [m for m in values if m not in available]
+    if unknown:
+        raise _refuse("unknown_module", f"unknown module {unknown[0][:60]!r}; choose from {', '.join(available)}")
+    return values
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise _refuse("blank", "must be a non-empty string of at most 150 characters")
+    return value
+
+
+def _modules_enum(schema: dict[str, Any]) -> None:
+    # Read when the document is generated, so it always lists the configured catalogue.
+    schema["items"]["enum"] = list(catalogue.modules())
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    # An omitted optional field has no value, not null: keep "default": null out of the document.
+    schema.pop("default", None)
+
+
+def _optional(schema: dict[str, Any]) -> None:
+    # Null is accepted as "omitted" but not advertised: document the non-null branch only.
+    _no_default(schema)
+    branches = [branch for branch in schema.pop("anyOf", []) if branch.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+
+
+def _no_default_min_one(schema: dict[str, Any]) -> None:
+    _no_default(schema)
+    schema["minItems"] = 1
+
+
+# The name as the request gives it (validated like the admin does) and as responses carry it.
+AppNameIn = Annotated[StrictStr, AfterValidator(_valid_app_name), WithJsonSchema(NAME_SCHEMA)]
+AppName = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
+# Timestamps in the representation Python gives them (as before: microseconds, "+00:00").
+Timestamp = Annotated[
+    dt.datetime,
+    PlainSerializer(lambda value: value.isoformat(), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class _Body(BaseModel):
+    """Request bodies: a field the model does not name is refused, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    """Responses: exactly the documented fields (``additionalProperties: false``). Plain pydantic,
+    not ninja's Schema: its per-instance Python validator (for ORM objects, which the endpoints
+    never return) made a thousand-app list ~10x slower to answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(_Out):
+    error: str
+
+
+class ValidationErrors(_Out):
+    errors: dict[str, list[str]]
+
+
+class Environment(_Out):
+    name: str
+    url: str
+    proxy_url: str
+    version: str
+    status: EnvironmentStatus
+    last_heartbeat: Timestamp | None
+
+
+class EnvironmentList(_Out):
+    environments: list[Environment]
+
+
+class App(_Out):
+    name: AppName
+    display_name: str
+    environments: list[str]
+    statuses: dict[str, AppStatus] = Field(description="status per environment")
+    errors: dict[str, str] = Field(description="last error per environment (only environments with one)")
+    modules: list[str]
+    start_mode: StartMode
+
+
+class AppList(_Out):
+    apps: list[App]
+
+
+class InitialAdmin(_Out):
+    username: str
+    password: str
+
+
+class AppCreated(App):
+    # Optional fields are left out of the answer when unset (the endpoint uses exclude_unset).
+    request_id: str = Field(None, description="present when start was true", json_schema_extra=_no_default)
+    initial_admin: InitialAdmin = Field(
+        None,
+        description="present when the password was generated; shown only this once",
+        json_schema_extra=_no_default,
+    )
+
+
+class AppCreate(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "name": "sales_eu",
+                "display_name": "Sales EU",
+                "environments": ["env_a", "env_b"],
+                "modules": ["contacts"],
+                "start": False,
+            }
+        },
+    )
+
+    name: AppNameIn
+    display_name: StrictStr = Field("", max_length=200)
+    description: StrictStr = Field("", max_length=5000)
+    environments: Annotated[
+        list[StrictStr],
+        Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
+        AfterValidator(_distinct),
+        _at_least_one("choose at least one environment"),
+    ]
+    modules: Annotated[list[StrictStr], AfterValidator(_distinct), AfterValidator(_known_modules)] = Field(
+        default_factory=list, json_schema_extra=_modules_enum
+    )
+    start: StrictBool = Field(False, description="queue a start right away")
+    start_mode: StartMode = StartMode.MANUAL
+    admin_username: Annotated[StrictStr, Field(max_length=150), AfterValidator(_not_blank)] = "admin"
+    admin_password: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="first admin's password; generated and returned once if omitted",
+        json_schema_extra=_optional,
+    )
+
+
+class Operation(_Body):
+    environments: Annotated[
+        list[StrictStr],
+        AfterValidator(_distinct),
+        _at_least_one("must name at least one environment (or leave the field out)"),
+    ] = Field(
+        None,
+        description="limit the operation to these of the app's environments (default: all)",
+        json_schema_extra=_no_default_min_one,
+    )
+
+
+class Accepted(_Out):
+    request_id: str
+    app: AppName
