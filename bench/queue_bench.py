@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
 
-    from tests import services
-    from tests.cluster import Cluster
-    from tests.processes import PYTHON, Process
+    from tests.support import services
+    from tests.support.cluster import Cluster
+    from tests.support.processes import PYTHON, Process
 
     services.claim_redis_db()
     log_dir = Path(tempfile.mkdtemp(prefix="queue-bench-"))

@@ -3,8 +3,8 @@ PostgreSQL database this run created."""
 
 import pytest
 
-from tests import services
-from tests.cluster import cluster, cluster_logs  # noqa: F401  (real-process fixtures, started on first use)
+from tests.support import services
+from tests.support.cluster import cluster, cluster_logs  # noqa: F401  (real-process fixtures, started on first use)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from apps_registry.control import channel, ingest, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
 from apps_registry.registry import actions
-from tests.processes import wait_until
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,7 @@ from apps_registry.api.views import MAX_BODY_BYTES
 from apps_registry.control import start_queue
 from apps_registry.models import ApiToken, AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
 

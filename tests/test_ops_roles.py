@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
-from tests.processes import ROOT, Process, free_port, wait_until
+from tests.support import services
+from tests.support.processes import ROOT, Process, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
 

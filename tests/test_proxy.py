@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import services
-from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+from tests.support import services
+from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 

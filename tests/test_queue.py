@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from apps_registry.api import schema_check
 from apps_registry.control import start_queue
-from tests import services
-from tests.processes import PYTHON, Process, manage, wait_until
+from tests.support import services
+from tests.support.processes import PYTHON, Process, manage, wait_until
 from worker_agent.hosting import app_databases
 
 pytestmark = pytest.mark.cluster

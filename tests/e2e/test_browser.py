@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import PYTHON, ROOT, Process, manage, wait_until
+from tests.support.processes import PYTHON, ROOT, Process, manage, wait_until
 
 pytestmark = pytest.mark.cluster
 

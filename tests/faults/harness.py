@@ -19,9 +19,9 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests import services
-from tests.cluster import Cluster, Worker
-from tests.processes import PYTHON, ROOT, Process, free_port, manage, wait_until
+from tests.support import services
+from tests.support.cluster import Cluster, Worker
+from tests.support.processes import PYTHON, ROOT, Process, free_port, manage, wait_until
 
 RECOVERY_FILE = ROOT / "test-artifacts" / "faults" / "recovery.json"
 START_LOCK_TTL = "2"

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from apps_registry.control import channel, redis_client
-from tests import services
-from tests.processes import wait_until
+from tests.support import services
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.cluster
 
