@@ -229,6 +229,7 @@ class Cluster:
                 process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+            process.reap_group()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,10 @@ from typing import TypeVar
 ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository root
 PYTHON = sys.executable
 T = TypeVar("T")
+
+# How many times Process.start() ran in this interpreter: tests/conftest.py checks that only
+# tests marked ``cluster`` start real servers, so that ``-m "not cluster"`` stays fast.
+started = 0
 
 
 def free_port() -> int:
@@ -63,6 +68,12 @@ class Process:
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Process:
+        """Start the process, or start it again after it stopped: the same object keeps owning
+        whatever it runs, so whoever stops it last stops the latest one."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        global started
+        started += 1
         full_env = {**os.environ, **self.env}
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
@@ -87,6 +98,7 @@ class Process:
         self.signal(signal.SIGKILL)
         if self.popen is not None:
             self.popen.wait(timeout=10)
+            self.reap_group()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.popen is None:
@@ -97,7 +109,16 @@ class Process:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.reap_group()
         return self.popen.returncode
+
+    def reap_group(self) -> None:
+        """SIGKILL whatever is left in the group once its leader has exited (a gunicorn worker
+        whose master died first, say): the group is ours, nothing in it may outlive the test.
+        Linux does not reuse a group id while any member lives, so what is hit is ours."""
+        if self.popen is not None and self.popen.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
 
     def log(self) -> str:
         try:
