@@ -1,11 +1,12 @@
-"""Session-wide set-up: the real Redis database the tests own, and clean-up of every
-PostgreSQL database this run created."""
+"""Session-wide set-up: the real Redis database the tests own, clean-up of every PostgreSQL
+database this run created, and (tests/support/leaks.py) the check that no process started by the run outlives it."""
 
 import pytest
 
 from tests.support import services
 from tests.support.cluster import cluster, cluster_logs  # noqa: F401  (real-process fixtures, started on first use)
 
+pytest_plugins = ["tests.support.leaks"]
 
 @pytest.fixture(scope="session", autouse=True)
 def _owned_services(django_db_blocker):
@@ -20,12 +21,15 @@ def _owned_services(django_db_blocker):
 @pytest.fixture
 def redis_conn():
     """The supervisor's Redis client, emptied (but for our marker) after the test."""
-    from apps_registry.control import redis_client
+    from apps_registry.control import ingest, redis_client
 
     client = redis_client.get()
     yield client
     for key in client.scan_iter(match=f"{services.RUN_ID}:*", count=1000):
         client.delete(key)
+    # The events stream went with its consumer group: this process must create it again
+    # rather than trust its cache (else the next ingest() reads nothing).
+    ingest._group_ready.clear()
 
 
 @pytest.fixture
