@@ -1,9 +1,11 @@
 """Session-wide set-up: the real Redis database the tests own, clean-up of every PostgreSQL
-database this run created, and (tests/support/leaks.py) the check that no process started by the run outlives it."""
+database this run created, the named test users and the API client, and (tests/support/leaks.py)
+the check that no process started by the run outlives it."""
 
 import pytest
 
-from tests.support import services
+from tests.support import services, users
+from tests.support.api import ApiClient
 from tests.support.cluster import cluster, cluster_logs  # noqa: F401  (real-process fixtures, started on first use)
 
 pytest_plugins = ["tests.support.leaks"]
@@ -43,3 +45,35 @@ def forget_app_aliases():
         connections[alias].close()
         del connections[alias]
         connections.settings.pop(alias)
+
+
+# --- named users (tests/support/users.py) and the API client (tests/support/api.py) -------
+
+
+@pytest.fixture
+def operator(db):
+    """Staff with every permission of the app (not a superuser)."""
+    return users.operator()
+
+
+@pytest.fixture
+def staff_no_perms(db):
+    """Staff who may log in to the admin but holds no permission."""
+    return users.staff_no_perms()
+
+
+@pytest.fixture
+def viewer(db):
+    """Staff with the app's view permissions only."""
+    return users.viewer()
+
+
+@pytest.fixture
+def api_for(db):
+    """``api_for(user, **options)``: an :class:`ApiClient` with a new token for ``user``."""
+    return ApiClient.for_user
+
+
+@pytest.fixture
+def operator_api(operator) -> ApiClient:
+    return ApiClient.for_user(operator)
