@@ -6,8 +6,9 @@ setup:
 run: setup
 	bash scripts/run.sh
 
+# ARGS go to pytest, e.g. make test ARGS='-m "not cluster"' (the fast subset)
 test:
-	bash scripts/test.sh
+	bash scripts/test.sh $(ARGS)
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -4,11 +4,51 @@ the check that no process started by the run outlives it."""
 
 import pytest
 
-from tests.support import services, users
+from tests.support import processes, services, users
 from tests.support.api import ApiClient
 from tests.support.cluster import cluster, cluster_logs  # noqa: F401  (real-process fixtures, started on first use)
 
 pytest_plugins = ["tests.support.leaks"]
+
+# Fixtures that start the real cluster: a test using one is a cluster test, whatever its module says.
+CLUSTER_FIXTURES = {"cluster", "cluster_logs"}
+# Helpers that start real servers: a module that imports one is a cluster module.
+SERVER_HELPERS = (processes.gunicorn, processes.Process)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``cluster`` what starts real supervisor/worker processes, so that
+    ``-m "not cluster"`` is the fast subset without every module having to remember it."""
+    for item in items:
+        module = getattr(item, "module", None)
+        imports_helper = any(value in SERVER_HELPERS for value in vars(module).values()) if module else False
+        if imports_helper or CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def _check_no_server_started(item: pytest.Item, before: int, when: str) -> None:
+    if processes.started > before and item.get_closest_marker("cluster") is None:
+        raise AssertionError(
+            f"{item.nodeid} started a real process during {when} but is not marked cluster: "
+            'add pytestmark = pytest.mark.cluster, or ``-m "not cluster"`` is no longer the fast subset'
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    before = processes.started
+    result = yield
+    _check_no_server_started(item, before, "set-up")
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    before = processes.started
+    result = yield
+    _check_no_server_started(item, before, "the test")
+    return result
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _owned_services(django_db_blocker):
