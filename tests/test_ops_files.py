@@ -68,7 +68,12 @@ def known_variables() -> set[str]:
     names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", (COMPOSE / "entrypoint.sh").read_text()))
     ensure_admin = ROOT / "apps_registry" / "management" / "commands" / "ensure_admin.py"
     names |= set(re.findall(r'environ\.get\("([A-Z_]+)"', ensure_admin.read_text()))
-    return names
+    return names | gunicorn_variables()
+
+
+def gunicorn_variables() -> set[str]:
+    """The variables gunicorn.conf.py reads (current names and the former ones it still takes)."""
+    return set(re.findall(r'"((?:GUNICORN|WEB)_[A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text()))
 
 
 def created_databases(sql: str) -> set[str]:
@@ -222,8 +227,38 @@ def test_entrypoint_runs_each_roles_processes():
     assert "supervisor) run_together web queue" in script
     assert "worker) run_together web agent" in script
     assert "manage.py rqworker app_starts" in script and "manage.py run_worker" in script
-    assert "--threads" in script and "--no-control-socket" in script and "--reuse-port" in script
+    assert 'python -m gunicorn -c "${PWD}/gunicorn.conf.py"' in script
     assert "migrate --noinput" in script and "collectstatic --noinput" in script
+
+
+GUNICORN_FLAGS = r"--(?:workers|threads|reuse-port|no-control-socket|graceful-timeout|access-logfile)\b"
+
+
+def test_every_launcher_takes_gunicorn_settings_from_gunicorn_conf():
+    launchers = {
+        "compose/entrypoint.sh": (COMPOSE / "entrypoint.sh").read_text(),
+        "scripts/cluster.py": (ROOT / "scripts" / "cluster.py").read_text(),
+        "tests/support/processes.py": (ROOT / "tests" / "support" / "processes.py").read_text(),
+    }
+    for path, text in launchers.items():
+        assert "gunicorn.conf.py" in text, f"{path} does not start gunicorn with gunicorn.conf.py"
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        flags = re.findall(GUNICORN_FLAGS, code)
+        assert not flags, f"{path} repeats gunicorn flags {flags}: set them in gunicorn.conf.py"
+    # Kubernetes runs the entrypoint (args prepare/serve, checked below), never gunicorn itself.
+
+
+def test_gunicorn_variables_are_documented_and_in_env_example():
+    current = {name for name in gunicorn_variables() if name.startswith("GUNICORN_")}
+    assert {"GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_GRACEFUL_TIMEOUT"} <= current
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in gunicorn_variables():
+        assert f"`{name}`" in documented, f"{name} is not in docs/configuration.md"
+    for name in current:
+        # Commented out: .env.example is the process configuration config.py checks, and these
+        # are read by gunicorn.conf.py only.
+        assert re.search(rf"^# {name}=", example, re.M), f"{name} is not in .env.example"
 
 
 # --- Kubernetes -------------------------------------------------------------------------
