@@ -60,10 +60,15 @@ def http_ok(url: str) -> bool:
 class Process:
     """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log_dir: Path, overrides: dict[str, str] | None = None
+    ):
         self.name = name
         self.args = args
+        # The caller's own dict, not a copy: a harness that re-points it (tests/faults) before
+        # start() must reach the process. ``overrides`` (the launcher's settings) go on top.
         self.env = env
+        self.overrides = overrides or {}
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
 
@@ -74,7 +79,7 @@ class Process:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         global started
         started += 1
-        full_env = {**os.environ, **self.env}
+        full_env = {**os.environ, **self.env, **self.overrides}
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -152,4 +157,4 @@ def gunicorn(name: str, port: int, env: dict[str, str], log_dir: Path, workers: 
         "GUNICORN_GRACEFUL_TIMEOUT": "5",
         "GUNICORN_ACCESS_LOG": "-",
     }
-    return Process(name, [PYTHON, "-m", "gunicorn", "-c", str(GUNICORN_CONF)], {**env, **settings}, log_dir)
+    return Process(name, [PYTHON, "-m", "gunicorn", "-c", str(GUNICORN_CONF)], env, log_dir, overrides=settings)
