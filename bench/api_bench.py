@@ -38,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
 
-    from tests import services
-    from tests.processes import free_port, gunicorn, http_ok, wait_until
+    from tests.support import services
+    from tests.support.processes import free_port, gunicorn, http_ok, wait_until
 
     services.claim_redis_db()
     log_dir = Path(tempfile.mkdtemp(prefix="api-bench-"))

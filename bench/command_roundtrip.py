@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from stats import percentile  # noqa: E402
 
-from tests.processes import PYTHON, Process, free_port, wait_until  # noqa: E402
+from tests.support.processes import PYTHON, Process, free_port, wait_until  # noqa: E402
 
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0

@@ -62,9 +62,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TEST_REDIS_DB", args.redis_db)
 
-    from tests import services
     from tests.faults.harness import PrivateRedis
-    from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+    from tests.support import services
+    from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
     log_dir = Path(tempfile.mkdtemp(prefix="heartbeat-bench-"))
     private = PrivateRedis(log_dir)

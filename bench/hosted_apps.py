@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from stats import percentile  # noqa: E402
 
-from tests.processes import free_port, gunicorn, wait_until  # noqa: E402
+from tests.support.processes import free_port, gunicorn, wait_until  # noqa: E402
 
 
 def get(port: int, path: str) -> tuple[int, float]:

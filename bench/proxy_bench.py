@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import PYTHON, free_port, gunicorn, http_ok, wait_until  # noqa: E402
+from tests.support.processes import PYTHON, free_port, gunicorn, http_ok, wait_until  # noqa: E402
 
 APP = "crm"
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/queue_bench.py [--apps 100] [--workers 1,4] [--redis-db 11]
 
-What it does: starts the test cluster's real processes (tests/cluster.py: a supervisor
+What it does: starts the test cluster's real processes (tests/support/cluster.py: a supervisor
 gunicorn and two workers env_a/env_b, each gunicorn + ``run_worker``, PostgreSQL on loopback,
 Redis database ``--redis-db``), plays the supervisor in this process (actions on the cluster's
 registry database), and for each queue-worker count: starts that many
@@ -48,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["TEST_REDIS_DB"] = args.redis_db
 
-    from tests import services
-    from tests.cluster import Cluster
-    from tests.processes import PYTHON, Process
+    from tests.support import services
+    from tests.support.cluster import Cluster
+    from tests.support.processes import PYTHON, Process
 
     services.claim_redis_db()
     log_dir = Path(tempfile.mkdtemp(prefix="queue-bench-"))

@@ -1,7 +1,7 @@
 """A fresh, migrated supervisor database for a benchmark."""
 
-from tests import services
-from tests.processes import manage
+from tests.support import services
+from tests.support.processes import manage
 
 
 def create_migrated(env: dict[str, str]) -> None:

@@ -32,14 +32,10 @@ prepare() {
 }
 
 web() {
-  exec python -m gunicorn supervisor_site.wsgi:application \
-    --bind "0.0.0.0:${port}" \
-    --workers "${WEB_CONCURRENCY:-2}" \
-    --threads "${WEB_THREADS:-8}" \
-    --reuse-port \
-    --no-control-socket \
-    --graceful-timeout "${WEB_GRACEFUL_TIMEOUT:-20}" \
-    --access-logfile -
+  # Every gunicorn setting is in gunicorn.conf.py (shared with make run and the tests);
+  # workers, threads and timeouts come from GUNICORN_* variables (docs/configuration.md).
+  export GUNICORN_BIND="0.0.0.0:${port}"
+  exec python -m gunicorn -c "${PWD}/gunicorn.conf.py"
 }
 
 queue() { exec python manage.py rqworker app_starts; }

@@ -263,22 +263,18 @@ class Cluster:
         return child
 
     def gunicorn(self, role: str) -> list[str]:
-        return [
-            PYTHON,
-            "-m",
-            "gunicorn",
-            "supervisor_site.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{self.ports[role]}",
-            "--workers",
-            os.environ.get("CLUSTER_WEB_WORKERS", "2"),
-            "--threads",
-            "4",
-            "--reuse-port",
-            "--no-control-socket",
-            "--graceful-timeout",
-            "5",
-        ]
+        # Every setting is in gunicorn.conf.py, as for the container and the tests; what is
+        # particular to this cluster comes through gunicorn_env().
+        return [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
+
+    def gunicorn_env(self, role: str) -> dict[str, str]:
+        return {
+            "GUNICORN_BIND": f"127.0.0.1:{self.ports[role]}",
+            "GUNICORN_WORKERS": os.environ.get("CLUSTER_WEB_WORKERS", "2"),
+            "GUNICORN_THREADS": "4",
+            "GUNICORN_GRACEFUL_TIMEOUT": "5",
+            "GUNICORN_ACCESS_LOG": "off",  # the console shows the apps' own log lines
+        }
 
     def spawn(self, child: Child) -> None:
         child.popen = subprocess.Popen(
@@ -443,11 +439,17 @@ class Cluster:
         if self.manage("setup", "supervisor", "ensure_admin", extra=credentials) != 0:
             return 1
 
-        self.spawn(self.add("supervisor", self.gunicorn("supervisor"), self.role_env("supervisor")))
+        self.spawn(
+            self.add(
+                "supervisor",
+                self.gunicorn("supervisor"),
+                {**self.role_env("supervisor"), **self.gunicorn_env("supervisor")},
+            )
+        )
         self.spawn(self.add("queue", [PYTHON, "manage.py", "rqworker", "app_starts"], self.role_env("supervisor")))
         has_agent = (ROOT / "worker_agent" / "management" / "commands" / "run_worker.py").exists()
         for role in ("env_a", "env_b"):
-            self.spawn(self.add(role, self.gunicorn(role), self.role_env(role)))
+            self.spawn(self.add(role, self.gunicorn(role), {**self.role_env(role), **self.gunicorn_env(role)}))
             if has_agent:
                 self.spawn(self.add(f"{role}-agent", [PYTHON, "manage.py", "run_worker"], self.role_env(role)))
         if not has_agent:

@@ -3,7 +3,7 @@ PostgreSQL and Redis on loopback. Processes started by tests get their own envir
 
 import os
 
-from tests import services
+from tests.support import services
 
 os.environ.update(services.supervisor_test_environ())
 

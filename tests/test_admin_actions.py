@@ -209,7 +209,7 @@ def test_start_now_on_the_add_page_queues_a_start(envs):
 def test_admin_stop_while_redis_is_down_says_not_delivered_and_audits_it(apps, settings):
     from django.contrib.messages import get_messages
 
-    from tests.processes import free_port
+    from tests.support.processes import free_port
 
     client, _ = _client("root", superuser=True)
     dead = f"redis://127.0.0.1:{free_port()}/0"
@@ -227,7 +227,7 @@ def test_admin_stop_while_redis_is_down_says_not_delivered_and_audits_it(apps, s
 def test_admin_add_and_delete_while_redis_is_down_are_refused_with_a_message(apps, envs, settings):
     from django.contrib.messages import get_messages
 
-    from tests.processes import free_port
+    from tests.support.processes import free_port
 
     client, _ = _client("root", superuser=True)
     dead = f"redis://127.0.0.1:{free_port()}/0"

@@ -8,8 +8,8 @@ import pytest
 
 from apps_registry.control import ingest, keys, liveness, redis_client
 from apps_registry.models import Environment
-from tests.cluster import LEASE_INTERVAL, OFFLINE_AFTER
-from tests.processes import wait_until
+from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 

@@ -19,8 +19,8 @@ from apps_registry.control.discovery import get_discovery
 from apps_registry.control.runners import remote
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
-from tests import services
-from tests.processes import wait_until
+from tests.support import services
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 

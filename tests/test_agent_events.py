@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from apps_registry.control import ingest, keys, protocol, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
 from apps_registry.registry import actions
-from tests.processes import wait_until
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

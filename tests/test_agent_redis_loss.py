@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests import services
-from tests.cluster import worker_environ
-from tests.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
+from tests.support import services
+from tests.support.cluster import worker_environ
+from tests.support.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
 from worker_agent.hosting import local_state
 
 pytestmark = pytest.mark.cluster
@@ -56,7 +56,7 @@ def private_worker(tmp_path):
         "DB_DATABASE": f"{services.RUN_ID}_worker_r",
         "APP_STORAGE_DIR": str(tmp_path / "storage"),
     }
-    from tests.cluster import _create_database
+    from tests.support.cluster import _create_database
 
     _create_database(env["DB_DATABASE"])
     state = {"server": server, "port": port, "tmp": tmp_path}

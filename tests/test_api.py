@@ -28,8 +28,8 @@ from apps_registry.models import (
 )
 from apps_registry.registry import actions, outbox
 from supervisor_site import catalogue
-from tests import schema_check
-from tests.processes import free_port
+from tests.support import schema_check
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from supervisor_site.config import ConfigError, load
-from tests import services
-from tests.processes import ROOT, manage
+from tests.support import services
+from tests.support.processes import ROOT, manage
 
 CONFIG_SOURCE = (ROOT / "supervisor_site" / "config.py").read_text()
 # Every variable config.py reads: read.raw("X"), read.url("X", ...), environ.get("X"),

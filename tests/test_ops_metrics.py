@@ -21,7 +21,7 @@ from apps_registry.observability.metrics import observe_command_round_trip, obse
 from apps_registry.registry import actions
 from supervisor_site import config
 from supervisor_site.log_format import JsonFormatter, TextFormatter, log_context
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 
 def _config(**changes):

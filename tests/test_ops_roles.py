@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
-from tests.processes import ROOT, Process, free_port, wait_until
+from tests.support import services
+from tests.support.processes import ROOT, Process, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -30,9 +30,9 @@ def _role_env(role: str, port: int, storage: Path) -> dict[str, str]:
         "APP_MODE": role,
         "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
         "PORT": str(port),
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "2",
-        "WEB_GRACEFUL_TIMEOUT": "5",
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "2",
+        "GUNICORN_GRACEFUL_TIMEOUT": "5",
         "SECRET_KEY": "ops-test-secret-key",
         "DEBUG": "false",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",

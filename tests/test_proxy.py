@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import services
-from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+from tests.support import services
+from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
@@ -702,9 +702,7 @@ def test_stopped_worker_is_502_naming_its_environment(stack, hosted):
         assert answer.status == 502 and answer.json()["environments"] == ["env_px"]
         assert b"env_px" in call(stack, "GET", f"/apps/{HOSTED}/admin/").body
     finally:
-        hosted["web"] = hosted["web"].__class__(
-            hosted["web"].name, hosted["web"].args, hosted["env"], hosted["storage"]
-        )
+        # The same Process again, so that the fixture's clean-up stops the gunicorn started here.
         hosted["web"].start()
         wait_until(lambda: http_ok(f"http://127.0.0.1:{hosted['port']}/healthz"), timeout=30, message="worker back")
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps_registry.control.start_queue import enqueue, job
-from tests import schema_check, services
-from tests.processes import PYTHON, Process, manage, wait_until
+from tests.support import schema_check, services
+from tests.support.processes import PYTHON, Process, manage, wait_until
 from worker_agent.hosting import app_databases
 
 pytestmark = pytest.mark.cluster

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 SETUP = """
 from django.contrib.auth.hashers import make_password

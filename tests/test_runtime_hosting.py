@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import services
-from tests.processes import PYTHON, ROOT, free_port, gunicorn, manage, wait_until
+from tests.support import services
+from tests.support.processes import PYTHON, ROOT, free_port, gunicorn, manage, wait_until
 
 pytestmark = pytest.mark.cluster
 

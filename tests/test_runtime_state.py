@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.hashers import make_password
 from django.db import connections
 
-from tests import services
+from tests.support import services
 from worker_agent.hosting import app_databases, app_initialisation, local_state, runtime
 
 pytestmark = pytest.mark.usefixtures("forget_app_aliases")

@@ -4,7 +4,7 @@ import psycopg
 import pytest
 from django.db import connections
 
-from tests import services
+from tests.support import services
 from worker_agent.hosting import app_databases, app_initialisation, app_schema
 
 CONTACTS = frozenset({"contacts"})

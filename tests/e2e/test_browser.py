@@ -1,6 +1,6 @@
 """End to end in a real browser: headless Chromium (Debian's package, driven by Playwright)
 against real processes — the supervisor (gunicorn), a start-queue worker (``manage.py rqworker
-app_starts``), env_a and env_b (gunicorn + agent each), Redis and PostgreSQL (tests/cluster.py).
+app_starts``), env_a and env_b (gunicorn + agent each), Redis and PostgreSQL (tests/support/cluster.py).
 
 One operator story, step by step, a screenshot of each under test-artifacts/e2e/.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import PYTHON, ROOT, Process, manage, wait_until
+from tests.support.processes import PYTHON, ROOT, Process, manage, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -1,4 +1,4 @@
-"""The fault-injection harness: a private cluster (tests/cluster.py's supervisor and workers,
+"""The fault-injection harness: a private cluster (tests/support/cluster.py's supervisor and workers,
 but on a PRIVATE redis-server on a free loopback port, its own databases and storage, so
 that killing or emptying things never disturbs the shared cluster or the machine's Redis),
 a start-queue worker, an API client, and a bounded load of proxied requests that records
@@ -19,9 +19,9 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests import services
-from tests.cluster import Cluster, Worker
-from tests.processes import PYTHON, ROOT, Process, free_port, manage, wait_until
+from tests.support import services
+from tests.support.cluster import Cluster, Worker
+from tests.support.processes import PYTHON, ROOT, Process, free_port, manage, wait_until
 
 RECOVERY_FILE = ROOT / "test-artifacts" / "faults" / "recovery.json"
 START_LOCK_TTL = "2"
@@ -86,7 +86,7 @@ def _wait_registered_private(worker: Worker, timeout: float = 30.0) -> None:
 
 
 class FaultCluster(Cluster):
-    """tests/cluster.py's cluster, re-pointed at a private Redis, databases and storage."""
+    """tests/support/cluster.py's cluster, re-pointed at a private Redis, databases and storage."""
 
     def __init__(self, log_dir: Path):
         self.redis = PrivateRedis(log_dir)

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from tests import services
-from tests.cluster import LEASE_INTERVAL, OFFLINE_AFTER
 from tests.faults.harness import AdminSession, Api, FaultCluster, Load, make_api, record, summarise
-from tests.processes import wait_until
+from tests.support import services
+from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 
 class Recorder(BaseHTTPRequestHandler):

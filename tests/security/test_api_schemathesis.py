@@ -22,10 +22,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests import services
-from tests.cluster import _create_database
 from tests.faults.harness import PrivateRedis
-from tests.processes import free_port, gunicorn, http_ok, manage, wait_until
+from tests.support import services
+from tests.support.cluster import _create_database
+from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = pytest.mark.cluster
 

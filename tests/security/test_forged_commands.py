@@ -1,5 +1,5 @@
 """Malformed and forged command messages XADDed straight into a real worker's command stream
-(tests/cluster.py): the agent logs each, acknowledges it as an error, keeps serving, and
+(tests/support/cluster.py): the agent logs each, acknowledges it as an error, keeps serving, and
 still carries out the ordinary commands that arrive with and after them."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from apps_registry.control import channel, keys, protocol, redis_client
-from tests import services
-from tests.processes import wait_until
+from tests.support import services
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.cluster
 

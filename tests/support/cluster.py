@@ -35,8 +35,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import services
-from tests.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
+from tests.support import services
+from tests.support.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
 
 LEASE_INTERVAL = 0.5
 OFFLINE_AFTER = 3.0
@@ -229,6 +229,7 @@ class Cluster:
                 process.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
+            process.reap_group()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository root
 PYTHON = sys.executable
 T = TypeVar("T")
+
+# How many times Process.start() ran in this interpreter: tests/conftest.py checks that only
+# tests marked ``cluster`` start real servers, so that ``-m "not cluster"`` stays fast.
+started = 0
 
 
 def free_port() -> int:
@@ -55,15 +60,26 @@ def http_ok(url: str) -> bool:
 class Process:
     """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], log_dir: Path, overrides: dict[str, str] | None = None
+    ):
         self.name = name
         self.args = args
+        # The caller's own dict, not a copy: a harness that re-points it (tests/faults) before
+        # start() must reach the process. ``overrides`` (the launcher's settings) go on top.
         self.env = env
+        self.overrides = overrides or {}
         self.log_path = log_dir / f"{name}.log"
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> Process:
-        full_env = {**os.environ, **self.env}
+        """Start the process, or start it again after it stopped: the same object keeps owning
+        whatever it runs, so whoever stops it last stops the latest one."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        global started
+        started += 1
+        full_env = {**os.environ, **self.env, **self.overrides}
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
                 self.args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -87,6 +103,7 @@ class Process:
         self.signal(signal.SIGKILL)
         if self.popen is not None:
             self.popen.wait(timeout=10)
+            self.reap_group()
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.popen is None:
@@ -97,7 +114,16 @@ class Process:
                 self.popen.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.reap_group()
         return self.popen.returncode
+
+    def reap_group(self) -> None:
+        """SIGKILL whatever is left in the group once its leader has exited (a gunicorn worker
+        whose master died first, say): the group is ours, nothing in it may outlive the test.
+        Linux does not reuse a group id while any member lives, so what is hit is ours."""
+        if self.popen is not None and self.popen.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
 
     def log(self) -> str:
         try:
@@ -118,23 +144,17 @@ def manage(args: list[str], env: dict[str, str], timeout: float = 120) -> subpro
     )
 
 
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+
+
 def gunicorn(name: str, port: int, env: dict[str, str], log_dir: Path, workers: int = 2, threads: int = 4) -> Process:
-    args = [
-        PYTHON,
-        "-m",
-        "gunicorn",
-        "supervisor_site.wsgi:application",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--reuse-port",
-        "--no-control-socket",
-        "--graceful-timeout",
-        "5",
-        "--access-logfile",
-        "-",
-    ]
-    return Process(name, args, env, log_dir)
+    """A gunicorn of the repository's own configuration (gunicorn.conf.py, as every launcher),
+    on a loopback port, with a short graceful timeout so that stopping it stays quick."""
+    settings = {
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        "GUNICORN_GRACEFUL_TIMEOUT": "5",
+        "GUNICORN_ACCESS_LOG": "-",
+    }
+    return Process(name, [PYTHON, "-m", "gunicorn", "-c", str(GUNICORN_CONF)], env, log_dir, overrides=settings)

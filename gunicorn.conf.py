@@ -1,0 +1,53 @@
+"""gunicorn's configuration for every launcher: the container entrypoint, ``make run``
+(scripts/cluster.py) and the tests' processes (tests/support/processes.py).
+
+gunicorn reads this file by default when started from the repository root; launchers pass
+``-c <root>/gunicorn.conf.py`` anyway, so that another working directory changes nothing.
+What differs between launchers comes from the environment (docs/configuration.md,
+"Web server"); gunicorn's own ``GUNICORN_CMD_ARGS`` still overrides any of it.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(name: str, former: str = "") -> str:
+    """The variable's value; empty means the default. ``former`` is the name the container
+    used before this file existed, still read so that existing deployments keep working."""
+    return os.environ.get(name, "").strip() or (os.environ.get(former, "").strip() if former else "")
+
+
+def _number(name: str, default: int, former: str = "") -> int:
+    raw = _env(name, former)
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"configuration error: {name} must be a whole number of at least 1 (got {raw!r})")
+    return int(raw)
+
+
+wsgi_app = "supervisor_site.wsgi:application"
+# Comma-separated host:port pairs; the container sets 0.0.0.0:$PORT.
+bind = [item.strip() for item in (_env("GUNICORN_BIND") or "127.0.0.1:8000").split(",") if item.strip()]
+
+# Threads, not processes, carry the concurrency: the proxy and hosted apps mostly wait on I/O,
+# and each process keeps its own connection pools and per-app database aliases.
+worker_class = "gthread"
+workers = _number("GUNICORN_WORKERS", 2, former="WEB_CONCURRENCY")
+threads = _number("GUNICORN_THREADS", 8, former="WEB_THREADS")
+
+# Several processes (or a restarted one) may listen on the same port while another drains.
+reuse_port = True
+# No runtime control socket: nothing manages gunicorn through it, and it would be one more
+# file (and permission) per container and per test server.
+control_socket_disable = True
+
+# A request may run as long as the proxy waits for a worker (PROXY_READ_TIMEOUT, 30 s by default).
+timeout = _number("GUNICORN_TIMEOUT", 30)
+# SIGTERM lets requests in flight finish for this long (Kubernetes and compose wait 30 s).
+graceful_timeout = _number("GUNICORN_GRACEFUL_TIMEOUT", 20, former="WEB_GRACEFUL_TIMEOUT")
+
+# One line per request on stdout; "off" for none (make run's console shows the apps' own logs).
+_access_log = _env("GUNICORN_ACCESS_LOG") or "-"
+accesslog = None if _access_log.lower() == "off" else _access_log
