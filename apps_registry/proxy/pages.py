@@ -13,19 +13,7 @@ from django.template.loader import render_to_string
 
 from apps_registry.control import liveness
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute
-
-_STATUS_TEXT = {
-    "stopped": "is stopped",
-    "queued": "is queued to start",
-    "starting": "is starting",
-    "stopping": "is stopping",
-    "error": "failed to start; an operator can see why in the supervisor's admin",
-}
-
-
-def wants_json(request: HttpRequest) -> bool:
-    accept = request.META.get("HTTP_ACCEPT", "")
-    return "application/json" in accept and "text/html" not in accept
+from supervisor_site.unavailable import status_text, wants_json
 
 
 def _page(
@@ -62,7 +50,7 @@ def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
 
 
 def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: int) -> HttpResponse:
-    text = _STATUS_TEXT.get(status, f"is {status}")
+    text = status_text(status)
     return _page(
         request,
         503,

@@ -44,7 +44,7 @@ from apps_registry.observability import metrics
 from apps_registry.proxy import pages, routing
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, Placement
 from supervisor_site.forwarded import PEER_ADDR
-from supervisor_site.retry_after import retry_after
+from supervisor_site.unavailable import retry_after
 
 log = logging.getLogger(__name__)
 

@@ -8,24 +8,12 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
-from supervisor_site.retry_after import retry_after as retry_after_for
-
-MESSAGES = {
-    "queued": "This application is queued to start.",
-    "starting": "This application is starting.",
-    "stopping": "This application is stopping.",
-    "stopped": "This application is stopped.",
-    "error": "This application could not start. Its administrators can see why in the supervisor.",
-}
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "application/json" in accept and "text/html" not in accept
+from supervisor_site.unavailable import retry_after as retry_after_for
+from supervisor_site.unavailable import status_text, wants_json
 
 
 def _answer(request: HttpRequest, status_code: int, body: dict, title: str, message: str) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         response: HttpResponse = JsonResponse(body, status=status_code)
     else:
         html = render_to_string(
@@ -47,7 +35,7 @@ def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
 def unavailable(request: HttpRequest, name: str, status: str) -> HttpResponse:
     retry_after = retry_after_for(status)
     body = {"app": name, "status": status, "retry_after": retry_after}
-    message = MESSAGES.get(status, "This application is not available right now.")
+    message = f"This application {status_text(status)}."
     response = _answer(request, 503, body, f"{name} is not available", message)
     response["Retry-After"] = str(retry_after)
     return response

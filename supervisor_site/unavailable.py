@@ -1,0 +1,35 @@
+"""How an app that cannot serve now is explained to whoever asked: the one wording and
+``Retry-After`` table for the supervisor's proxy and the worker's own error pages, and whether
+the client wants JSON."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+
+# Transitions take seconds; an app stopped by an operator or failed waits for a person.
+RETRY_AFTER = {"queued": 5, "starting": 5, "stopping": 5, "stopped": 30, "error": 30}
+DEFAULT_RETRY_AFTER = 10
+
+# Completes "<the app> …", by the app's status.
+STATUS_TEXT = {
+    "stopped": "is stopped",
+    "queued": "is queued to start",
+    "starting": "is starting",
+    "stopping": "is stopping",
+    "error": "failed to start; an operator can see why in the supervisor's admin",
+}
+
+
+def retry_after(status: str) -> int:
+    """Seconds for the ``Retry-After`` header of a 503 for an app in ``status``."""
+    return RETRY_AFTER.get(status, DEFAULT_RETRY_AFTER)
+
+
+def status_text(status: str) -> str:
+    return STATUS_TEXT.get(status, "is not available right now")
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """An API client (JSON asked for, HTML not) rather than a browser."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
