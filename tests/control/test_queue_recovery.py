@@ -1,5 +1,5 @@
 """The recovery check in process, against the real Redis: which stuck starts it marks, which it
-enqueues again, and which it must leave alone. (tests/test_queue.py kills a real queue worker.)"""
+enqueues again, and which it must leave alone. (tests/control/test_queue.py kills a real queue worker.)"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from django.urls import resolve
 
 from supervisor_site import config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose"
 K8S = COMPOSE / "kubernetes"
 
