@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import re
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -29,7 +28,9 @@ from apps_registry.models import (
 from apps_registry.registry import actions, outbox
 from supervisor_site import catalogue
 from tests.support import schema_check
+from tests.support.api import ApiClient
 from tests.support.processes import free_port
+from tests.support.users import create_user
 
 pytestmark = pytest.mark.django_db
 
@@ -49,35 +50,10 @@ def document():
     return response.json()
 
 
-class Api:
-    """A client that sends the bearer token and checks each response against the document."""
-
-    def __init__(self, token: str, document: dict):
-        self.client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
-        self.document = document
-
-    def call(self, method: str, url: str, template: str, body=None, raw: bytes | None = None, **extra):
-        data = raw if raw is not None else (json.dumps(body) if body is not None else "")
-        response = getattr(self.client, method.lower())(url, data=data, content_type="application/json", **extra)
-        payload = response.json() if response.content else None
-        problems = schema_check.response_errors(self.document, template, method, response.status_code, payload)
-        assert not problems, f"{method} {url} -> {response.status_code} {payload}: {problems}"
-        return response.status_code, payload
-
-
-def _user(username: str, *perms: str, superuser: bool = False) -> User:
-    if superuser:
-        return User.objects.create_superuser(username, password="x")
-    user = User.objects.create_user(username, password="x", is_staff=True)
-    for perm in perms:
-        user.user_permissions.add(Permission.objects.get(codename=perm, content_type__app_label="apps_registry"))
-    return user
-
-
 @pytest.fixture
 def admin_api(document):
-    _token, raw = ApiToken.issue(_user("root", superuser=True))
-    return Api(raw, document)
+    _token, raw = ApiToken.issue(create_user("root", superuser=True))
+    return ApiClient(raw, document=document)
 
 
 def _app(name: str, envs, **options) -> Application:
@@ -85,7 +61,7 @@ def _app(name: str, envs, **options) -> Application:
 
 
 def test_requests_without_a_valid_token_get_401(document, envs):
-    user = _user("someone", superuser=True)
+    user = create_user("someone", superuser=True)
     token, raw = ApiToken.issue(user)
     for header in ("", "Token abc", "Bearer ", "Bearer not-a-token"):
         client = Client(HTTP_AUTHORIZATION=header) if header else Client()
@@ -219,10 +195,10 @@ def test_start_stop_restart_202_and_audited(admin_api, envs):
         assert status == 400, bad
     status, _ = admin_api.call("POST", "/api/v1/apps/ghost/start", "/apps/{name}/start")
     assert status == 404
-    response = admin_api.client.post("/api/v1/apps/shop/explode")
-    assert response.status_code == 404 and "error" in response.json()
-    response = admin_api.client.get("/api/v1/apps/shop/start")
-    assert response.status_code == 405 and "error" in response.json()
+    status, body = admin_api.call("POST", "/api/v1/apps/shop/explode")
+    assert status == 404 and "error" in body
+    status, body = admin_api.call("GET", "/api/v1/apps/shop/start")
+    assert status == 405 and "error" in body
 
 
 def test_generation_orders_requests(admin_api, envs):
@@ -254,10 +230,14 @@ def test_delete_204_with_and_without_data(admin_api, envs):
 
 def test_permissions_match_the_admin(document, envs):
     _app("shop", envs)
-    _t, viewer_raw = ApiToken.issue(_user("viewer", "view_application", "view_environment"))
-    _t, starter_raw = ApiToken.issue(_user("starter", "view_application", "start_application"))
-    _t, nobody_raw = ApiToken.issue(_user("nobody"))
-    viewer, starter, nobody = Api(viewer_raw, document), Api(starter_raw, document), Api(nobody_raw, document)
+    _t, viewer_raw = ApiToken.issue(create_user("viewer", ["view_application", "view_environment"]))
+    _t, starter_raw = ApiToken.issue(create_user("starter", ["view_application", "start_application"]))
+    _t, nobody_raw = ApiToken.issue(create_user("nobody"))
+    viewer, starter, nobody = (
+        ApiClient(viewer_raw, document=document),
+        ApiClient(starter_raw, document=document),
+        ApiClient(nobody_raw, document=document),
+    )
 
     assert viewer.call("GET", "/api/v1/apps", "/apps")[0] == 200
     assert viewer.call("GET", "/api/v1/environments", "/environments")[0] == 200
@@ -341,8 +321,8 @@ def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document
     ]
     for name in ("down_app", "down_gone"):
         _app(name, envs)
-    _token, raw = ApiToken.issue(_user("root", superuser=True))
-    api = Api(raw, document)
+    _token, raw = ApiToken.issue(create_user("root", superuser=True))
+    api = ApiClient(raw, document=document)
     dead = f"redis://127.0.0.1:{free_port()}/0"
     settings.APP_CONFIG = dataclasses.replace(settings.APP_CONFIG, command_redis_url=dead, supervisor_redis_url=dead)
 

@@ -11,7 +11,7 @@ import string
 from urllib.parse import quote
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.utils import timezone
@@ -22,6 +22,7 @@ from apps_registry.api.body import MAX_BODY_BYTES
 from apps_registry.models import ApiToken, AppEnvironment, Application, AppStatus, AuditEntry, Environment
 from apps_registry.names import NAME_RE, RESERVED_APP_NAMES, is_valid_name, validate_app_name
 from apps_registry.registry import actions
+from tests.support.users import PASSWORD, create_user
 
 
 def _operations_audited():
@@ -82,15 +83,6 @@ HOSTILE_PIECES = [
 hostile_text = st.lists(st.sampled_from(HOSTILE_PIECES) | st.text(max_size=4), min_size=1, max_size=6).map("".join)
 
 
-def _user(username: str, *perms: str, superuser: bool = False) -> User:
-    if superuser:
-        return User.objects.create_superuser(username, password="pw-" + username)
-    user = User.objects.create_user(username, password="pw-" + username, is_staff=True)
-    for perm in perms:
-        user.user_permissions.add(Permission.objects.get(codename=perm, content_type__app_label="apps_registry"))
-    return user
-
-
 def _api(user: User) -> Client:
     _token, raw = ApiToken.issue(user)
     return Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
@@ -107,7 +99,7 @@ def envs():
 
 @pytest.fixture
 def root_api() -> Client:
-    return _api(_user("root", superuser=True))
+    return _api(create_user("root", superuser=True))
 
 
 @pytest.fixture
@@ -334,8 +326,8 @@ def test_supervisor_cookies_and_credentials_never_reach_a_worker(proxied, others
 
 
 def test_supervisor_session_cookie_is_scoped_away_from_apps(client):
-    _user("root", superuser=True)
-    client.post("/admin/login/", {"username": "root", "password": "pw-root"})
+    create_user("root", superuser=True)
+    client.post("/admin/login/", {"username": "root", "password": PASSWORD})
     morsel = client.cookies["sessionid"]
     assert morsel["path"] == "/admin/" and morsel["httponly"]
     assert "csrftoken" not in client.cookies  # CSRF tokens live in the session
@@ -346,7 +338,7 @@ def test_supervisor_session_cookie_is_scoped_away_from_apps(client):
 
 def test_oversized_bodies_are_refused_before_being_read(proxied, settings):
     _app, seen = proxied
-    root = _user("root", superuser=True)
+    root = create_user("root", superuser=True)
     api = _api(root)
     big = json.dumps({"name": "big", "environments": ["env_a"], "description": "x" * (MAX_BODY_BYTES + 1)})
     response = api.post("/api/v1/apps", big, content_type="application/json")
@@ -361,7 +353,10 @@ def test_oversized_bodies_are_refused_before_being_read(proxied, settings):
     response = Client().post("/apps/crm/admin/upload/", "x", content_type="text/plain", CONTENT_LENGTH="-5")
     assert response.status_code == 400 and seen == []
     response = Client().post(
-        "/admin/login/", "username=root&password=pw-root", content_type="application/x-www-form-urlencoded", **declared
+        "/admin/login/",
+        f"username=root&password={PASSWORD}",
+        content_type="application/x-www-form-urlencoded",
+        **declared,
     )
     assert response.status_code == 400
     assert not _operations_audited().exists()
@@ -375,13 +370,13 @@ def _csrf_token(html: str) -> str:
 
 
 def test_admin_operations_without_a_csrf_token_are_refused(envs):
-    _user("root", superuser=True)
+    create_user("root", superuser=True)
     app = actions.create_application(name="shop", environments=envs)
     browser = Client(enforce_csrf_checks=True)
-    assert browser.post("/admin/login/", {"username": "root", "password": "pw-root"}).status_code == 403
+    assert browser.post("/admin/login/", {"username": "root", "password": PASSWORD}).status_code == 403
     login_page = browser.get("/admin/login/").content.decode()
     token = _csrf_token(login_page)
-    response = browser.post("/admin/login/", {"username": "root", "password": "pw-root", "csrfmiddlewaretoken": token})
+    response = browser.post("/admin/login/", {"username": "root", "password": PASSWORD, "csrfmiddlewaretoken": token})
     assert response.status_code == 302
     operation = f"/admin/apps_registry/application/{app.pk}/operation/start/"
     changelist = "/admin/apps_registry/application/"
@@ -409,7 +404,7 @@ def test_admin_operations_without_a_csrf_token_are_refused(envs):
 @pytest.mark.parametrize("perms", [(), ("view_application",), ("view_application", "change_application")])
 def test_staff_without_operation_permissions_cannot_start_or_stop(envs, perms):
     app = actions.create_application(name="shop", environments=envs)
-    user = _user("clerk", *perms)
+    user = create_user("clerk", perms)
     browser = Client()
     browser.force_login(user)
     for operation in ("start", "stop", "restart", "remove"):

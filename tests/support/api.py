@@ -43,7 +43,7 @@ class ApiClient:
         return {"Authorization": f"Bearer {self.token}"}
 
     def call(
-        self, method: str, url: str, body: Any = None, *, raw: bytes | None = None, template: str = "", **extra: Any
+        self, method: str, url: str, template: str = "", body: Any = None, *, raw: bytes | None = None, **extra: Any
     ) -> tuple[int, Any]:
         """``(status, parsed JSON or None)``; ``raw`` sends bytes as they are (bad bodies)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
@@ -60,7 +60,7 @@ class ApiClient:
         return self.call("GET", url, **options)
 
     def post(self, url: str, body: Any = None, **options: Any) -> tuple[int, Any]:
-        return self.call("POST", url, body, **options)
+        return self.call("POST", url, body=body, **options)
 
     def delete(self, url: str, **options: Any) -> tuple[int, Any]:
         return self.call("DELETE", url, **options)
