@@ -154,7 +154,8 @@ def test_api_create_with_hostile_names_is_400_never_500(envs, root_api, name):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=hostile_text | st.sampled_from(sorted(RESERVED_APP_NAMES)))
 def test_admin_add_form_with_hostile_names_is_refused_never_500(envs, name):
-    assume(not is_valid_name(name) or name in RESERVED_APP_NAMES)
+    # Form fields strip surrounding white space, as every Django form does: "h8\n" is the valid "h8".
+    assume(not is_valid_name(name.strip()) or name.strip() in RESERVED_APP_NAMES)
     browser = Client()
     browser.force_login(
         User.objects.get_or_create(username="root", defaults={"is_staff": True, "is_superuser": True})[0]
