@@ -12,6 +12,7 @@ import secrets
 
 import redis
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.hashers import make_password
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -22,7 +23,9 @@ from apps_registry.admin import audit
 from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
-from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
+from apps_registry.control import liveness
+from apps_registry.control.shown_status import explain, shown_status
+from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, EnvironmentStatus
 from apps_registry.registry import actions, outbox
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,15 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).with_placements()
 
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        changelist = super().get_changelist_instance(request)
+        apps = list(changelist.result_list)  # evaluates (and caches) the page's queryset
+        envs = {p.environment.name: p.environment for app in apps for p in app.placements.all()}
+        statuses = liveness.environment_statuses(list(envs.values()))  # one Redis round trip per page
+        for app in apps:
+            app.environment_statuses = statuses
+        return changelist
+
     @admin.display(description="open")
     def open_link(self, app: Application) -> str:
         """The app's own admin through /apps/<name>/; one link per environment when several
@@ -116,11 +128,15 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         placements = app.placements.all()  # prefetched, already sorted by environment name
         if not placements:
             return "—"
-        return format_html_join(
-            " ",
-            "{}",
-            ((status_badge(p.status, p.environment.name),) for p in placements),
-        )
+        statuses = getattr(app, "environment_statuses", None)
+        if statuses is None:  # outside the list (the change page): this app's environments only
+            statuses = liveness.environment_statuses([p.environment for p in placements])
+        badges = []
+        for p in placements:
+            env_status, seen = statuses.get(p.environment.name, (EnvironmentStatus.UNKNOWN, None))
+            shown = shown_status(p.status, env_status)
+            badges.append((status_badge(shown, p.environment.name, explain(p.status, env_status, seen)),))
+        return format_html_join(" ", "{}", badges)
 
     @admin.display(description="recent history")
     def recent_history(self, app: Application | None) -> str:

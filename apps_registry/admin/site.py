@@ -26,7 +26,9 @@ def apply_worker_events() -> None:
         ingest.ingest()
 
 
-def status_badge(status: str, label: str = "") -> str:
-    """The badge status.js repaints in place: its classes and text are what the script rewrites."""
+def status_badge(status: str, label: str = "", detail: str = "") -> str:
+    """The badge status.js repaints in place: its classes and text are what the script rewrites;
+    ``detail`` (why a status is what it is) goes in its title."""
     text = f"{label}: {status}" if label else status
-    return format_html('<span class="appsup-badge appsup-{}" title="{}">{}</span>', status, text, text)
+    title = f"{text} ({detail})" if detail else text
+    return format_html('<span class="appsup-badge appsup-{}" title="{}">{}</span>', status, title, text)

@@ -16,8 +16,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps_registry.control import redis_client
-from apps_registry.models import AppEnvironment, AppStatus, Environment
+from apps_registry.control import liveness, redis_client
+from apps_registry.control.shown_status import explain, shown_status
+from apps_registry.models import AppEnvironment, AppStatus, Environment, EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,19 @@ def status(request: HttpRequest) -> JsonResponse:
         )
         rows = list(rows)
         positions = _queue_positions() if any(r[3] == AppStatus.QUEUED for r in rows) else {}
+        env_statuses = liveness.environment_statuses(list(Environment.objects.filter(name__in={r[2] for r in rows})))
         for app_pk, app_name, env, state, error in rows:
             entry = payload["apps"].setdefault(str(app_pk), {"name": app_name, "statuses": {}})
+            env_status, seen = env_statuses.get(env, (EnvironmentStatus.UNKNOWN, None))
             entry["statuses"][env] = {
-                "status": state,
+                "status": shown_status(state, env_status),
+                "observed": state,
+                "detail": explain(state, env_status, seen),
                 "error": error,
                 "position": positions.get(app_name) if state == AppStatus.QUEUED else None,
             }
     env_pks = _pks(request, "environments")
     if env_pks and user.has_perm("apps_registry.view_environment"):
-        from apps_registry.control import liveness
-
         envs = list(Environment.objects.filter(pk__in=env_pks))
         statuses = liveness.environment_statuses(envs)
         for env in envs:

@@ -3,11 +3,15 @@ dicts; the endpoints' response models validate and document them)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
-from apps_registry.control import redis_client
-from apps_registry.models import AppEnvironment, Application, Environment, StartMode
+from django.utils import timezone
+
+from apps_registry.control import liveness, redis_client
+from apps_registry.control.shown_status import shown_status
+from apps_registry.models import AppEnvironment, Application, Environment, EnvironmentStatus, StartMode
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +36,12 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
     if names is not None:
         apps = apps.filter(name__in=names)
         placements = placements.filter(application__name__in=names)
-    by_app: dict[int, list[tuple[str, str, str]]] = {}
-    for app_id, env, status, error in placements.values_list("application_id", "environment__name", "status", "error"):
-        by_app.setdefault(app_id, []).append((env, status, error))
+    by_app: dict[int, list[tuple[str, str, str, dt.datetime | None]]] = {}
+    rows = placements.values_list("application_id", "environment__name", "status", "error", "status_changed_at")
+    for app_id, env, status, error, at in rows:
+        by_app.setdefault(app_id, []).append((env, status, error, at))
+    liveness_of = liveness.environment_statuses(list(Environment.objects.all()))
+    now = timezone.now()
     result = []
     for pk, name, display_name, options in apps.values_list("pk", "name", "display_name", "options"):
         rows = by_app.get(pk, [])
@@ -43,9 +50,21 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "display_name": display_name,
-                "environments": [env for env, _s, _e in rows],
-                "statuses": {env: status for env, status, _e in rows},
-                "errors": {env: error for env, _s, error in rows if error},
+                "environments": [env for env, *_rest in rows],
+                "statuses": {
+                    env: shown_status(status, liveness_of.get(env, (EnvironmentStatus.UNKNOWN, None))[0])
+                    for env, status, _e, _at in rows
+                },
+                "observed": {
+                    env: {
+                        "status": status,
+                        "at": at,
+                        "age_seconds": round((now - at).total_seconds(), 3) if at else None,
+                        "environment_status": str(liveness_of.get(env, (EnvironmentStatus.UNKNOWN, None))[0]),
+                    }
+                    for env, status, _e, at in rows
+                },
+                "errors": {env: error for env, _s, error, _at in rows if error},
                 "modules": list(options.get("modules", [])),
                 "start_mode": options.get("start_mode", StartMode.MANUAL.value),
             }
@@ -55,8 +74,6 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
 
 def environments_json(envs: list[Environment]) -> list[dict[str, Any]]:
     """Each environment with its liveness (one Redis round trip for all)."""
-    from apps_registry.control import liveness
-
     statuses = liveness.environment_statuses(envs)
     rows = []
     for env in envs:

@@ -7,7 +7,7 @@ the endpoints; everything decidable from the body alone is decided here."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from pydantic import (
@@ -140,11 +140,26 @@ class EnvironmentList(_Out):
     environments: list[Environment]
 
 
+# The status shown (apps_registry.control.shown_status): the observed one, or "unknown" where
+# the environment is not online.
+ShownStatus = Literal[tuple([*AppStatus.values, "unknown"])]
+
+
+class Observed(_Out):
+    status: AppStatus = Field(description="what the worker last reported")
+    at: Timestamp | None = Field(description="when that status was recorded")
+    age_seconds: float | None = Field(description="how long ago, when the answer was made")
+    environment_status: EnvironmentStatus
+
+
 class App(_Out):
     name: AppName
     display_name: str
     environments: list[str]
-    statuses: dict[str, AppStatus] = Field(description="status per environment")
+    statuses: dict[str, ShownStatus] = Field(
+        description="status shown per environment: never running on an environment that is not online"
+    )
+    observed: dict[str, Observed] = Field(description="the observed status per environment, and its age")
     errors: dict[str, str] = Field(description="last error per environment (only environments with one)")
     modules: list[str]
     start_mode: StartMode

@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
 from apps_registry.control import liveness
+from apps_registry.control.shown_status import shown_status
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute
 from supervisor_site.unavailable import status_text, wants_json
 
@@ -105,7 +106,7 @@ def chooser(request: HttpRequest, app: AppRoute, notice: str) -> HttpResponse:
             "environment": p.environment,
             "env_status": p.env_status if p.enabled else "disabled",
             "last_seen": liveness.describe_age(p.last_seen),
-            "app_status": p.app_status,
+            "app_status": shown_status(p.app_status, p.env_status),
             "choosable": p.choosable,
             "href": f"{path}?{ENV_PARAM}={p.environment}",
         }

@@ -167,7 +167,13 @@ def test_status_endpoint_is_staff_only_and_reports_queue_positions(
         queue.empty()
     beta = data["apps"][str(apps[1].pk)]
     assert beta["name"] == "beta"
-    assert beta["statuses"]["env_a"] == {"status": "queued", "error": "", "position": 2}
+    assert beta["statuses"]["env_a"] == {
+        "status": "queued",
+        "observed": "queued",
+        "detail": "",
+        "error": "",
+        "position": 2,
+    }
     assert data["apps"][str(apps[0].pk)]["statuses"]["env_b"]["position"] == 1
     assert data["environments"][str(envs[0].pk)]["name"] == "env_a"
     assert "apps_registry/status.js" in client.get(CHANGELIST).content.decode()

@@ -37,7 +37,8 @@ function appsupStatusInit() {
         var s = statuses[env];
         if (!s) return;
         var extra = s.position ? " #" + s.position : "";
-        paint(badge, s.status, env, extra, s.error ? env + ": " + s.error : "");
+        var why = s.detail || s.error;  // why it is shown unknown, or the last error
+        paint(badge, s.status, env, extra, why ? env + ": " + s.status + " (" + why + ")" : "");
       });
     });
     Object.keys(data.environments || {}).forEach(function (pk) {
