@@ -12,7 +12,9 @@ What this adds to ``revproxy.views.ProxyView``:
 - request bodies stream to the worker (no whole-body read), refused with 413 beyond
   ``PROXY_MAX_UPLOAD_BYTES``; responses stream (except small ones and HTML, as revproxy does);
 - the app's ``Set-Cookie`` limited to its own cookies and path; absolute ``Location`` headers
-  pointing at the worker rewritten to the supervisor's host.
+  pointing at the worker rewritten to the supervisor's host, to any other host refused (502);
+  headers that act on the whole origin (``Service-Worker-Allowed``, ``Clear-Site-Data``, HSTS,
+  ``X-Frame-Options``) and ``Refresh`` to another host dropped.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ _DROPPED_REQUEST_HEADERS = frozenset(
 )
 # Response headers the supervisor's own server sets, or that describe the worker's hop.
 _DROPPED_RESPONSE_HEADERS = frozenset({"server", "date", "keep-alive", "trailer", "te", "upgrade"})
+# Headers that act on the supervisor's whole origin, beyond the app's path: a service worker
+# scope wider than the app, wiping the operator's site data, pinning HTTPS for every host name,
+# framing rules that would replace the supervisor's own. An app never gets to set them.
+_ORIGIN_WIDE_RESPONSE_HEADERS = frozenset(
+    {"service-worker-allowed", "clear-site-data", "strict-transport-security", "x-frame-options"}
+)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _STREAM_CHUNK = 64 * 1024
 
@@ -318,12 +326,24 @@ class AppProxyView(ProxyView):
                 is_hop_by_hop(lowered)
                 or lowered in listed
                 or lowered in _DROPPED_RESPONSE_HEADERS
+                or lowered in _ORIGIN_WIDE_RESPONSE_HEADERS
                 or lowered.startswith("proxy-")
             ):
                 continue
             response[header] = ", ".join(upstream_headers.getlist(header))
+        refresh = upstream_headers.get("Refresh")
+        if refresh and _foreign(request, _refresh_target(refresh), placement):
+            del response["Refresh"]
         location = upstream_headers.get("Location")
         if location:
+            if _foreign(request, location, placement):
+                log.info("proxy %s: redirect to %s refused (another site)", name, urlsplit(location).netloc)
+                return pages.simple(
+                    request,
+                    502,
+                    "Redirect refused",
+                    "The application tried to send you to another site; the supervisor does not relay that.",
+                )
             response["Location"] = _public_location(request, location, placement)
         for raw in set_cookies:
             _pass_cookie(response, raw, name)
@@ -343,6 +363,25 @@ def _stream(upstream: urllib3.BaseHTTPResponse, amount: int, name: str) -> Itera
         if not finished:
             upstream.close()
         upstream.release_conn()
+
+
+def _refresh_target(value: str) -> str:
+    """The URL of a ``Refresh: 5; url=…`` header ('' when it only reloads)."""
+    _delay, _sep, rest = value.partition(";")
+    rest = rest.strip()
+    if rest[:4].lower() == "url=":
+        rest = rest[4:]
+    return rest.strip().strip("'\"")
+
+
+def _foreign(request: HttpRequest, url: str, placement: Placement) -> bool:
+    """Whether ``url`` leads off the app: to a host that is neither its worker nor this site
+    (or a scheme-relative ``//host`` one)."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        return False
+    worker_hosts = {urlsplit(placement.target_url).netloc.lower(), urlsplit(placement.url).netloc.lower()}
+    return parts.netloc.lower() not in worker_hosts | {request.get_host().lower()}
 
 
 def _public_location(request: HttpRequest, location: str, placement: Placement) -> str:

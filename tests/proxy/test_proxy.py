@@ -78,6 +78,20 @@ class Echo(BaseHTTPRequestHandler):
             return self._send(302, b"", [("Location", "/apps/echoapp/target?x=1")])
         if action == "redirect-ext":
             return self._send(302, b"", [("Location", "http://example.com/elsewhere")])
+        if action == "redirect-schemeless":
+            return self._send(302, b"", [("Location", "//example.com/elsewhere")])
+        if action == "origin-wide":
+            extra = [
+                ("Service-Worker-Allowed", "/"),
+                ("Clear-Site-Data", '"*"'),
+                ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+                ("X-Frame-Options", "ALLOWALL"),
+                ("Refresh", "0; url=http://evil.example/"),
+                ("X-Keep", "1"),
+            ]
+            return self._send(200, b"{}", extra)
+        if action == "refresh-own":
+            return self._send(200, b"{}", [("Refresh", "5; url=/apps/echoapp/next")])
         if action == "cookies":
             cookies = [
                 "app_echoapp_pref=1; Path=/",
@@ -416,8 +430,20 @@ def test_redirects_absolute_to_the_worker_rewritten_relative_unchanged(stack):
     assert absolute.status == 302 and absolute.headers["Location"] == "http://sup.example:8443/apps/echoapp/target?x=1"
     relative = call(stack, "GET", "/apps/echoapp/redirect-rel")
     assert relative.headers["Location"] == "/apps/echoapp/target?x=1"
-    external = call(stack, "GET", "/apps/echoapp/redirect-ext")
-    assert external.headers["Location"] == "http://example.com/elsewhere"
+    for foreign in ("/apps/echoapp/redirect-ext", "/apps/echoapp/redirect-schemeless"):
+        refused = call(stack, "GET", foreign)
+        assert refused.status == 502 and "Location" not in refused.headers
+        assert b"another site" in refused.body
+
+
+def test_headers_acting_on_the_whole_origin_never_reach_the_browser(stack):
+    answer = call(stack, "GET", "/apps/echoapp/origin-wide")
+    names = {k.lower() for k in answer.headers}
+    assert answer.status == 200 and "x-keep" in names
+    assert not names & {"service-worker-allowed", "clear-site-data", "strict-transport-security", "refresh"}
+    assert answer.headers["X-Frame-Options"] == "DENY"  # the supervisor's own framing policy
+    own = call(stack, "GET", "/apps/echoapp/refresh-own")
+    assert own.headers["Refresh"] == "5; url=/apps/echoapp/next"
 
 
 # --- bodies -------------------------------------------------------------------------------
