@@ -1,0 +1,55 @@
+"""The start queue's RQ dashboard (django-rq's, under ``/admin/django_rq/dashboard/``), for users
+with django-rq's own "Access admin page" permission only.
+
+django-rq lets every staff user in: its views check ``is_staff`` alone, and they can empty the
+queue and delete or requeue jobs, which leaves starts interrupted. Every one of its pages here
+answers 403 without the permission (superusers have it).
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+from django.urls import URLPattern
+from django_rq.admin import QueueAdmin
+from django_rq.models import Dashboard
+
+QUEUE_PERMISSION = "django_rq.admin"
+
+
+def _guarded(view):
+    @wraps(view)
+    def guarded(request: HttpRequest, *args, **kwargs):
+        if kwargs.get("token"):  # stats.json/<token>: the view checks django-rq's API token itself
+            return view(request, *args, **kwargs)
+        if not request.user.has_perm(QUEUE_PERMISSION):
+            raise PermissionDenied("the start queue's dashboard needs the django_rq 'Access admin page' permission")
+        return view(request, *args, **kwargs)
+
+    return guarded
+
+
+class StartQueueAdmin(QueueAdmin):
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(QUEUE_PERMISSION)
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm(QUEUE_PERMISSION)
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm(QUEUE_PERMISSION)
+
+    def get_urls(self) -> list:
+        urls = super().get_urls()
+        for pattern in urls:
+            if isinstance(pattern, URLPattern):
+                pattern.callback = _guarded(pattern.callback)
+        return urls
+
+
+if admin.site.is_registered(Dashboard):
+    admin.site.unregister(Dashboard)
+admin.site.register(Dashboard, StartQueueAdmin)
