@@ -62,6 +62,11 @@ def _get_app(name: str) -> Application:
     return app
 
 
+def _name_taken(error: ValidationError) -> bool:
+    details = getattr(error, "error_dict", {}).get("name", [])
+    return any(detail.code == "unique" for detail in details)
+
+
 @router.get(
     "/apps",
     auth=TokenAuth("apps_registry.view_application"),
@@ -117,6 +122,10 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
     except IntegrityError:
         raise ApiError(409, f"an application named {payload.name!r} already exists") from None
     except ValidationError as error:
+        # A concurrent create of the same name that committed after our exists() check is
+        # seen by full_clean's unique check: still a conflict, not bad input.
+        if _name_taken(error):
+            raise ApiError(409, f"an application named {payload.name!r} already exists") from None
         raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
     result: dict[str, Any] = {}
     if payload.start:

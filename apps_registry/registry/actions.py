@@ -10,6 +10,7 @@ they are defined by concern in the modules beside this one.
 from apps_registry.registry.applications import (
     ACTIVE,
     STARTABLE,
+    ApplicationGone,
     create_application,
     delete_application,
     request_remove,
@@ -40,6 +41,7 @@ __all__ = [
     "ACTIVE",
     "HEARTBEAT_RESOLUTION",
     "STARTABLE",
+    "ApplicationGone",
     "START_INTERRUPTED",
     "audit",
     "begin_environment_start",

@@ -21,10 +21,17 @@ STARTABLE = (AppStatus.STOPPED, AppStatus.ERROR, AppStatus.STOPPING)
 ACTIVE = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
 
 
+class ApplicationGone(Application.DoesNotExist):
+    """The app was deleted by a concurrent request while this one waited for its row lock:
+    the caller answers as if it had never existed (the API's 404), not with a crash."""
+
+
 def _bump_generation(app: Application) -> int:
     """Take the app's row lock and bump its generation: requests for one app are serialised
     and numbered, so a command or queued start that carries an older number is stale."""
-    locked = Application.objects.select_for_update().only("pk", "generation").get(pk=app.pk)
+    locked = Application.objects.select_for_update().only("pk", "generation").filter(pk=app.pk).first()
+    if locked is None:
+        raise ApplicationGone(f"no application named {app.name!r} (deleted meanwhile)")
     generation = locked.generation + 1
     Application.objects.filter(pk=app.pk).update(generation=generation)
     app.generation = generation
@@ -114,9 +121,11 @@ def delete_application(
 ) -> str:
     """Remove the app from every environment, then from the registry."""
     outbox.require_channel("delete", app.name)
-    envs = [p.environment.name for p in _placements(app, None)]
     request_id = new_request_id()
+    # The lock first: a concurrent delete that got it before us makes this one ApplicationGone,
+    # and the placements read below are those of the row we hold.
     generation = _bump_generation(app)
+    envs = [p.environment.name for p in _placements(app, None)]
     if envs:
         outbox.send_remove(app, envs, generation=generation, request_id=request_id, drop_data=drop_data)
     audit(
