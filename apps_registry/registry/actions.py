@@ -11,6 +11,8 @@ from apps_registry.registry.applications import (
     ACTIVE,
     STARTABLE,
     ApplicationGone,
+    PlacementChange,
+    PlacementWouldStop,
     create_application,
     delete_application,
     request_remove,
@@ -18,6 +20,7 @@ from apps_registry.registry.applications import (
     request_start,
     request_stop,
     set_application_environments,
+    takedown,
     update_application,
 )
 from apps_registry.registry.environments import (
@@ -42,6 +45,8 @@ __all__ = [
     "HEARTBEAT_RESOLUTION",
     "STARTABLE",
     "ApplicationGone",
+    "PlacementChange",
+    "PlacementWouldStop",
     "START_INTERRUPTED",
     "audit",
     "begin_environment_start",
@@ -63,5 +68,6 @@ __all__ = [
     "resume_start_request",
     "set_application_environments",
     "set_environment_enabled",
+    "takedown",
     "update_application",
 ]
