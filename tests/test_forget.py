@@ -62,6 +62,18 @@ def test_forget_of_an_online_environment_is_refused(admin_client, envs):
     assert not AuditEntry.objects.filter(action="environment_forgotten").exists()
 
 
+def test_forget_of_an_environment_of_unknown_status_is_refused(admin_client, envs, settings):
+    """A beat or two missed: it may well be serving still."""
+    _on, off = envs
+    config = settings.APP_CONFIG
+    assert 2 * config.lease_interval < config.offline_after
+    ago = dt.timedelta(seconds=(2 * config.lease_interval + config.offline_after) / 2)
+    Environment.objects.filter(pk=off.pk).update(last_heartbeat=timezone.now() - ago)
+    page = _action(admin_client, "forget_environments", [off], confirm="yes").content.decode()
+    assert "Not forgotten: env_off is unknown" in page
+    assert Environment.objects.filter(name="env_off").exists()
+
+
 def test_forget_records_the_placements_it_removed(admin_client, envs):
     on, off = envs
     page = _action(admin_client, "forget_environments", [off], confirm="yes").content.decode()

@@ -121,10 +121,14 @@ class EnvironmentAdmin(admin.ModelAdmin):
         envs = list(queryset.order_by("name"))
         statuses = liveness.environment_statuses(envs)
         if verb == "forget":
-            online = [env.name for env in envs if statuses[env.name][0] == EnvironmentStatus.ONLINE]
-            if online:
-                # Its worker would keep serving apps the registry no longer routes or commands.
-                self.message_user(request, FORGET_ONLINE.format(envs=", ".join(online)), messages.ERROR)
+            # Its worker would keep serving apps the registry no longer routes or commands.
+            # ``unknown`` (a beat or two missed, or Redis unreachable) may still be online: refused too.
+            alive = [
+                env for env in envs if statuses[env.name][0] in (EnvironmentStatus.ONLINE, EnvironmentStatus.UNKNOWN)
+            ]
+            if alive:
+                where = ", ".join(f"{env.name} is {statuses[env.name][0]}" for env in alive)
+                self.message_user(request, FORGET_ONLINE.format(envs=where), messages.ERROR)
                 return None
         if request.POST.get("confirm") == "yes":
             self._perform(request, verb, envs)
@@ -182,7 +186,7 @@ ENV_ACTIONS = {
     ),
 }
 FORGET_ONLINE = (
-    "Not forgotten: {envs} is online, and its worker would keep serving apps the registry no longer knows "
+    "Not forgotten: {envs}, and its worker would keep serving apps the registry no longer knows "
     "there. Disable it and remove (unload) its apps first, then stop its worker; forget it once it is "
     "offline or stopped."
 )
