@@ -76,7 +76,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
-        (None, {"fields": ["name", "display_name", "description", "target_environments"]}),
+        (None, {"fields": ["name", "display_name", "description", "target_environments", "confirm_takedown"]}),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("Recent history", {"fields": ["recent_history"]}),
     ]
@@ -149,6 +149,11 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
             return super().changeform_view(request, object_id, form_url, extra_context)
         except redis.RedisError as error:
             return self._redis_unavailable(request, error)
+        except actions.PlacementWouldStop as refusal:
+            # The app started running between the form's check and the save: nothing was saved
+            # (the view's transaction rolled back); ask again on a fresh form.
+            messages.error(request, f"Not saved: {refusal}. Tick “Take it down there” to confirm.")
+            return HttpResponseRedirect(request.path)
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         try:
@@ -172,11 +177,24 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         if change:
             obj.options = options
             actions.update_application(obj, request.user)
-            actions.set_application_environments(obj, environments, request.user)
+            change = actions.set_application_environments(
+                obj, environments, request.user, force=bool(form.cleaned_data.get("confirm_takedown"))
+            )
+            self._say_placement_change(request, obj, change)
             return
         self._create(request, obj, form, environments, options)
         if form.cleaned_data.get("start_now") and self.has_start_permission(request):
             actions.request_start(Application.objects.get(pk=obj.pk), request.user)
+
+    def _say_placement_change(self, request: HttpRequest, app: Application, change: actions.PlacementChange) -> None:
+        # Beside Django's "changed successfully": what the edit did to the running app.
+        if change.taken_down:
+            messages.warning(
+                request,
+                f"{app.name} was taken down on {', '.join(change.taken_down)} (stopped and unloaded, data kept).",
+            )
+        if change.start_request:
+            messages.info(request, f"The start of {app.name} on {', '.join(change.added)} was queued.")
 
     def _create(
         self, request: HttpRequest, obj: Application, form: ApplicationForm, environments: list, options: dict

@@ -1,17 +1,23 @@
 """Environments in the admin: registered by the workers themselves, so view-only apart from
-the enable/disable/forget actions. Every change goes through ``apps_registry.registry.actions``.
+the enable/disable/forget actions, each behind a confirmation page that lists the apps placed
+there; an online environment is never forgotten. Every change goes through
+``apps_registry.registry.actions``.
 The list costs a constant number of queries; liveness is one Redis round trip per page."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
-from apps_registry.models import Environment
+from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry import actions
 
 
@@ -85,32 +91,102 @@ class EnvironmentAdmin(admin.ModelAdmin):
             return f"{', '.join(names[:8])} … (+{len(names) - 8})"
         return ", ".join(names) or "—"
 
-    def delete_model(self, request: HttpRequest, obj: Environment) -> None:
-        actions.forget_environment(obj, request.user)
+    # --- Disable, enable, forget: each behind a confirmation page listing what it affects -------
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for env in queryset:
-            actions.forget_environment(env, request.user)
+    confirmation_template = "admin/apps_registry/environment/confirm_action.html"
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        # The detail page's "Delete" is a forget: same rule, same confirmation, same audit.
+        env = self.get_object(request, object_id)
+        if env is None or not self.has_delete_permission(request, env):
+            return super().delete_view(request, object_id, extra_context)
+        response = self._confirm_then_perform(request, "forget", Environment.objects.filter(pk=env.pk))
+        return response or HttpResponseRedirect(reverse("admin:apps_registry_environment_changelist"))
 
     @admin.action(description="Disable selected environments", permissions=["change"])
-    def disable_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
-        for env in envs:
-            actions.set_environment_enabled(env, False, request.user)
-        self.message_user(request, f"Disabled {len(envs)} environment(s).", messages.SUCCESS)
+    def disable_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "disable", queryset)
 
     @admin.action(description="Enable selected environments", permissions=["change"])
-    def enable_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
-        for env in envs:
-            actions.set_environment_enabled(env, True, request.user)
-        self.message_user(request, f"Enabled {len(envs)} environment(s).", messages.SUCCESS)
+    def enable_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "enable", queryset)
 
     @admin.action(
         description="Forget selected environments (they register again if they come back)", permissions=["delete"]
     )
-    def forget_environments(self, request: HttpRequest, queryset: QuerySet) -> None:
-        envs = list(queryset)
+    def forget_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "forget", queryset)
+
+    def _confirm_then_perform(self, request: HttpRequest, verb: str, queryset: QuerySet) -> HttpResponse | None:
+        envs = list(queryset.order_by("name"))
+        statuses = liveness.environment_statuses(envs)
+        if verb == "forget":
+            # Its worker would keep serving apps the registry no longer routes or commands.
+            # ``unknown`` (a beat or two missed, or Redis unreachable) may still be online: refused too.
+            alive = [
+                env for env in envs if statuses[env.name][0] in (EnvironmentStatus.ONLINE, EnvironmentStatus.UNKNOWN)
+            ]
+            if alive:
+                where = ", ".join(f"{env.name} is {statuses[env.name][0]}" for env in alive)
+                self.message_user(request, FORGET_ONLINE.format(envs=where), messages.ERROR)
+                return None
+        if request.POST.get("confirm") == "yes":
+            self._perform(request, verb, envs)
+            return None  # back to the changelist, which shows the message
+        rows = [(env, statuses[env.name][0], actions.placements_on(env)) for env in envs]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{ENV_ACTIONS[verb].verb} {len(envs)} environment(s)?",
+            "opts": self.model._meta,
+            "verb": ENV_ACTIONS[verb].verb,
+            "explanation": ENV_ACTIONS[verb].explanation,
+            "rows": rows,
+            "action_name": f"{verb}_environments",
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "changelist_url": reverse("admin:apps_registry_environment_changelist"),
+        }
+        return TemplateResponse(request, self.confirmation_template, context)
+
+    def _perform(self, request: HttpRequest, verb: str, envs: list[Environment]) -> None:
+        lost: list[str] = []
         for env in envs:
-            actions.forget_environment(env, request.user)
-        self.message_user(request, f"Forgot {len(envs)} environment(s).", messages.SUCCESS)
+            if verb == "forget":
+                lost += actions.forget_environment(env, request.user)
+            else:
+                actions.set_environment_enabled(env, verb == "enable", request.user)
+        message = f"{ENV_ACTIONS[verb].done} {len(envs)} environment(s): {', '.join(env.name for env in envs)}."
+        if lost:
+            message += f" Placements removed: {', '.join(sorted(set(lost)))}."
+        self.message_user(request, message, messages.SUCCESS)
+
+
+@dataclass(frozen=True)
+class EnvAction:
+    verb: str
+    done: str
+    explanation: str
+
+
+ENV_ACTIONS = {
+    "disable": EnvAction(
+        "Disable",
+        "Disabled",
+        "A disabled environment takes no new apps, the proxy stops sending it traffic and first visits do not "
+        "start apps there; the apps placed on it (listed below) keep their placement and keep running.",
+    ),
+    "enable": EnvAction(
+        "Enable", "Enabled", "The environment takes apps and traffic again; the apps placed on it are listed below."
+    ),
+    "forget": EnvAction(
+        "Forget",
+        "Forgot",
+        "The environment leaves the registry and every app listed below loses its placement there (an app "
+        "placed nowhere else is placed nowhere). If its worker comes back it registers again and unloads the "
+        "apps it still runs (their data kept).",
+    ),
+}
+FORGET_ONLINE = (
+    "Not forgotten: {envs}, and its worker would keep serving apps the registry no longer knows "
+    "there. Disable it and remove (unload) its apps first, then stop its worker; forget it once it is "
+    "offline or stopped."
+)

@@ -1,5 +1,6 @@
 """The form of the Applications admin: an application with its environments, business
-modules, start mode, first admin user and, on the add page, "Start now"."""
+modules, start mode, first admin user and, on the add page, "Start now"; on the change page,
+the confirmation an edit of the environments needs when it takes the app down."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.db.models import Q
 
 from apps_registry.models import Application, Environment, StartMode
+from apps_registry.registry import actions
 from supervisor_site import catalogue
 
 
@@ -37,6 +39,14 @@ class ApplicationForm(forms.ModelForm):
     start_now = forms.BooleanField(
         label="Start now", required=False, help_text="Queue a start on its environments once created."
     )
+    # On the change page: the operator's confirmation that an edit of the environments may
+    # take the app down (clean() asks for it only then).
+    confirm_takedown = forms.BooleanField(
+        label="Take it down there",
+        required=False,
+        help_text="Needed only if the environments chosen leave out every one the app runs on: "
+        "it is stopped and unloaded there (its data kept).",
+    )
 
     class Meta:
         model = Application
@@ -57,6 +67,21 @@ class ApplicationForm(forms.ModelForm):
         username = (self.cleaned_data.get("admin_username") or "admin").strip()
         UnicodeUsernameValidator()(username)
         return username
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        envs = cleaned.get("target_environments")
+        if self.instance.pk and envs is not None and not cleaned.get("confirm_takedown"):
+            down = actions.takedown(self.instance, list(envs))
+            if down:
+                where = ", ".join(down)
+                self.add_error(
+                    "confirm_takedown",
+                    f"{self.instance.name} goes down on {where}: it runs there and on none of the environments "
+                    "chosen, so saving stops and unloads it there (its data kept). Tick “Take it down there” "
+                    "to save anyway.",
+                )
+        return cleaned
 
     def application_options(self, app: Application) -> dict:
         """``app.options`` with the modules and start mode chosen here (other keys kept)."""

@@ -1,4 +1,4 @@
-"""``/apps`` endpoints: list, read, create and delete applications, start, stop and restart
+"""``/apps`` endpoints: list, read, create, edit and delete applications, start, stop and restart
 them. Every change goes through ``apps_registry.registry.actions`` (audit trail with
 ``via="api"``); the permissions are the admin's, checked by ``TokenAuth`` before the body is read."""
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Status
 from ninja.params.functions import Path, Query
@@ -29,6 +29,7 @@ from apps_registry.api.schemas import (
     AppCreate,
     AppCreated,
     AppList,
+    AppPatch,
     Operation,
 )
 from apps_registry.models import Application, Environment
@@ -60,6 +61,11 @@ def _get_app(name: str) -> Application:
     if app is None:
         raise ApiError(404, f"no application named {name[:60]!r}")
     return app
+
+
+def _name_taken(error: ValidationError) -> bool:
+    details = getattr(error, "error_dict", {}).get("name", [])
+    return any(detail.code == "unique" for detail in details)
 
 
 @router.get(
@@ -117,6 +123,10 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
     except IntegrityError:
         raise ApiError(409, f"an application named {payload.name!r} already exists") from None
     except ValidationError as error:
+        # A concurrent create of the same name that committed after our exists() check is
+        # seen by full_clean's unique check: still a conflict, not bad input.
+        if _name_taken(error):
+            raise ApiError(409, f"an application named {payload.name!r} already exists") from None
         raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
     result: dict[str, Any] = {}
     if payload.start:
@@ -137,6 +147,62 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
 def get_app(request: HttpRequest, name: AppPath = Path(..., example="sales_eu")) -> dict[str, Any]:
     representations.refresh()
     return representations.apps_json([_get_app(name).name])[0]
+
+
+@router.patch(
+    "/apps/{name}",
+    auth=TokenAuth("apps_registry.change_application"),
+    summary="Edit an application: display name, description, environments",
+    description=(
+        "Only the fields given change. A change of environments converges: removed environments get a "
+        "remove (stopped and unloaded there, data kept); if the app runs, added ones get a start through "
+        "the start queue. Removing every environment the app runs on takes it down: 409 unless force. "
+        "Needs apps_registry.change_application, as the admin's change form."
+    ),
+    **documented(
+        200,
+        App,
+        "Changed; nothing had to be sent to the workers",
+        404,
+        409,
+        413,
+        503,
+        also={202: (Accepted, "Changed; a start or remove went out: follow it in the audit trail by request_id")},
+    ),
+)
+def edit_app(
+    request: HttpRequest, name: AppPath = Path(..., example="sales_eu"), payload: AppPatch = JsonBody(...)
+) -> Status[dict[str, Any]]:
+    user = request.auth
+    if payload.environments is not None:
+        representations.refresh()  # an environment that just registered may be named
+    # One transaction: a refused placement edit (409) leaves the descriptive fields unchanged too.
+    with transaction.atomic():
+        app = _get_app(name)
+        if payload.display_name is not None or payload.description is not None:
+            if payload.display_name is not None:
+                app.display_name = payload.display_name or app.name
+            if payload.description is not None:
+                app.description = payload.description
+            try:
+                actions.update_application(app, user, via="api")
+            except ValidationError as error:
+                raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
+        change = None
+        if payload.environments is not None:
+            found = {env.name: env for env in Environment.objects.filter(name__in=payload.environments)}
+            unknown = [env for env in payload.environments if env not in found]
+            if unknown:
+                raise ApiError(400, errors={"environments": [f"unknown environment {n[:60]!r}" for n in unknown]})
+            try:
+                change = actions.set_application_environments(
+                    app, [found[env] for env in payload.environments], user, via="api", force=payload.force
+                )
+            except actions.PlacementWouldStop as refusal:
+                raise ApiError(409, str(refusal)) from None
+    if change is not None and change.request_id:
+        return Status(202, {"request_id": change.request_id, "app": app.name})
+    return Status(200, representations.apps_json([app.name])[0])
 
 
 @router.delete(

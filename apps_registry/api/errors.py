@@ -17,6 +17,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from apps_registry.api.auth import AuthError, PermissionMissing
+from apps_registry.models import Application
 from apps_registry.registry import outbox
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,12 @@ def install(api: NinjaAPI) -> None:
     @api.exception_handler(HttpError)
     def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         return answer(request, {"error": str(exc)}, exc.status_code)
+
+    @api.exception_handler(Application.DoesNotExist)
+    def app_gone(request: HttpRequest, exc: Application.DoesNotExist) -> HttpResponse:
+        # Deleted by a concurrent request between our read and our row lock: as absent as if
+        # it had never been (registry.applications.ApplicationGone).
+        return answer(request, {"error": str(exc) or "no such application"}, 404)
 
     @api.exception_handler(Http404)
     def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:

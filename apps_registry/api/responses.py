@@ -17,7 +17,8 @@ _FAILURES = {
     401: "Missing, invalid or revoked bearer token",
     403: "The token's user lacks the permission",
     404: "No such application",
-    409: "An application with this name exists",
+    409: "Conflict: an application with this name exists (create), or the edit takes the app down and "
+    "force was not given (edit)",
     413: "Body too large",
     503: REDIS_DOWN_DESCRIPTION,
 }
@@ -25,13 +26,24 @@ _FAILURES = {
 _ALWAYS = (400, 401, 403)
 
 
-def documented(status: int, model: type | None, description: str, *failures: int) -> dict[str, Any]:
+def documented(
+    status: int,
+    model: type | None,
+    description: str,
+    *failures: int,
+    also: dict[int, tuple[type | None, str]] | None = None,
+) -> dict[str, Any]:
     """``response`` and ``openapi_extra`` arguments for a route: ``status`` with ``model`` (None:
-    no body), the failures every endpoint has, and ``failures``."""
+    no body), the other successes ``also`` (``{status: (model, description)}``), the failures
+    every endpoint has, and ``failures``."""
     codes = (*_ALWAYS, *failures)
-    response: dict[int, Any] = {status: model}
+    successes = {status: (model, description), **(also or {})}
+    response: dict[int, Any] = {code: body for code, (body, _text) in successes.items()}
     response.update({code: ValidationErrors if code == 400 else Error for code in codes})
-    descriptions = {status: description, **{code: _FAILURES[code] for code in codes}}
+    descriptions = {
+        **{code: text for code, (_body, text) in successes.items()},
+        **{code: _FAILURES[code] for code in codes},
+    }
     return {
         "response": response,
         "openapi_extra": {"responses": {code: {"description": text} for code, text in descriptions.items()}},

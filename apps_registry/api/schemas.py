@@ -19,6 +19,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -92,6 +93,11 @@ def _optional(schema: dict[str, Any]) -> None:
 def _no_default_min_one(schema: dict[str, Any]) -> None:
     _no_default(schema)
     schema["minItems"] = 1
+
+
+def _optional_list(schema: dict[str, Any]) -> None:
+    _optional(schema)
+    schema.update(minItems=1, uniqueItems=True)
 
 
 # The name as the request gives it (validated like the admin does) and as responses carry it.
@@ -218,6 +224,45 @@ class AppCreate(_Body):
         description="first admin's password; generated and returned once if omitted",
         json_schema_extra=_optional,
     )
+
+
+_EDITABLE = ("display_name", "description", "environments")
+
+
+class AppPatch(_Body):
+    """A partial edit: the fields given change, the others stay. Null counts as omitted."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": {"display_name": "Sales Europe", "description": "EU sales team"}},
+    )
+
+    display_name: Annotated[StrictStr, Field(max_length=200)] | None = Field(
+        None, description="empty: the app's name", json_schema_extra=_optional
+    )
+    description: Annotated[StrictStr, Field(max_length=5000)] | None = Field(None, json_schema_extra=_optional)
+    environments: (
+        Annotated[
+            list[StrictStr],
+            AfterValidator(_distinct),
+            _at_least_one("choose at least one environment"),
+        ]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "place the app on exactly these environments: removed ones are stopped and unloaded there "
+            "(data kept); if the app runs, it is started on the added ones through the start queue"
+        ),
+        json_schema_extra=_optional_list,
+    )
+    force: StrictBool = Field(False, description="confirm an environments change that takes the app down (else 409)")
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> AppPatch:
+        if all(getattr(self, field) is None for field in _EDITABLE):
+            raise _refuse("nothing_to_change", f"name at least one of {', '.join(_EDITABLE)}")
+        return self
 
 
 class Operation(_Body):

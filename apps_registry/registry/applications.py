@@ -6,6 +6,7 @@ workers through the outbox after commit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -21,11 +22,23 @@ STARTABLE = (AppStatus.STOPPED, AppStatus.ERROR, AppStatus.STOPPING)
 ACTIVE = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
 
 
+class ApplicationGone(Application.DoesNotExist):
+    """The app was deleted by a concurrent request while this one waited for its row lock:
+    the caller answers as if it had never existed (the API's 404), not with a crash."""
+
+
+def _lock(app: Application) -> Application:
+    """The app's row, locked for this transaction; ApplicationGone if it was deleted."""
+    locked = Application.objects.select_for_update().only("pk", "generation").filter(pk=app.pk).first()
+    if locked is None:
+        raise ApplicationGone(f"no application named {app.name!r} (deleted meanwhile)")
+    return locked
+
+
 def _bump_generation(app: Application) -> int:
     """Take the app's row lock and bump its generation: requests for one app are serialised
     and numbered, so a command or queued start that carries an older number is stale."""
-    locked = Application.objects.select_for_update().only("pk", "generation").get(pk=app.pk)
-    generation = locked.generation + 1
+    generation = _lock(app).generation + 1
     Application.objects.filter(pk=app.pk).update(generation=generation)
     app.generation = generation
     return generation
@@ -68,18 +81,78 @@ def create_application(
     return app
 
 
+class PlacementWouldStop(Exception):
+    """Removing these environments takes the app down: it runs (or is on its way up) on them
+    and on none of those it keeps. Refused unless the caller passes ``force``."""
+
+    def __init__(self, app: str, environments: Sequence[str]):
+        self.app = app
+        self.environments = sorted(environments)
+        where = ", ".join(self.environments)
+        super().__init__(
+            f"removing {where} takes {app} down: it runs there and on none of the environments it keeps "
+            "(it is stopped and unloaded there, its data kept); confirm with force"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlacementChange:
+    """What ``set_application_environments`` did, for the caller to say so."""
+
+    added: list[str]
+    removed: list[str]
+    taken_down: list[str]  # removed environments it was running on (now stopped there)
+    start_request: str = ""  # the queued start on the added environments, if the app runs
+    remove_request: str = ""
+
+    @property
+    def request_id(self) -> str:
+        """The request to follow: the queued start if any, else the remove."""
+        return self.start_request or self.remove_request
+
+
+def _runs(placement: AppEnvironment) -> bool:
+    # Desired running, or a start under way (desired_running is set only when the start job
+    # reaches the environment, so a queued start counts too).
+    return placement.desired_running or placement.status in ACTIVE
+
+
+def takedown(app: Application, environments: Sequence[Environment]) -> list[str]:
+    """The environments whose removal would take the app down (empty if it keeps running
+    somewhere, or runs nowhere): what the admin asks to confirm and the API answers 409 for."""
+    wanted = {env.pk for env in environments}
+    current = _placements(app, None)
+    if any(_runs(p) for p in current if p.environment_id in wanted):
+        return []
+    return [p.environment.name for p in current if p.environment_id not in wanted and _runs(p)]
+
+
 @transaction.atomic
 def set_application_environments(
-    app: Application, environments: Sequence[Environment], user: AbstractBaseUser | None = None, via: str = "admin"
-) -> None:
-    """Place the app on exactly these environments; removed ones get a remove command."""
+    app: Application,
+    environments: Sequence[Environment],
+    user: AbstractBaseUser | None = None,
+    via: str = "admin",
+    *,
+    force: bool = False,
+) -> PlacementChange:
+    """Place the app on exactly these environments, converging what runs with it: removed
+    ones get a remove command (data kept); if the app runs, the added ones get a start
+    through the start queue. Removing every environment it runs on raises
+    ``PlacementWouldStop`` unless ``force``."""
+    _lock(app)  # one placement edit (or request) at a time per app, decided on fresh rows
     wanted = {env.pk: env for env in environments}
     current = {p.environment_id: p for p in _placements(app, None)}
     added = [env for pk, env in wanted.items() if pk not in current]
     removed = [p for pk, p in current.items() if pk not in wanted]
+    down = takedown(app, environments)
+    if down and not force:
+        raise PlacementWouldStop(app.name, down)
+    running = any(_runs(p) for p in current.values())
+    remove_request = start_request = ""
     AppEnvironment.objects.bulk_create(AppEnvironment(application=app, environment=env) for env in added)
     if removed:
-        request_remove(app, user, environments=[p.environment.name for p in removed], via=via)
+        remove_request = request_remove(app, user, environments=[p.environment.name for p in removed], via=via)
         AppEnvironment.objects.filter(pk__in=[p.pk for p in removed]).delete()
     if added or removed:
         audit(
@@ -89,7 +162,17 @@ def set_application_environments(
             environments=[env.name for env in environments],
             via=via,
         )
+    if added and running:
+        # The app is meant to be up: on its new environments too, else the edit never converges.
+        start_request = request_start(app, user, environments=sorted(env.name for env in added), via=via)
     outbox.publish_app(app)
+    return PlacementChange(
+        added=sorted(env.name for env in added),
+        removed=sorted(p.environment.name for p in removed),
+        taken_down=down,
+        start_request=start_request,
+        remove_request=remove_request,
+    )
 
 
 @transaction.atomic
@@ -114,9 +197,11 @@ def delete_application(
 ) -> str:
     """Remove the app from every environment, then from the registry."""
     outbox.require_channel("delete", app.name)
-    envs = [p.environment.name for p in _placements(app, None)]
     request_id = new_request_id()
+    # The lock first: a concurrent delete that got it before us makes this one ApplicationGone,
+    # and the placements read below are those of the row we hold.
     generation = _bump_generation(app)
+    envs = [p.environment.name for p in _placements(app, None)]
     if envs:
         outbox.send_remove(app, envs, generation=generation, request_id=request_id, drop_data=drop_data)
     audit(

@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from apps_registry.models import Environment
+from apps_registry.models import AppEnvironment, Environment
 from apps_registry.registry import outbox
 from apps_registry.registry.bulk import chunks, per_row
 from apps_registry.registry.requests import audit
@@ -119,10 +119,36 @@ def set_environment_enabled(env: Environment, enabled: bool, user: AbstractBaseU
     outbox.publish_environment(env)
 
 
+def placements_on(env: Environment) -> list[AppEnvironment]:
+    """The apps placed on this environment, by name: what forgetting it removes."""
+    found = AppEnvironment.objects.filter(environment=env).select_related("application")
+    return list(found.order_by("application__name"))
+
+
 @transaction.atomic
-def forget_environment(env: Environment, user: AbstractBaseUser | None = None) -> None:
-    """Drop an environment from the registry (it registers again if its agent comes back)."""
+def forget_environment(env: Environment, user: AbstractBaseUser | None = None) -> list[str]:
+    """Drop an environment from the registry (it registers again if its agent comes back),
+    and with it every app's placement there; returns the apps that lost one.
+
+    Whether it may be forgotten (not while online) is the operator surface's rule: it needs
+    the liveness the control plane derives. The audit entry ``environment_forgotten`` lists the
+    placements removed in its ``error`` text (``placements removed: crm (running), shop
+    (stopped)``), and each app gets a ``placement_forgotten`` entry for its own history; the
+    apps' specs are published again without the environment, so a worker that comes back
+    unloads what it still runs (worker_agent.agent.reconcile)."""
     name = env.name
-    env.delete()
-    audit("environment_forgotten", user=user, environments=[name])
+    placements = placements_on(env)
+    apps = [p.application for p in placements]
+    env.delete()  # the placements go with it (CASCADE)
+    removed = ", ".join(f"{p.application.name} ({p.status})" for p in placements)
+    audit(
+        "environment_forgotten",
+        user=user,
+        environments=[name],
+        error=f"placements removed: {removed}" if removed else "",
+    )
+    for app in apps:
+        audit("placement_forgotten", user=user, app_name=app.name, environments=[name])
+        outbox.publish_app(app)
     outbox.unpublish_environment(name)
+    return [app.name for app in apps]

@@ -269,8 +269,9 @@ def test_delete_application_asks_then_goes_through_actions(admin_client):
 # --- Environment actions and permissions -----------------------------------------------------------
 
 
-def post_action(client, action: str, envs: list[Environment]):
-    return client.post(ENVS_URL, {"action": action, "_selected_action": [e.pk for e in envs]}, follow=True)
+def post_action(client, action: str, envs: list[Environment], confirm: str = "yes"):
+    data = {"action": action, "_selected_action": [e.pk for e in envs], "confirm": confirm}
+    return client.post(ENVS_URL, data, follow=True)
 
 
 def test_disable_enable_forget_environments(admin_client):
@@ -280,6 +281,7 @@ def test_disable_enable_forget_environments(admin_client):
     assert AuditEntry.objects.filter(action="environment_disabled").count() == 2
     post_action(admin_client, "enable_environments", envs[:1])
     assert list(Environment.objects.filter(enabled=True).values_list("name", flat=True)) == ["env_0000"]
+    Environment.objects.filter(pk=envs[1].pk).update(last_heartbeat=timezone.now() - dt.timedelta(days=1))
     post_action(admin_client, "forget_environments", envs[1:])
     assert list(Environment.objects.values_list("name", flat=True)) == ["env_0000"]
     assert AuditEntry.objects.filter(action="environment_forgotten", environments=["env_0001"]).exists()

@@ -20,6 +20,7 @@ from apps_registry.control.runners import remote
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
 from tests.support import services
+from tests.support.cluster import RECONCILE_INTERVAL
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -216,6 +217,32 @@ def test_reconciliation_after_sigkill(envs, cluster_logs):
     wait_status(wanted, "env_a", "running", timeout=60)
     assert http_status(f"{worker.url}/apps/{wanted.name}/admin/login/") == 200
     assert "reconciliation: starting " + wanted.name in worker.agent.log()
+
+
+def test_a_worker_back_unloads_the_apps_no_longer_placed_there(envs, cluster_logs):
+    """The environment was forgotten while its worker was away: the worker that comes back
+    unloads what it still runs (data kept) and reports it stopped, but only from a built
+    cache, never from one that is empty because Redis restarted."""
+    worker = cluster_logs.env_a
+    gone = new_app("gone", [envs["env_a"]])
+    actions.request_start(gone)
+    wait_status(gone, "env_a", "running")
+    home = f"{worker.url}/apps/{gone.name}/admin/login/"
+    wait_until(lambda: http_status(home) == 200, timeout=5, message="app served")
+    assert worker.stop_agent() == 0  # the web processes keep serving the app
+    actions.forget_environment(Environment.objects.get(name="env_a"))
+    redis_client.get().delete(keys.cfg_built())  # as after a Redis restart: the cache is not built
+    worker.start_agent()
+    worker.wait_registered()
+    time.sleep(3 * RECONCILE_INTERVAL)
+    assert http_status(home) == 200, "unloaded on a cache that is not built"
+    assert "reconciliation postponed" in worker.agent.log()
+
+    get_discovery().ensure_built(force=True)
+    wait_until(lambda: http_status(home) == 404, timeout=30, message="stray app unloaded")
+    wait_until(lambda: last_reported(gone.name, "env_a") == "stopped", timeout=10, message="reported stopped")
+    time.sleep(2 * RECONCILE_INTERVAL)
+    assert worker.agent.log().count(f"reconciliation: unloading {gone.name}") == 1
 
 
 def _login(opener, base: str, app: str) -> None:

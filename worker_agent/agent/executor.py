@@ -92,6 +92,12 @@ class Executor:
         runtime.stop_app(app)
         self.reporter.status(app, "stopped")
 
+    def unload(self, app: str, *, drop_data: bool = False) -> None:
+        """Stop the app and unload it from this environment (its data kept unless drop_data)."""
+        self.reporter.status(app, "stopping")
+        runtime.remove_app(app, drop_data=drop_data)
+        self.reporter.status(app, "stopped")
+
     def _execute(self, delivery: Delivery) -> None:
         command = delivery.command
         app = command.app
@@ -107,9 +113,7 @@ class Executor:
                 raise CommandError(f"unknown app {app!r}")
             self.stop(app)
         elif command.action == "remove":
-            self.reporter.status(app, "stopping")
-            runtime.remove_app(app, drop_data=command.drop_data)
-            self.reporter.status(app, "stopped")
+            self.unload(app, drop_data=command.drop_data)
 
     def run(self, delivery: Delivery) -> None:
         """Carry out one command when its lane gets to it, then acknowledge it."""

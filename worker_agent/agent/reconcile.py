@@ -1,10 +1,11 @@
 """Reconciliation against the configuration cache: at start-up and every
-``APP_RECONCILE_INTERVAL``, converge each app placed here towards its ``desired_running``;
-and, before anything else at start-up, finish what a crash interrupted.
+``APP_RECONCILE_INTERVAL``, converge each app placed here towards its ``desired_running``,
+unload apps that run here but are no longer placed here; and, before anything else at
+start-up, finish what a crash interrupted.
 
 Each step runs in the app's lane like a command and is re-checked against fresh state when
-its turn comes. Apps the cache does not know are left alone, and a cache that is not built
-postpones reconciliation: an empty Redis never stops apps.
+its turn comes. A cache that is not built postpones reconciliation: an empty Redis (restarted,
+flushed) never stops apps. Only a built cache that does not place a running app here unloads it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Reconciler:
         self._interval = interval
         self._next = 0.0
         self._cache_ready = True
+        self._strays: set[str] = set()  # strays already logged, so a failing unload logs once
 
     def _desired(self, spec: dict) -> bool:
         placement = (spec.get("environments") or {}).get(self.env)
@@ -85,15 +87,24 @@ class Reconciler:
         if not self._cache_ready:
             log.info("configuration cache available: reconciling %d app(s) placed here", len(specs or []))
         self._cache_ready = True
+        placed = set()
         for spec in specs or []:
             name = spec.get("name")
             if not is_valid_name(name):
                 continue
+            placed.add(name)
             desired = self._desired(spec)
             if desired and self.executor.start_failed_for(spec):
                 continue  # it failed for this very request: wait for a new one, do not loop
             if desired != (name in running) and not self._queued(name):
                 self._submit(name, lambda name=name: self._converge(name))
+        # Running here but placed here no longer (the environment was forgotten, or the app
+        # removed, while this worker was away): the registry will never send a command for it,
+        # so unload it. Only from a built cache (CacheNotReady returned above).
+        for name in sorted(set(running) - placed):
+            if is_valid_name(name) and not self._queued(name):
+                self._submit(name, lambda name=name: self._unload_stray(name))
+        self._strays &= set(running)  # an app unloaded (or back) may be logged again later
 
     def _converge(self, app: str) -> None:
         """Re-check against fresh state when the lane gets to it, then act."""
@@ -121,6 +132,28 @@ class Reconciler:
             log.warning("reconciliation of %s: %s", app, error)
         except Exception:
             log.exception("reconciliation of %s failed", app)
+
+    def _unload_stray(self, app: str) -> None:
+        """Unload an app that runs here but is not placed here (data kept), after checking the
+        cache again: it may have been placed here meanwhile."""
+        try:
+            spec = self.executor.spec(app)
+        except redis.RedisError as error:
+            self.link.lost(error)
+            return
+        except CommandError:
+            return  # the cache is not built (any more): never unload on an empty cache
+        if spec is not None and self.env in (spec.get("environments") or {}):
+            return
+        if app not in running_apps():
+            return
+        if app not in self._strays:
+            self._strays.add(app)
+            log.info("reconciliation: unloading %s, which runs here but is not placed on %s (data kept)", app, self.env)
+        try:
+            self.executor.unload(app)
+        except Exception:
+            log.exception("reconciliation: unloading %s failed", app)
 
     # --- at start-up ------------------------------------------------------------------------------
 
