@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apps_registry.names import is_valid_name
+from supervisor_site.origins import origin_problem
 
 MODES = ("standalone", "supervisor", "worker")
 ADAPTERS = ("local", "remote")
@@ -144,6 +145,18 @@ class _Reader:
             raise ConfigError(f"{name} must be at least {minimum} seconds (got {value!r})")
         return number
 
+    def origin(self, name: str, required: bool = False) -> str:
+        """An http(s) origin (supervisor_site.origins), without its trailing slash."""
+        value = self.raw(name)
+        if not value:
+            if required:
+                raise ConfigError(f"{name} is required here: an http(s) origin such as http://worker-a:15000")
+            return ""
+        problem = origin_problem(value)
+        if problem:
+            raise ConfigError(f"{name} {problem} (got {value!r})")
+        return value.rstrip("/")
+
     def url(self, name: str, schemes: tuple[str, ...], required: bool = False) -> str:
         value = self.raw(name)
         if not value:
@@ -267,8 +280,8 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
     environment_name = read.identifier(
         "ENVIRONMENT_NAME", default="" if env_required else "local", required=env_required
     )
-    environment_url = read.url("ENVIRONMENT_URL", ("http", "https"), required=env_required)
-    environment_proxy_url = read.url("ENVIRONMENT_PROXY_URL", ("http", "https"))
+    environment_url = read.origin("ENVIRONMENT_URL", required=env_required)
+    environment_proxy_url = read.origin("ENVIRONMENT_PROXY_URL")
 
     redis_prefix = read.raw("APP_REDIS_PREFIX") or "appsup"
     if not REDIS_PREFIX_RE.match(redis_prefix):

@@ -65,6 +65,6 @@ def test_concurrent_creates_of_one_name_one_201_the_others_409(operator, env):
     for round_ in range(ROUNDS):
         name = f"race_new_{round_}"
         body = {"name": name, "environments": ["env_a"], "admin_password": "pw-race-1"}
-        got = _concurrently(THREADS, lambda body=body: api.call("POST", "/api/v1/apps", body)[0])
+        got = _concurrently(THREADS, lambda body=body: api.post("/api/v1/apps", body)[0])
         assert got == Counter({201: 1, 409: THREADS - 1}), got
         assert AuditEntry.objects.filter(app_name=name, action="create").count() == 1

@@ -86,6 +86,22 @@ INVALID = {
         "APP_SUPERVISOR_REDIS_URL",
     ),
     "malformed_environment_url": ({**WORKER, "ENVIRONMENT_URL": "localhost:15000", **COMMON}, "ENVIRONMENT_URL"),
+    "environment_url_with_a_path": (
+        {**WORKER, "ENVIRONMENT_URL": "http://worker-a:15000/metrics", **COMMON},
+        "ENVIRONMENT_URL",
+    ),
+    "environment_url_with_a_query": (
+        {**WORKER, "ENVIRONMENT_URL": "http://worker-a:15000/?x=/metrics", **COMMON},
+        "ENVIRONMENT_URL",
+    ),
+    "proxy_url_with_user_info": (
+        {**WORKER, "ENVIRONMENT_PROXY_URL": "http://me:pw@worker-a:15000", **COMMON},
+        "ENVIRONMENT_PROXY_URL",
+    ),
+    "proxy_url_with_a_fragment": (
+        {**WORKER, "ENVIRONMENT_PROXY_URL": "http://worker-a:15000#/metrics", **COMMON},
+        "ENVIRONMENT_PROXY_URL",
+    ),
     "non_numeric_db_port": ({**WORKER, **COMMON, **COMPOSE_DB, "DB_PORT": "5432a"}, "DB_PORT"),
     "spellings_differ": ({**SUPERVISOR, "APP_COMMAND_ADAPTER": "rabbitmq", **COMMON}, "APP_COMMAND_ADAPTER"),
     "no_secret_key_without_debug": ({**without(SUPERVISOR, "SECRET_KEY"), "TZ": "UTC"}, "SECRET_KEY"),

@@ -49,7 +49,7 @@ def _placed(name: str) -> dict[str, str]:
 
 
 def _patch(api: ApiClient, name: str, body, **extra):
-    return api.call("PATCH", f"/api/v1/apps/{name}", body, template="/apps/{name}", **extra)
+    return api.call("PATCH", f"/api/v1/apps/{name}", "/apps/{name}", body, **extra)
 
 
 # --- PATCH /api/v1/apps/<name> ------------------------------------------------------------
