@@ -28,6 +28,7 @@ from django.conf import settings
 
 from apps_registry.control import keys, redis_client
 from apps_registry.models import Environment, EnvironmentStatus
+from apps_registry.registry.environments import CLOCK_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ def environment_statuses(
             )
             result[env.name] = (EnvironmentStatus.STOPPED if stopped else EnvironmentStatus.UNKNOWN, env.last_heartbeat)
             continue
-        sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None]
+        # A sighting in the future (a lease score or heartbeat from a clock jump or a forged
+        # write) is not evidence of life: believed, it would keep the environment online for ever.
+        future = now + CLOCK_TOLERANCE
+        sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None and t <= future]
         last_seen = max(sightings) if sightings else None
         status = classify(
             last_seen,
