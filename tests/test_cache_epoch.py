@@ -5,6 +5,7 @@ when it stays behind), and an agent that already applied a newer cache does not 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_a_restored_cache_is_rebuilt_and_the_agent_does_not_act_on_it(redis_conn
         actions.request_stop(Application.objects.get(name=name))
         wait_until(lambda: app_status() == "stopped", timeout=30, interval=0.1, message="stopped by the operator")
         wait_until(
-            lambda: epoch_file.exists() and int(epoch_file.read_text()) >= ConfigEpoch.current(),
+            lambda: epoch_file.exists() and json.loads(epoch_file.read_text())["epoch"] >= ConfigEpoch.current(),
             timeout=30,
             interval=0.1,
             message="the agent applied the newer cache",
@@ -115,3 +116,28 @@ def test_a_restored_cache_is_rebuilt_and_the_agent_does_not_act_on_it(redis_conn
         assert agent.log().count("configuration cache is older") == 1, "logged once"
     finally:
         agent.stop()
+
+
+def _marker(at: str) -> str:
+    return '{"apps": 1, "at": "%s", "envs": 1}' % at  # noqa: UP031 (the marker's own JSON)
+
+
+def test_epoch_guard_refuses_older_caches_and_trusts_newer_rebuilds(tmp_path, caplog):
+    from apps_registry.control.discovery import Stamp
+    from worker_agent.agent.epoch import EpochGuard
+
+    path = tmp_path / "runtime" / "env_x.epoch"
+    first = _marker("2026-12-01T10:00:00+00:00")
+    guard = EpochGuard(path)
+    assert guard.accept(Stamp(7, first))
+    assert guard.accept(Stamp(9, first))
+    # Restarted: it remembers; the same marker with an older epoch is a restored snapshot.
+    guard = EpochGuard(path)
+    assert guard.highest == 9
+    assert not guard.accept(Stamp(8, first))
+    assert not guard.accept(Stamp(8, _marker("2026-12-01T09:00:00+00:00")))  # an even older rebuild
+    assert sum("is older" in r.getMessage() for r in caplog.records) == 1  # logged once
+    # A newer rebuild is the registry's word, even with a lower epoch (a second registry).
+    assert guard.accept(Stamp(3, _marker("2026-12-01T11:00:00+00:00")))
+    assert EpochGuard(path).highest == 3
+    assert any("caught up" in r.getMessage() for r in caplog.records)

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import redis
 from django.conf import settings
@@ -45,10 +45,11 @@ REBUILD_ATTEMPTS = 10
 
 
 # KEYS[1] = marker, KEYS[2] = set of names, KEYS[3] = epoch, ARGV[1] = key prefix of the items.
-# Returns nil when the cache is not built, else the cache's epoch and every item's JSON.
+# Returns nil when the cache is not built, else the cache's epoch, its marker and every item's JSON.
 _READ_ALL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-local values = {redis.call('GET', KEYS[3]) or '0'}
+local built = redis.call('GET', KEYS[1])
+if not built then return nil end
+local values = {redis.call('GET', KEYS[3]) or '0', built}
 for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local raw = redis.call('GET', ARGV[1] .. name)
   if raw then values[#values + 1] = raw end
@@ -64,33 +65,32 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then redis.ca
 """
 
 
+class Stamp(NamedTuple):
+    """Which cache a read came from: its epoch and its rebuild marker (``P:cfg:built``)."""
+
+    epoch: int
+    built: str
+
+
+LOCAL_STAMP = Stamp(0, "")  # the database itself: never stale
+
+
 class CacheNotReady(Exception):
     """The Redis configuration cache has no ``built`` marker: it must be rebuilt first."""
 
 
 class Discovery(Protocol):
     def publish_app_by_pk(self, pk: int, epoch: int = 0) -> None: ...
-
     def unpublish_app(self, name: str, epoch: int = 0) -> None: ...
-
     def publish_environment_by_pk(self, pk: int, epoch: int = 0) -> None: ...
-
     def unpublish_environment(self, name: str, epoch: int = 0) -> None: ...
-
     def get_app(self, name: str) -> dict | None: ...
-
-    def get_app_at(self, name: str) -> tuple[int, dict | None]: ...
-
+    def get_app_at(self, name: str) -> tuple[Stamp, dict | None]: ...
     def apps_for_environment(self, env: str) -> list[dict]: ...
-
-    def apps_for_environment_at(self, env: str) -> tuple[int, list[dict]]: ...
-
+    def apps_for_environment_at(self, env: str) -> tuple[Stamp, list[dict]]: ...
     def get_environment(self, name: str) -> dict | None: ...
-
     def list_environments(self) -> list[dict]: ...
-
     def rebuild(self) -> None: ...
-
     def ensure_built(self, force: bool = False) -> None: ...
 
 
@@ -113,16 +113,15 @@ class LocalDiscovery:
         app = specs.applications().filter(name=name).first()
         return specs.app_spec(app) if app is not None else None
 
-    # The database itself is never stale: epoch 0 never holds a reader back.
-    def get_app_at(self, name: str) -> tuple[int, dict | None]:
-        return 0, self.get_app(name)
+    def get_app_at(self, name: str) -> tuple[Stamp, dict | None]:
+        return LOCAL_STAMP, self.get_app(name)
 
     def apps_for_environment(self, env: str) -> list[dict]:
         apps = specs.applications().filter(placements__environment__name=env).order_by("name")
         return [specs.app_spec(app) for app in apps]
 
-    def apps_for_environment_at(self, env: str) -> tuple[int, list[dict]]:
-        return 0, self.apps_for_environment(env)
+    def apps_for_environment_at(self, env: str) -> tuple[Stamp, list[dict]]:
+        return LOCAL_STAMP, self.apps_for_environment(env)
 
     def get_environment(self, name: str) -> dict | None:
         from apps_registry.models import Environment
@@ -316,37 +315,37 @@ class RemoteDiscovery:
         return bool(self._client().exists(self._built))
 
     # Reads (workers, proxy)
-    def _read(self, key: str) -> tuple[int, dict | None]:
+    def _read(self, key: str) -> tuple[Stamp, dict | None]:
         # MULTI: the marker, the epoch and the value come from the same moment.
         with self._client().pipeline(transaction=True) as pipe:
-            built, epoch, raw = pipe.exists(self._built).get(keys.cfg_epoch()).get(key).execute()
-        if not built:
+            built, epoch, raw = pipe.get(self._built).get(keys.cfg_epoch()).get(key).execute()
+        if built is None:
             raise CacheNotReady("configuration cache not built yet")
-        return int(epoch or 0), json.loads(raw) if raw else None
+        return Stamp(int(epoch or 0), built), json.loads(raw) if raw else None
 
-    def _read_all(self, names_key: str, item_prefix: str) -> tuple[int, list[dict]]:
+    def _read_all(self, names_key: str, item_prefix: str) -> tuple[Stamp, list[dict]]:
         # One atomic script: a reader never mixes the set of names from one moment with
         # values (or the epoch) from another (a FLUSHALL or an unpublish in between).
         values = self._client().eval(_READ_ALL, 3, self._built, names_key, keys.cfg_epoch(), item_prefix)
         if values is None:
             raise CacheNotReady("configuration cache not built yet")
-        epoch, *items = values
-        return int(epoch), sorted((json.loads(raw) for raw in items), key=lambda spec: spec["name"])
+        epoch, built, *items = values
+        return Stamp(int(epoch), built), sorted((json.loads(raw) for raw in items), key=lambda spec: spec["name"])
 
     def get_app(self, name: str) -> dict | None:
         return self._read(self._app_key(name))[1]
 
-    def get_app_at(self, name: str) -> tuple[int, dict | None]:
-        """The app's spec with the epoch of the cache it came from."""
+    def get_app_at(self, name: str) -> tuple[Stamp, dict | None]:
+        """The app's spec with the stamp (epoch, marker) of the cache it came from."""
         return self._read(self._app_key(name))
 
     def apps_for_environment(self, env: str) -> list[dict]:
         return self.apps_for_environment_at(env)[1]
 
-    def apps_for_environment_at(self, env: str) -> tuple[int, list[dict]]:
-        """The apps placed on ``env`` with the epoch of the cache they came from."""
-        epoch, found = self._read_all(self._apps, self._app_key(""))
-        return epoch, [spec for spec in found if env in spec.get("environments", {})]
+    def apps_for_environment_at(self, env: str) -> tuple[Stamp, list[dict]]:
+        """The apps placed on ``env`` with the stamp (epoch, marker) of the cache they came from."""
+        stamp, found = self._read_all(self._apps, self._app_key(""))
+        return stamp, [spec for spec in found if env in spec.get("environments", {})]
 
     def get_environment(self, name: str) -> dict | None:
         return self._read(self._env_key(name))[1]

@@ -74,6 +74,12 @@ def _redis_clock_offset(client: redis.Redis) -> float:
     return _offset
 
 
+def last_clock_offset() -> float:
+    """The offset last measured by ``_redis_clock_offset`` (0 before the first ingest), for
+    readers of other Redis-stamped times (the lease scores) that must not pay a TIME."""
+    return _offset
+
+
 def _entry_seconds(entry_id: str) -> float | None:
     """When Redis appended the entry, in Redis server seconds (its id starts with the server's
     milliseconds; the sequence number as microseconds keeps entries of one millisecond in order)."""

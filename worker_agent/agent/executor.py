@@ -58,12 +58,12 @@ class Executor:
     def spec(self, app: str) -> dict | None:
         """The app's spec from the configuration cache; None if the cache does not know it."""
         try:
-            epoch, spec = get_discovery().get_app_at(app)
+            stamp, spec = get_discovery().get_app_at(app)
         except CacheNotReady:
             raise CommandError("the configuration cache is not built yet (the supervisor rebuilds it)") from None
-        if not self.epochs.accept(epoch):
+        if not self.epochs.accept(stamp):
             raise CommandError(
-                f"the configuration cache (epoch {epoch}) is older than one this agent already applied "
+                f"the configuration cache (epoch {stamp.epoch}) is older than one this agent already applied "
                 f"({self.epochs.highest}); the supervisor rebuilds it"
             )
         return spec if isinstance(spec, dict) else None
