@@ -13,6 +13,7 @@ import pytest
 
 from apps_registry.control import ingest, keys, liveness
 from apps_registry.models import Environment
+from apps_registry.observability import metrics
 from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER, _create_database, worker_environ
 from tests.support.processes import PYTHON, Process, free_port, wait_until
 
@@ -46,8 +47,10 @@ def test_future_entries_and_scores_do_not_pin_liveness(redis_conn, settings, tmp
             keys.events_stream(), {"type": "heartbeat", "data": json.dumps(forged)}, id=f"{int(future * 1000)}-0"
         )
         caplog.clear()
+        refused = metrics.EVENTS_REFUSED.labels(reason="future")._value.get()
         wait_until(lambda: ingest.ingest() == 0, timeout=10, interval=0.1, message="stream drained")
         assert any("refusing" in r.getMessage() for r in caplog.records), "the forged entry is refused, logged"
+        assert metrics.EVENTS_REFUSED.labels(reason="future")._value.get() == refused + 1, "and counted"
         # The agent's own beats (future ids, sane times) still count, clamped to now.
         time.sleep(2 * LEASE_INTERVAL + 0.1)  # a beat or two appended behind the forged id
         assert _status(ENV) == "online"
