@@ -194,3 +194,55 @@ class ApiToken(models.Model):
         raw = secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, name=name, token_hash=cls.hash(raw), prefix=raw[:8])
         return token, raw
+
+
+# PostgreSQL hands the epoch out from a sequence: nextval takes no row lock, so transactions
+# that publish never wait for one another (a one-row counter would be locked until commit, in
+# whatever order each transaction reached it: deadlocks with the row locks of the apps). Its
+# values are not given back on rollback, which only costs a rebuild. SQLite serialises writers
+# anyway and uses the row.
+EPOCH_SEQUENCE = "apps_registry_config_epoch_seq"
+
+
+class ConfigEpoch(models.Model):
+    """The registry's configuration epoch, bumped in the transaction of every change that is
+    published to the configuration cache (``registry.outbox``) and written into the cache with
+    it (``P:cfg:epoch``). A cache whose epoch is older than the registry's (Redis restored from
+    an older snapshot) is rebuilt, and agents never act on a cache older than one they already
+    applied. One row (SQLite), or the sequence ``EPOCH_SEQUENCE`` (PostgreSQL)."""
+
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "configuration epoch"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def bump(cls) -> int:
+        """The next epoch, taken in the caller's transaction."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT nextval(%s)", [EPOCH_SEQUENCE])
+                return int(cursor.fetchone()[0])
+            table = connection.ops.quote_name(cls._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET value = value + 1 WHERE id = 1 RETURNING value")  # noqa: S608
+            row = cursor.fetchone()
+        if row is None:  # the row is gone (a flushed test database): start again from 1
+            cls.objects.update_or_create(pk=1, defaults={"value": 1})
+            return 1
+        return int(row[0])
+
+    @classmethod
+    def current(cls) -> int:
+        """The latest epoch handed out (0 before the first)."""
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {EPOCH_SEQUENCE}")  # noqa: S608
+                return int(cursor.fetchone()[0])
+        return cls.objects.filter(pk=1).values_list("value", flat=True).first() or 0

@@ -41,6 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 90.0
+# A restartable child (the start queue) is started again after 1 s doubling to 30 s; the delay
+# is reset once it has run for a minute.
+RESTART_FIRST_SECONDS, RESTART_CAP_SECONDS, RESTART_RESET_SECONDS = 1.0, 30.0, 60.0
 COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93", "95", "92")
 
 
@@ -61,6 +64,11 @@ class Child:
     colour: str
     popen: subprocess.Popen | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
+    # Restarted on its own when it exits (the start queue), instead of stopping the cluster.
+    restart: bool = False
+    started_at: float = 0.0
+    restart_at: float | None = None
+    delay: float = RESTART_FIRST_SECONDS
 
 
 class Output:
@@ -277,6 +285,7 @@ class Cluster:
         }
 
     def spawn(self, child: Child) -> None:
+        child.started_at = time.monotonic()
         child.popen = subprocess.Popen(
             child.args,
             cwd=ROOT,
@@ -366,10 +375,31 @@ class Cluster:
         return not pending
 
     def crashed(self) -> Child | None:
+        """A child that exited and is not restarted on its own (those are restarted here)."""
         for child in self.children:
-            if child.popen is not None and child.popen.poll() is not None:
+            if child.popen is None or child.popen.poll() is None:
+                continue
+            if not child.restart:
                 return child
+            self._restart_later(child)
         return None
+
+    def _restart_later(self, child: Child) -> None:
+        # The start queue's worker waits out Redis outages itself; should it still exit, it is
+        # restarted alone, with backoff: the web server beside it keeps serving.
+        assert child.popen is not None
+        now = time.monotonic()
+        if child.restart_at is None:
+            if now - child.started_at >= RESTART_RESET_SECONDS:
+                child.delay = RESTART_FIRST_SECONDS
+            child.restart_at = now + child.delay
+            self.out.say(
+                f"{child.name} exited with status {child.popen.returncode}: restarting it in {child.delay:g} s"
+            )
+            child.delay = min(child.delay * 2, RESTART_CAP_SECONDS)
+        elif now >= child.restart_at and not self.stopping.is_set():
+            child.restart_at = None
+            self.spawn(child)
 
     def admin_credentials(self) -> dict[str, str]:
         """ADMIN_USERNAME/ADMIN_PASSWORD from the environment, else a password generated on
@@ -446,7 +476,9 @@ class Cluster:
                 {**self.role_env("supervisor"), **self.gunicorn_env("supervisor")},
             )
         )
-        self.spawn(self.add("queue", [PYTHON, "manage.py", "rqworker", "app_starts"], self.role_env("supervisor")))
+        queue = self.add("queue", [PYTHON, "manage.py", "rqworker", "app_starts"], self.role_env("supervisor"))
+        queue.restart = True
+        self.spawn(queue)
         has_agent = (ROOT / "worker_agent" / "management" / "commands" / "run_worker.py").exists()
         for role in ("env_a", "env_b"):
             self.spawn(self.add(role, self.gunicorn(role), {**self.role_env(role), **self.gunicorn_env(role)}))

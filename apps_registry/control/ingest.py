@@ -17,13 +17,13 @@ from collections.abc import Callable
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from apps_registry.control import keys, protocol, redis_client
 from apps_registry.models import AuditEntry, Environment
 from apps_registry.names import is_valid_name
 from apps_registry.observability import metrics
 from apps_registry.registry import actions
+from apps_registry.registry.environments import CLOCK_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +74,55 @@ def _redis_clock_offset(client: redis.Redis) -> float:
     return _offset
 
 
-def _entry_time(entry_id: str, offset: float) -> dt.datetime | None:
-    """When Redis appended the entry (its id starts with the server's milliseconds), on this
-    process's clock. Every worker's events are so ordered on one clock, the Redis server's:
-    a worker whose clock lags the supervisor's cannot have its reports dropped as stale."""
+def last_clock_offset() -> float:
+    """The offset last measured by ``_redis_clock_offset`` (0 before the first ingest), for
+    readers of other Redis-stamped times (the lease scores) that must not pay a TIME."""
+    return _offset
+
+
+def _entry_seconds(entry_id: str) -> float | None:
+    """When Redis appended the entry, in Redis server seconds (its id starts with the server's
+    milliseconds; the sequence number as microseconds keeps entries of one millisecond in order)."""
     try:
         millis, sequence = (int(part) for part in entry_id.split("-", 1))
-        # The sequence number as microseconds keeps entries of one millisecond in order.
-        return dt.datetime.fromtimestamp(millis / 1000 + min(sequence, 999) / 1e6 + offset, tz=dt.UTC)
-    except (ValueError, OverflowError, OSError):
+    except ValueError:
+        return None
+    return millis / 1000 + min(sequence, 999) / 1e6
+
+
+def _entry_time(entry_id: str, offset: float) -> dt.datetime | None:
+    """When Redis appended the entry, on this process's clock. Every worker's events are so
+    ordered on one clock, the Redis server's: a worker whose clock lags the supervisor's cannot
+    have its reports dropped as stale."""
+    seconds = _entry_seconds(entry_id)
+    try:
+        return dt.datetime.fromtimestamp(seconds + offset, tz=dt.UTC) if seconds is not None else None
+    except (OverflowError, OSError, ValueError):
         return None
 
 
-def _when(at: float | None) -> dt.datetime:
-    """The time the worker put in an event, for an entry whose id gives none."""
-    try:
-        return dt.datetime.fromtimestamp(at, tz=dt.UTC) if at is not None else timezone.now()
-    except (OverflowError, OSError, ValueError):
-        return timezone.now()
+class FutureEvent(ValueError):
+    """An entry timed beyond the Redis server's clock: it would pin a heartbeat or a status."""
+
+
+def event_seconds(entry_id: str, at: float | None, redis_now: float) -> float:
+    """The entry's time in Redis server seconds, never after ``redis_now``; raises FutureEvent.
+
+    One entry with a future id (the Redis clock jumped back after a jump ahead, or an entry
+    forged with an explicit id) would otherwise pin its environment's heartbeat in the future:
+    online for ever, surviving restarts. Stream ids only grow, so every entry appended after it
+    inherits that future time too: such an entry is kept, timed at the server's now, only when
+    the worker's own ``at`` is not in the future as well (a real agent writes its clock), and
+    refused otherwise. Within the tolerance (clock noise) a time is clamped to now."""
+    limit = redis_now + CLOCK_TOLERANCE.total_seconds()
+    seconds = _entry_seconds(entry_id)
+    if seconds is not None and seconds <= limit:
+        return min(seconds, redis_now)
+    if seconds is None and at is None:
+        return redis_now
+    if at is not None and at <= limit:
+        return min(at, redis_now) if seconds is None else redis_now
+    raise FutureEvent(f"entry {entry_id} is timed in the future (id {seconds}, at {at}; Redis now {redis_now:.3f})")
 
 
 def _registration(event: protocol.Registration, at: dt.datetime) -> dict:
@@ -160,11 +191,13 @@ class Batch:
         self.statuses: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
         self.acks: list[tuple[str, protocol.Ack]] = []
         self.events = 0
+        self.refused = 0
 
-    def add(self, fields: dict[str, str], at: dt.datetime | None) -> None:
-        """Decode one event and keep it if it matters; raises ProtocolError for a bad one."""
+    def add(self, fields: dict[str, str], entry_id: str, *, offset: float, redis_now: float) -> None:
+        """Decode one event and keep it if it matters; raises ProtocolError for a bad one and
+        FutureEvent for one timed beyond the Redis server's clock."""
         event = protocol.decode_event(fields)
-        at = at or _when(event.at)
+        at = dt.datetime.fromtimestamp(event_seconds(entry_id, event.at, redis_now) + offset, tz=dt.UTC)
         if isinstance(event, protocol.Registration):
             report = _registration(event, at)
             previous = self.registrations.get(report["name"])
@@ -268,22 +301,30 @@ def ingest(limit: int = 1000) -> int:
     if _redis_down:
         log.info("event ingest: Redis reachable again")
         _redis_down = False
-    apply_entries(entries, offset)
+    apply_entries(entries, offset, redis_now=time.time() - offset)
     done = [entry_id for entry_id, _fields in entries]
     if done:
         client.xack(stream, _group(), *done)
     return len(entries)
 
 
-def apply_entries(entries: list[tuple[str, dict[str, str] | None]], offset: float = 0.0) -> Batch:
+def apply_entries(
+    entries: list[tuple[str, dict[str, str] | None]], offset: float = 0.0, *, redis_now: float | None = None
+) -> Batch:
     """Apply stream entries as one coalesced batch in one transaction (one commit). A bad
-    event is logged and dropped, never blocks the others."""
+    event is logged and dropped, never blocks the others. ``redis_now`` is the Redis server's
+    clock (default: this host's); no event is timed after it (``event_seconds``)."""
     batch = Batch()
+    now = time.time() if redis_now is None else redis_now
     for entry_id, fields in entries:
         if fields is None:  # trimmed away while pending
             continue
         try:
-            batch.add(fields, _entry_time(entry_id, offset))
+            batch.add(fields, entry_id, offset=offset, redis_now=now)
+        except FutureEvent as error:
+            batch.refused += 1
+            metrics.count_refused_event("future")
+            log.warning("event ingest: refusing %s: %s", error, fields)
         except Exception:
             log.exception("event ingest: dropping event %s %r", entry_id, fields)
     with transaction.atomic():

@@ -80,6 +80,12 @@ def cfg_built() -> str:
     return _key("cfg", "built")
 
 
+def cfg_epoch() -> str:
+    """``P:cfg:epoch``: the registry's configuration epoch the cache holds (never lowered by a
+    publish; set to the registry's by a rebuild)."""
+    return _key("cfg", "epoch")
+
+
 def cfg_rev() -> str:
     """``P:cfg:rev``: bumped by every cache write; a rebuild WATCHes it."""
     return _key("cfg", "rev")

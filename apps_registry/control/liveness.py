@@ -26,8 +26,9 @@ from collections.abc import Sequence
 import redis
 from django.conf import settings
 
-from apps_registry.control import keys, redis_client
+from apps_registry.control import ingest, keys, redis_client
 from apps_registry.models import Environment, EnvironmentStatus
+from apps_registry.registry.environments import CLOCK_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime] | None:
     except redis.RedisError as error:
         log.warning("liveness: Redis unavailable, environment statuses unknown (%s)", error)
         return None
+    # Lease scores are the Redis server's time: moved onto this process's clock with the offset
+    # ingest measured, so a Redis clock ahead of ours is not taken for a sighting in the future.
+    offset = ingest.last_clock_offset()
     return {
-        name: dt.datetime.fromtimestamp(float(score), tz=dt.UTC)
+        name: dt.datetime.fromtimestamp(float(score) + offset, tz=dt.UTC)
         for name, score in zip(names, scores, strict=True)
         if score is not None
     }
@@ -87,7 +91,10 @@ def environment_statuses(
             )
             result[env.name] = (EnvironmentStatus.STOPPED if stopped else EnvironmentStatus.UNKNOWN, env.last_heartbeat)
             continue
-        sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None]
+        # A sighting in the future (a lease score or heartbeat from a clock jump or a forged
+        # write) is not evidence of life: believed, it would keep the environment online for ever.
+        future = now + CLOCK_TOLERANCE
+        sightings = [t for t in (seen.get(env.name), env.last_heartbeat) if t is not None and t <= future]
         last_seen = max(sightings) if sightings else None
         status = classify(
             last_seen,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Histogram, disable_created_metrics
+from prometheus_client import Counter, Histogram, disable_created_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ COMMAND_ROUND_TRIP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 
+# Worker events the ingest refused (e.g. "future": timed beyond the Redis server's clock).
+EVENTS_REFUSED = Counter(
+    "events_refused",
+    "Worker events refused by the supervisor's ingest, by reason",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+
 
 def status_class(status: int) -> str:
     """200 -> "2xx"; anything odd -> "other", so label values stay few."""
@@ -50,3 +58,7 @@ def observe_proxy_request(app: str, environment: str, status: int, seconds: floa
 def observe_command_round_trip(action: str, environment: str, result: str, seconds: float) -> None:
     """``result`` is the ack's result (ok, error, expired, superseded) or ``timeout``."""
     COMMAND_ROUND_TRIP_SECONDS.labels(action=action, environment=environment, result=result).observe(seconds)
+
+
+def count_refused_event(reason: str) -> None:
+    EVENTS_REFUSED.labels(reason=reason).inc()

@@ -53,6 +53,11 @@ def register_environment(
 # A heartbeat that changes nothing but ``last_heartbeat``, by less than this, is not written:
 # liveness reads the lease in Redis, the database's beat is only its fallback.
 HEARTBEAT_RESOLUTION = dt.timedelta(seconds=1)
+# How far ahead of now a time may be and still be believed (clock noise between hosts). A
+# later one (a clock jump, a forged stream entry) must never count as a sighting: it would pin
+# an environment online for ever. Ingest clamps to now; a beat already recorded further in the
+# future than this is overwritten by the next real one.
+CLOCK_TOLERANCE = dt.timedelta(seconds=5)
 _DESCRIPTIVE = ("url", "proxy_url", "version", "host", "pid", "apps_running")
 
 
@@ -75,6 +80,7 @@ def refresh_environments(reports: Sequence[dict]) -> int:
     existing = {env.name: env for env in Environment.objects.filter(name__in=list(latest))}
     beats: dict[int, dt.datetime] = {}
     written = 0
+    future = timezone.now() + CLOCK_TOLERANCE
     for name, report in latest.items():
         fields = {key: value for key, value in report.items() if key != "announce"}
         fields["apps_running"] = sorted(fields.get("apps_running") or ())
@@ -91,14 +97,20 @@ def refresh_environments(reports: Sequence[dict]) -> int:
         if not unchanged:
             register_environment(**fields)
             written += 1
-        elif env.last_heartbeat is None or at - env.last_heartbeat >= HEARTBEAT_RESOLUTION:
+        elif (
+            env.last_heartbeat is None or at - env.last_heartbeat >= HEARTBEAT_RESOLUTION or env.last_heartbeat > future
+        ):
             beats[env.pk] = at
     field = Environment._meta.get_field("last_heartbeat")
     for chunk in chunks(sorted(beats)):
         at = per_row({pk: beats[pk] for pk in chunk}, field)
         written += (
             Environment.objects.filter(pk__in=chunk)
-            .filter(models.Q(last_heartbeat__isnull=True) | models.Q(last_heartbeat__lt=at))
+            .filter(
+                models.Q(last_heartbeat__isnull=True)
+                | models.Q(last_heartbeat__lt=at)
+                | models.Q(last_heartbeat__gt=future)
+            )
             .update(last_heartbeat=at)
         )
     return written

@@ -20,7 +20,7 @@ import redis
 from django.db import connection, transaction
 
 from apps_registry import backends
-from apps_registry.models import Application, AuditEntry, Environment
+from apps_registry.models import Application, AuditEntry, ConfigEpoch, Environment
 from apps_registry.registry.requests import close_request
 
 log = logging.getLogger(__name__)
@@ -138,22 +138,27 @@ def _process():
     return backends.runner()
 
 
+# Every publish takes the next configuration epoch in the change's own transaction and writes
+# it into the cache with the change: the cache then says how recent it is, so one restored from
+# an older snapshot is recognised (and rebuilt) and agents never act on it.
 def publish_app(app: Application) -> None:
-    pk = app.pk
-    _on_commit(lambda: _discovery().publish_app_by_pk(pk))
+    pk, epoch = app.pk, ConfigEpoch.bump()
+    _on_commit(lambda: _discovery().publish_app_by_pk(pk, epoch=epoch))
 
 
 def unpublish_app(name: str) -> None:
-    _on_commit(lambda: _discovery().unpublish_app(name))
+    epoch = ConfigEpoch.bump()
+    _on_commit(lambda: _discovery().unpublish_app(name, epoch=epoch))
 
 
 def publish_environment(env: Environment) -> None:
-    pk = env.pk
-    _on_commit(lambda: _discovery().publish_environment_by_pk(pk))
+    pk, epoch = env.pk, ConfigEpoch.bump()
+    _on_commit(lambda: _discovery().publish_environment_by_pk(pk, epoch=epoch))
 
 
 def unpublish_environment(name: str) -> None:
-    _on_commit(lambda: _discovery().unpublish_environment(name))
+    epoch = ConfigEpoch.bump()
+    _on_commit(lambda: _discovery().unpublish_environment(name, epoch=epoch))
 
 
 def send_start(app: Application, environments: Sequence[str], *, generation: int, request_id: str) -> None:

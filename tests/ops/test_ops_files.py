@@ -224,7 +224,7 @@ def test_dev_requirements_add_the_tools_on_top_of_the_runtime():
 
 def test_entrypoint_runs_each_roles_processes():
     script = (COMPOSE / "entrypoint.sh").read_text()
-    assert "supervisor) run_together web queue" in script
+    assert "supervisor) run_together web queue_restarted" in script
     assert "worker) run_together web agent" in script
     assert "manage.py rqworker app_starts" in script and "manage.py run_worker" in script
     assert 'python -m gunicorn -c "${PWD}/gunicorn.conf.py"' in script

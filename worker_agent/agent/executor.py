@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from apps_registry.control.discovery import CacheNotReady, get_discovery
 from worker_agent.agent.commands import CommandError, Delivery
+from worker_agent.agent.epoch import EpochGuard
 from worker_agent.agent.inbox import Generations
 from worker_agent.agent.reporter import Reporter
 from worker_agent.hosting import runtime
@@ -40,8 +41,11 @@ class Executor:
         reporter: Reporter,
         generations: Generations,
         finish: Callable[[Delivery, str, str], None],
+        epochs: EpochGuard | None = None,
     ) -> None:
         self.env = env
+        # The highest cache epoch acted on: an older cache (a restored snapshot) is not used.
+        self.epochs = epochs or EpochGuard(None)
         self.reporter = reporter
         self.generations = generations
         self._finish = finish
@@ -54,9 +58,14 @@ class Executor:
     def spec(self, app: str) -> dict | None:
         """The app's spec from the configuration cache; None if the cache does not know it."""
         try:
-            spec = get_discovery().get_app(app)
+            stamp, spec = get_discovery().get_app_at(app)
         except CacheNotReady:
             raise CommandError("the configuration cache is not built yet (the supervisor rebuilds it)") from None
+        if not self.epochs.accept(stamp):
+            raise CommandError(
+                f"the configuration cache (epoch {stamp.epoch}) is older than one this agent already applied "
+                f"({self.epochs.highest}); the supervisor rebuilds it"
+            )
         return spec if isinstance(spec, dict) else None
 
     def _placed_spec(self, app: str) -> dict:

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from worker_agent.agent.commands import Delivery
+from worker_agent.agent.epoch import EpochGuard
 from worker_agent.agent.executor import Executor, running_apps
 from worker_agent.agent.inbox import Generations, Inbox
 from worker_agent.agent.lanes import AppLanes
@@ -36,6 +37,7 @@ from worker_agent.agent.lease import run_lease
 from worker_agent.agent.link import Backoff, RedisLink
 from worker_agent.agent.reconcile import Reconciler
 from worker_agent.agent.reporter import Reporter
+from worker_agent.hosting import local_state
 
 log = logging.getLogger("worker_agent.agent")
 
@@ -72,7 +74,11 @@ class Agent:
         self.lanes = AppLanes(config.command_concurrency, self._run_task)
         self.inbox = Inbox(self.link, self.reporter, self.generations, env=self.env, submit=self._queue_command)
         self.executor = Executor(
-            env=self.env, reporter=self.reporter, generations=self.generations, finish=self.inbox.finish
+            env=self.env,
+            reporter=self.reporter,
+            generations=self.generations,
+            finish=self.inbox.finish,
+            epochs=EpochGuard(local_state.state_path().with_suffix(".epoch")),
         )
         self.reconciler = Reconciler(
             env=self.env,

@@ -73,7 +73,7 @@ class Reconciler:
         """Queue a convergence step for every app whose desired and actual states differ."""
         running = running_apps()
         try:
-            specs = get_discovery().apps_for_environment(self.env)
+            stamp, specs = get_discovery().apps_for_environment_at(self.env)
         except redis.RedisError:
             raise
         except CacheNotReady:
@@ -84,6 +84,8 @@ class Reconciler:
         except Exception:
             log.exception("reconciliation: cannot list this environment's apps")
             return
+        if not self.executor.epochs.accept(stamp):
+            return  # older than a cache already applied here (logged once): wait for the rebuild
         if not self._cache_ready:
             log.info("configuration cache available: reconciling %d app(s) placed here", len(specs or []))
         self._cache_ready = True

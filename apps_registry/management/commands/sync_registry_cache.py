@@ -12,7 +12,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--if-missing", action="store_true", help="only rebuild when the cache's 'built' marker is missing"
+            "--if-missing",
+            action="store_true",
+            help="only rebuild when the cache's 'built' marker is missing or its epoch is older than the registry's",
         )
 
     def handle(self, *args, **options) -> None:
@@ -24,8 +26,14 @@ class Command(BaseCommand):
         cache = RemoteDiscovery()
         if options["if_missing"]:
             before = cache.is_built()
+            rev = redis_client.get().get(keys.cfg_rev())
             cache.ensure_built(force=True)
-            self.stdout.write("cache present, left as is" if before else "cache was missing: rebuilt")
+            if not before:
+                self.stdout.write("cache was missing: rebuilt")
+            elif redis_client.get().get(keys.cfg_rev()) != rev:
+                self.stdout.write("cache was older than the registry (epoch): rebuilt")
+            else:
+                self.stdout.write("cache present, left as is")
             return
         cache.rebuild()
         raw = redis_client.get().get(keys.cfg_built())
