@@ -44,7 +44,9 @@ def test_each_action_asks_first_and_lists_what_it_affects(admin_client, envs, ac
     assert "shop (running)" in page and "crm (stopped)" in page
     # Nothing happened yet.
     assert Environment.objects.count() == 2 and all(Environment.objects.values_list("enabled", flat=True))
-    assert not AuditEntry.objects.filter(action__startswith="environment_").exists()
+    # (The shared cluster's workers commit registrations of their own: only operators' actions count.)
+    operator_actions = ("environment_forgotten", "environment_disabled", "environment_enabled")
+    assert not AuditEntry.objects.filter(action__in=operator_actions).exists()
 
 
 def test_forget_of_an_online_environment_is_refused(admin_client, envs):
