@@ -82,15 +82,7 @@ class LocalProcessAdapter:
         name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
         if name is None:
             return self._submit(lambda: actions.close_request(request_id, error="application deleted"))
-        job = StartJob(
-            name,
-            environments,
-            generation=generation,
-            request_id=request_id,
-            starter=self.start_on_environment,
-            ingest=lambda: None,  # statuses are recorded in this process as they change
-            lock=_start_lock(name),
-        )
+        job = self.start_job(name, environments, generation=generation, request_id=request_id)
         return self._submit(lambda: job.run(lock_wait=1.0, requeue=False))
 
     def stop(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
@@ -111,6 +103,20 @@ class LocalProcessAdapter:
         )
 
     # --- used by the start job ---
+
+    def start_job(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> StartJob:
+        """The start job of one request, run in this process under the app's file lock."""
+        return StartJob(
+            name,
+            environments,
+            generation=generation,
+            request_id=request_id,
+            starter=self.start_on_environment,
+            ingest=lambda: None,  # statuses are recorded in this process as they change
+            lock=_start_lock(name),
+            # start_on_environment returns when the start is over and records its status.
+            starter_settles=True,
+        )
 
     def start_on_environment(
         self, app_name: str, env: str, *, generation: int, request_id: str, timeout: float
