@@ -10,6 +10,7 @@ env_a/env_b with their agents, a real ``rqworker app_starts``), driven through t
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 import urllib.parse
@@ -17,7 +18,7 @@ import urllib.parse
 import pytest
 
 from tests.support.processes import manage, wait_until
-from tests.test_queue import ENVS, Api, QueueWorkers
+from tests.test_queue import ENVS, Api, QueueWorkers, wait_audit_closed
 
 pytestmark = pytest.mark.cluster
 
@@ -106,3 +107,41 @@ def test_the_first_request_after_stopped_is_refused(api: Api, queue_worker, clus
         if cycle < 5:
             assert api("POST", f"/apps/{name}/start")[0] == 202
     assert served_after_stopped == []
+
+
+def _hosted_here(worker, name: str) -> bool:
+    """The app is in the worker's local state file (what its web processes serve from)."""
+    try:
+        return name in json.loads(worker.state_file.read_text()).get("apps", {})
+    except (FileNotFoundError, ValueError):
+        return False
+
+
+def test_a_name_deleted_and_created_again_starts_at_the_first_start(api: Api, queue_worker, cluster_logs):
+    cluster = cluster_logs
+    name = "truth_again"
+    everywhere = dict.fromkeys(ENVS, "running")
+    status, body = api("POST", "/apps", {"name": name, "environments": ENVS, "start": True})
+    assert status == 201, body
+    api.wait_statuses(name, everywhere, timeout=60)
+    assert wait_audit_closed(cluster, body["request_id"], timeout=60) == ("ok", "")
+    # A few more requests, so that the deleted app's generation is well ahead of a new app's.
+    for operation in ("stop", "start"):
+        assert api("POST", f"/apps/{name}/{operation}")[0] == 202
+        api.wait_statuses(name, dict.fromkeys(ENVS, "stopped" if operation == "stop" else "running"), timeout=60)
+    assert api("DELETE", f"/apps/{name}")[0] == 204
+    for worker in cluster.workers.values():  # the workers carried the delete's remove out
+        wait_until(lambda w=worker: not _hosted_here(w, name), timeout=30, interval=0.05, message=f"{name} removed")
+
+    status, body = api("POST", "/apps", {"name": name, "environments": ENVS, "start": True})
+    assert status == 201, body
+    # The first start runs the new app everywhere, and its audit entry says ok because it runs.
+    assert wait_audit_closed(cluster, body["request_id"], timeout=90) == ("ok", "")
+    assert api.statuses(name)["statuses"] == everywhere
+    for worker in cluster.workers.values():
+        state = json.loads(worker.state_file.read_text())["apps"][name]
+        assert state["status"] == "running"
+        assert state["generation"] == 1  # the new app's own first request, not superseded
+    # A stop of the new app still works (its commands are not taken for the deleted app's).
+    assert api("POST", f"/apps/{name}/stop")[0] == 202
+    api.wait_statuses(name, dict.fromkeys(ENVS, "stopped"), timeout=60)

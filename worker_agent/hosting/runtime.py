@@ -94,8 +94,12 @@ def start_app(spec: dict) -> None:
     name = _checked_name(spec.get("name"))
     with _app_operation(name):
         # A start of a running app (a repeated command, reconciliation) keeps serving it
-        # while it checks for new migrations, rather than flashing 503 "starting".
-        if local_state.app_status(name) == "running":
+        # while it checks for new migrations, rather than flashing 503 "starting" — unless
+        # what runs is a deleted app of the same name: the new one starts clean.
+        entry = local_state.app_entry(name) or {}
+        running_incarnation = str((entry.get("spec") or {}).get("incarnation") or "")
+        same_app = not running_incarnation or running_incarnation == str(spec.get("incarnation") or "")
+        if entry.get("status") == "running" and same_app:
             local_state.set_status(name, "running", spec=spec)
         else:
             _record(name, "starting", spec=spec)

@@ -85,14 +85,28 @@ class LocalProcessAdapter:
         job = self.start_job(name, environments, generation=generation, request_id=request_id)
         return self._submit(lambda: job.run(lock_wait=1.0, requeue=False))
 
-    def stop(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
+    # ``incarnation``: standalone has one process, whose registry is right here; the generation
+    # check against the current row already tells a re-created app from the deleted one.
+
+    def stop(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> Future:
         return self._submit(lambda: self._serialised(name, environments, generation, request_id, self._stop_here))
 
-    def restart(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
+    def restart(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> Future:
         return self._submit(lambda: self._serialised(name, environments, generation, request_id, self._restart_here))
 
     def remove(
-        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
+        self,
+        name: str,
+        environments: Sequence[str],
+        *,
+        generation: int,
+        request_id: str,
+        drop_data: bool,
+        incarnation: str = "",
     ) -> Future:
         def remove_here(env: str) -> None:
             runtime.remove_app(name, drop_data=drop_data)

@@ -161,6 +161,10 @@ class StartJob:
             if status is None:
                 return None  # placement deleted
             if status in SETTLED:
+                if status == AppStatus.STOPPED and self._current_generation() == self.generation:
+                    # Still the latest request, yet the app is stopped there: the worker did
+                    # not run this start (it dropped it as stale). Saying ok would be untrue.
+                    return f"the app did not start on {env}: it reports stopped"
                 return error if status == AppStatus.ERROR else None
             if time.monotonic() >= deadline:
                 message = f"start timed out after {timeout:g} s"
