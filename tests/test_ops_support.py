@@ -46,7 +46,6 @@ def test_one_api_client_for_every_user(operator, staff_no_perms, viewer, documen
     assert operator_api.delete("/api/v1/apps/shop", template="/apps/{name}")[0] in (202, 204)
 
 
-
 def test_wait_until_says_what_it_last_saw_when_it_times_out():
     from tests.support.processes import wait_until
 
