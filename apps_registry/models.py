@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 
 from django.conf import settings
 from django.db import models
@@ -85,6 +86,11 @@ class Application(models.Model):
     # Bumped by every start/stop/restart/remove request: a command or queued start carrying
     # an older generation is stale and is dropped, so the last request wins.
     generation = models.PositiveBigIntegerField(default=0)
+    # Which app of this name this is: new for every created app, so a name deleted and created
+    # again is a new app to the workers (its generations start afresh, and the deleted one's
+    # commands and reports are recognised as stale). Carried by every command, status report,
+    # acknowledgement and AppSpec (docs/protocol.md).
+    incarnation = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -28,6 +28,7 @@ def send_command(
     request_id: str,
     drop_data: bool = False,
     ttl: float | None = None,
+    incarnation: str = "",
 ) -> str:
     """Append a command to the environment's stream and return its id.
 
@@ -41,6 +42,7 @@ def send_command(
         request_id=request_id,
         drop_data=drop_data,
         ttl=settings.APP_CONFIG.command_ttl if ttl is None else ttl,
+        incarnation=incarnation,
     )
     redis_client.commands().xadd(
         keys.command_stream(env), command.encode(), maxlen=protocol.COMMAND_STREAM_MAXLEN, approximate=True

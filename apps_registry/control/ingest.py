@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 
 from apps_registry.control import keys, protocol, redis_client
-from apps_registry.models import AuditEntry, Environment
+from apps_registry.models import Application, AuditEntry, Environment
 from apps_registry.names import is_valid_name
 from apps_registry.observability import metrics
 from apps_registry.registry import actions
@@ -188,7 +188,9 @@ class Batch:
     def __init__(self) -> None:
         self.registrations: dict[str, dict] = {}
         self.deregistrations: dict[str, dt.datetime] = {}
-        self.statuses: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
+        # Keyed by app × environment × incarnation: a deleted app's late report must not hide
+        # the report of the app created again under its name (``_current_statuses``).
+        self.statuses: dict[tuple[str, str, str], tuple[str, str, str, str, dt.datetime]] = {}
         self.acks: list[tuple[str, protocol.Ack]] = []
         self.events = 0
         self.refused = 0
@@ -211,9 +213,10 @@ class Batch:
                 self.deregistrations[event.env] = at
         elif isinstance(event, protocol.StatusReport):
             report = (event.app, event.env, event.status, event.error, at)
-            previous = self.statuses.get(report[:2])
+            key = (event.app, event.env, event.incarnation)
+            previous = self.statuses.get(key)
             if previous is None or previous[4] <= at:
-                self.statuses[report[:2]] = report
+                self.statuses[key] = report
         else:
             self.acks.append((event.id, event))
         self.events += 1
@@ -237,13 +240,33 @@ class Batch:
             if not _guarded(lambda: actions.refresh_environments(reports), "environment refresh", quiet=True):
                 for report in reports:
                     _guarded(lambda report=report: actions.refresh_environments([report]), f"environment {report}")
-        if self.statuses:
-            statuses = list(self.statuses.values())
-            if not _guarded(lambda: actions.record_app_statuses(statuses), "status reports", quiet=True):
-                for report in statuses:
-                    _guarded(lambda report=report: actions.record_app_statuses([report]), f"status {report}")
+        statuses = self._current_statuses() if self.statuses else []
+        if statuses and not _guarded(lambda: actions.record_app_statuses(statuses), "status reports", quiet=True):
+            for report in statuses:
+                _guarded(lambda report=report: actions.record_app_statuses([report]), f"status {report}")
         for command_id, ack in self.acks:
             _guarded(lambda ack=ack: _apply_ack(ack), f"ack {command_id}")
+
+    def _current_statuses(self) -> list[tuple[str, str, str, str, dt.datetime]]:
+        """The newest report per app × environment among those of the app's current
+        incarnation; reports of a deleted one (its name created again) are logged and dropped."""
+        current = {
+            name: str(incarnation)
+            for name, incarnation in Application.objects.filter(
+                name__in={app for app, _env, _incarnation in self.statuses}
+            ).values_list("name", "incarnation")
+        }
+        newest: dict[tuple[str, str], tuple[str, str, str, str, dt.datetime]] = {}
+        for (app, env, incarnation), report in self.statuses.items():
+            if not protocol.same_incarnation(incarnation, current.get(app, "")):
+                log.info(
+                    "status %s of %s on %s ignored: from a deleted incarnation %s", report[2], app, env, incarnation
+                )
+                continue
+            previous = newest.get((app, env))
+            if previous is None or previous[4] <= report[4]:
+                newest[(app, env)] = report
+        return list(newest.values())
 
     @staticmethod
     def _register_one(report: dict) -> None:

@@ -27,8 +27,15 @@ def done(env: str, command_id: str) -> str:
 
 
 def generations(env: str) -> str:
-    """``P:gen:<env>``: hash app -> newest generation this environment has seen."""
+    """``P:gen:<env>``: hash ``generation_field(app, incarnation)`` -> newest generation this
+    environment has seen."""
     return _key("gen", env)
+
+
+def generation_field(app: str, incarnation: str) -> str:
+    """A field of ``P:gen:<env>``: ``<app>:<incarnation>`` (``<app>`` alone when the
+    incarnation is unknown), so an app created again under a name starts with no generation."""
+    return f"{app}:{incarnation}" if incarnation else app
 
 
 # --- events (worker -> supervisor) --------------------------------------------------------

@@ -47,6 +47,22 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol; the message says what is wrong."""
 
 
+def incarnation_of(value: object) -> str:
+    """An app's incarnation as every message carries it: the UUID's canonical text, or ``""``
+    (not given: a message of a peer that predates incarnations, which matches any)."""
+    if value is None or value == "":
+        return ""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ProtocolError(f"invalid incarnation {str(value)[:40]!r}") from None
+
+
+def same_incarnation(a: str, b: str) -> bool:
+    """True unless both are known and differ (``""`` matches any incarnation)."""
+    return not a or not b or a == b
+
+
 def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), default=str)
 
@@ -87,10 +103,20 @@ class Command:
     issued_at: float
     expires_at: float
     drop_data: bool = False
+    # Which app of this name the command is for (Application.incarnation).
+    incarnation: str = ""
 
     @classmethod
     def new(
-        cls, action: str, app: str, *, generation: int, request_id: str, ttl: float, drop_data: bool = False
+        cls,
+        action: str,
+        app: str,
+        *,
+        generation: int,
+        request_id: str,
+        ttl: float,
+        drop_data: bool = False,
+        incarnation: str = "",
     ) -> Self:
         """A fresh command (new id), valid for ``ttl`` seconds from now."""
         if action not in ACTIONS:
@@ -105,6 +131,7 @@ class Command:
             issued_at=now,
             expires_at=now + ttl,
             drop_data=drop_data,
+            incarnation=incarnation_of(incarnation),
         )
 
     def encode(self) -> dict[str, str]:
@@ -117,6 +144,7 @@ class Command:
             "issued_at": f"{self.issued_at:.6f}",
             "expires_at": f"{self.expires_at:.6f}",
             "drop_data": "1" if self.drop_data else "0",
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -159,6 +187,7 @@ class Command:
             issued_at=issued_at,
             expires_at=expires_at,
             drop_data=drop_data in ("1", "true"),
+            incarnation=incarnation_of(fields.get("incarnation")),
         )
 
 
@@ -245,10 +274,13 @@ class StatusReport:
     status: str
     error: str = ""
     at: float | None = None
+    incarnation: str = ""
     type = "status"
 
     def encode(self) -> dict[str, str]:
         data = {"app": self.app, "env": self.env, "status": self.status, "error": self.error, "at": self.at}
+        if self.incarnation:
+            data["incarnation"] = self.incarnation
         return {"type": self.type, "data": _dumps(data)}
 
     @classmethod
@@ -257,7 +289,14 @@ class StatusReport:
         app, env, status = data.get("app"), data.get("env"), data.get("status")
         if not (is_valid_name(app) and is_valid_name(env)) or status not in STATUSES:
             raise ProtocolError(f"bad status event {str(data)[:200]!r}")
-        return cls(app=app, env=env, status=status, error=str(data.get("error") or ""), at=_number(data.get("at")))
+        return cls(
+            app=app,
+            env=env,
+            status=status,
+            error=str(data.get("error") or ""),
+            at=_number(data.get("at")),
+            incarnation=incarnation_of(data.get("incarnation")),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,13 +318,14 @@ class Ack:
     action: str | None = None
     generation: int | None = None
     issued_at: float | None = None
+    incarnation: str | None = None
     type = "ack"
 
     def data(self) -> dict[str, Any]:
         """The JSON object (also the value pushed to ``P:ack:<id>``)."""
         data: dict[str, Any] = {"id": self.id, "env": self.env, "result": self.result, "error": self.error}
         data["at"] = self.at
-        for name in ("request_id", "app", "action", "generation", "issued_at"):
+        for name in ("request_id", "app", "action", "generation", "issued_at", "incarnation"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -313,6 +353,10 @@ class Ack:
             return None if value is None else str(value)[:bound]
 
         generation = data.get("generation")
+        try:  # lenient, as the rest: a bad incarnation is dropped, the ack still counts
+            incarnation = incarnation_of(data.get("incarnation")) if data.get("incarnation") is not None else None
+        except ProtocolError:
+            incarnation = None
         return cls(
             id=text("id") or "",
             env=text("env") or "",
@@ -324,6 +368,7 @@ class Ack:
             action=text("action"),
             generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
             issued_at=_number(data.get("issued_at")),
+            incarnation=incarnation,
         )
 
 

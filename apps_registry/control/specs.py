@@ -1,6 +1,6 @@
 """The JSON documents workers receive: AppSpec and EnvSpec, built from the registry.
 
-AppSpec: ``{"name", "display_name", "options", "generation",
+AppSpec: ``{"name", "display_name", "options", "generation", "incarnation",
 "environments": {"<env>": {"desired_running": bool}}}``.
 EnvSpec: ``{"name", "url", "proxy_url", "enabled"}``.
 Both adapters of ``apps_registry.control.discovery`` serve exactly these shapes.
@@ -28,6 +28,8 @@ def app_spec(app: Application) -> dict:
         "display_name": app.display_name or app.name,
         "options": dict(app.options or {}),
         "generation": app.generation,
+        # Which app of this name: a worker keys its generations and local state by it.
+        "incarnation": str(app.incarnation),
         "environments": {p.environment.name: {"desired_running": p.desired_running} for p in app.placements.all()},
     }
 

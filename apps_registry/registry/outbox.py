@@ -170,17 +170,17 @@ def send_start(app: Application, environments: Sequence[str], *, generation: int
 
 
 def send_stop(app: Application, environments: Sequence[str], *, generation: int, request_id: str) -> None:
-    name, envs = app.name, list(environments)
+    name, envs, incarnation = app.name, list(environments), str(app.incarnation)
     _on_commit(
-        lambda: _process().stop(name, envs, generation=generation, request_id=request_id),
+        lambda: _process().stop(name, envs, generation=generation, request_id=request_id, incarnation=incarnation),
         (request_id, "stop", name, envs),
     )
 
 
 def send_restart(app: Application, environments: Sequence[str], *, generation: int, request_id: str) -> None:
-    name, envs = app.name, list(environments)
+    name, envs, incarnation = app.name, list(environments), str(app.incarnation)
     _on_commit(
-        lambda: _process().restart(name, envs, generation=generation, request_id=request_id),
+        lambda: _process().restart(name, envs, generation=generation, request_id=request_id, incarnation=incarnation),
         (request_id, "restart", name, envs),
     )
 
@@ -188,8 +188,10 @@ def send_restart(app: Application, environments: Sequence[str], *, generation: i
 def send_remove(
     app: Application, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
 ) -> None:
-    name, envs = app.name, list(environments)
+    name, envs, incarnation = app.name, list(environments), str(app.incarnation)
     _on_commit(
-        lambda: _process().remove(name, envs, generation=generation, request_id=request_id, drop_data=drop_data),
+        lambda: _process().remove(
+            name, envs, generation=generation, request_id=request_id, drop_data=drop_data, incarnation=incarnation
+        ),
         (request_id, "remove", name, envs),
     )

@@ -275,3 +275,27 @@ def test_an_older_report_waiting_on_a_newer_ones_row_lock_does_not_overwrite_it(
     assert result == {"applied": False}
     placement.refresh_from_db()
     assert (placement.status, placement.status_changed_at) == ("running", newer)
+
+
+def test_status_reports_of_a_deleted_incarnation_are_ignored(redis_conn, caplog):
+    env = actions.register_environment(name="env_inc", url="http://127.0.0.1:9")
+    old = actions.create_application(name="again", environments=[env])
+    old_incarnation = str(old.incarnation)
+    actions.delete_application(old)
+    new = actions.create_application(name="again", environments=[env])
+    assert str(new.incarnation) != old_incarnation
+    placement = AppEnvironment.objects.get(application=new, environment=env)
+    # In one batch: the new app's report, then a later one of the deleted app (its remove).
+    ids = [
+        emit("status", app="again", env="env_inc", status="running", incarnation=str(new.incarnation)),
+        emit("status", app="again", env="env_inc", status="stopped", incarnation=old_incarnation),
+    ]
+    with caplog.at_level("INFO", logger="apps_registry.control.ingest"):
+        ingest.apply_entries(take(redis_conn, ids))
+    placement.refresh_from_db()
+    assert placement.status == "running"
+    assert f"from a deleted incarnation {old_incarnation}" in caplog.text
+    # A report without an incarnation (an agent of before) still counts.
+    ingest.apply_entries(take(redis_conn, [emit("status", app="again", env="env_inc", status="stopping")]))
+    placement.refresh_from_db()
+    assert placement.status == "stopping"

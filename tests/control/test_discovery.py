@@ -49,13 +49,14 @@ def create(name: str, environments: list[Environment], **options) -> Application
 
 def test_get_app_returns_the_spec(adapter, envs, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        create("sales_eu", envs, modules=["contacts"], start_mode="on_first_visit")
+        app = create("sales_eu", envs, modules=["contacts"], start_mode="on_first_visit")
     spec = adapter.get_app("sales_eu")
     assert spec == {
         "name": "sales_eu",
         "display_name": "SALES_EU",
         "options": {"modules": ["contacts"], "start_mode": "on_first_visit"},
         "generation": 0,
+        "incarnation": str(app.incarnation),
         "environments": {"env_a": {"desired_running": False}, "env_b": {"desired_running": False}},
     }
     assert adapter.get_app("nope") is None

@@ -54,7 +54,17 @@ def test_command_decoding_says_what_is_wrong(change, message):
 def test_command_round_trip_keeps_the_wire_fields():
     command = protocol.Command.new("remove", "crm", generation=7, request_id="r9", ttl=60, drop_data=True)
     fields = command.encode()
-    assert set(fields) == {"id", "action", "app", "generation", "request_id", "issued_at", "expires_at", "drop_data"}
+    assert set(fields) == {
+        "id",
+        "action",
+        "app",
+        "generation",
+        "request_id",
+        "issued_at",
+        "expires_at",
+        "drop_data",
+        "incarnation",
+    }
     assert all(isinstance(value, str) for value in fields.values())
     assert (fields["generation"], fields["drop_data"]) == ("7", "1")
     decoded = protocol.Command.decode(fields)
@@ -136,3 +146,19 @@ def test_registration_decoding_bounds_and_filters_what_it_keeps():
 
 def test_reported_statuses_are_the_registrys():
     assert set(protocol.STATUSES) == set(AppStatus.values)
+
+
+def test_every_message_carries_the_incarnation():
+    incarnation = "0b0c9d5e-8a47-4c43-9f57-2d5e9a1f7c11"
+    command = protocol.Command.new("start", "crm", generation=1, request_id="r", ttl=60, incarnation=incarnation)
+    assert protocol.Command.decode(command.encode()).incarnation == incarnation
+    assert protocol.Command.decode({**FIELDS}).incarnation == ""  # a supervisor of before: matches any
+    with pytest.raises(protocol.ProtocolError, match="invalid incarnation"):
+        protocol.Command.decode({**FIELDS, "incarnation": "not-a-uuid"})
+    report = protocol.StatusReport("crm", "env_a", "running", at=1.0, incarnation=incarnation)
+    assert protocol.StatusReport.decode(report.encode()) == report
+    ack = protocol.Ack("c1", "env_a", "ok", at=1.0, app="crm", generation=1, incarnation=incarnation)
+    assert protocol.Ack.from_json(ack.to_json()).incarnation == incarnation
+    bad = json.dumps({"id": "c1", "env": "env_a", "result": "ok", "incarnation": "zz"})
+    assert protocol.Ack.from_json(bad).incarnation is None  # lenient: the ack still counts
+    assert protocol.same_incarnation("", incarnation) and not protocol.same_incarnation(incarnation, "x")

@@ -44,3 +44,13 @@ def test_one_api_client_for_every_user(operator, staff_no_perms, viewer, documen
     assert api_for(staff_no_perms).get("/api/v1/apps")[0] == 403
     assert ApiClient("not-a-token").get("/api/v1/apps")[0] == 401
     assert operator_api.delete("/api/v1/apps/shop", template="/apps/{name}")[0] in (202, 204)
+
+
+def test_wait_until_says_what_it_last_saw_when_it_times_out():
+    from tests.support.processes import wait_until
+
+    pending = iter([[3], [2], []])
+    with pytest.raises(AssertionError, match=r"waiting for no jobs \(last value: \[\]\)"):
+        wait_until(lambda: not next(pending, []) and [], timeout=0.05, message="no jobs")
+    with pytest.raises(AssertionError, match=r"waiting for a status \(last value: ''\)"):
+        wait_until(lambda: "", timeout=0.05, message="a status")

@@ -22,6 +22,8 @@ T = TypeVar("T")
 # How many times Process.start() ran in this interpreter: tests/conftest.py checks that only
 # tests marked ``cluster`` start real servers, so that ``-m "not cluster"`` stays fast.
 started = 0
+# wait_until's "no value seen yet" (None and False are values a predicate returns).
+_NOTHING = object()
 
 
 def free_port() -> int:
@@ -31,18 +33,27 @@ def free_port() -> int:
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, message: str = "") -> T:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds;
+    the failure names the last value the predicate returned (and its last error), which is
+    what says why the wait failed."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
+    last_value: object = _NOTHING
     while True:
         try:
             result = predicate()
             if result:
                 return result
+            last_value = result
         except Exception as error:  # keep polling; report the last error on timeout
             last_error = error
         if time.monotonic() > deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
+            details = []
+            if last_value is not _NOTHING:
+                details.append(f"last value: {last_value!r}")
+            if last_error:
+                details.append(f"last error: {last_error!r}")
+            detail = f" ({'; '.join(details)})" if details else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}{detail}")
         time.sleep(interval)
 

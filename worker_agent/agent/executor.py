@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from apps_registry.control import protocol
 from apps_registry.control.discovery import CacheNotReady, get_discovery
 from worker_agent.agent.commands import CommandError, Delivery
 from worker_agent.agent.epoch import EpochGuard
 from worker_agent.agent.inbox import Generations
 from worker_agent.agent.reporter import Reporter
-from worker_agent.hosting import runtime
+from worker_agent.hosting import local_state, runtime
 
 log = logging.getLogger("worker_agent.agent")
 
@@ -33,6 +34,26 @@ def spec_generation(spec: dict) -> int:
         return 0
 
 
+def spec_incarnation(spec: dict) -> str:
+    """The spec's incarnation (``""`` if it has none or a bad one: then it matches any)."""
+    try:
+        return protocol.incarnation_of(spec.get("incarnation"))
+    except protocol.ProtocolError:
+        return ""
+
+
+def local_incarnation(app: str) -> str:
+    """The incarnation of the app this environment hosts under the name, if any."""
+    try:
+        return spec_incarnation((local_state.app_entry(app) or {}).get("spec") or {})
+    except Exception:  # an unreadable state file: unknown, which matches any
+        return ""
+
+
+class DeletedIncarnation(Exception):
+    """A command for an app that was deleted since (its name now belongs to a new app)."""
+
+
 class Executor:
     def __init__(
         self,
@@ -49,9 +70,10 @@ class Executor:
         self.reporter = reporter
         self.generations = generations
         self._finish = finish
-        # Apps whose start failed here, with the generation it failed at: reconciliation does
-        # not retry those in a loop; a new request (a newer generation) tries again.
-        self._failed: dict[str, int] = {}
+        # Apps (name, incarnation) whose start failed here, with the generation it failed at:
+        # reconciliation does not retry those in a loop; a new request (a newer generation)
+        # or the name's new app tries again.
+        self._failed: dict[tuple[str, str], int] = {}
 
     # --- the app's spec -------------------------------------------------------------------------
 
@@ -78,38 +100,57 @@ class Executor:
 
     def start_failed_for(self, spec: dict) -> bool:
         """True if a start of this very generation of the app already failed here."""
-        return self._failed.get(spec.get("name")) == spec_generation(spec)
+        return self._failed.get((spec.get("name"), spec_incarnation(spec))) == spec_generation(spec)
 
     # --- actions, each reporting its statuses ---------------------------------------------------
 
     def start(self, app: str, spec: dict) -> None:
-        self.reporter.status(app, "starting")
+        incarnation = spec_incarnation(spec)
+        self.reporter.status(app, "starting", incarnation=incarnation)
         try:
             runtime.start_app(spec)
         except Exception as error:
             message = str(error) or error.__class__.__name__
             if not isinstance(error, runtime.AppStartError):
                 log.exception("start of %s failed", app)
-            self.reporter.status(app, "error", message)
-            self._failed[app] = spec_generation(spec)
+            self.reporter.status(app, "error", message, incarnation=incarnation)
+            self._failed[(app, incarnation)] = spec_generation(spec)
             raise CommandError(message) from None
-        self._failed.pop(app, None)
-        self.reporter.status(app, "running")
+        self._failed.pop((app, incarnation), None)
+        self.reporter.status(app, "running", incarnation=incarnation)
 
     def stop(self, app: str) -> None:
-        self.reporter.status(app, "stopping")
+        incarnation = local_incarnation(app)
+        self.reporter.status(app, "stopping", incarnation=incarnation)
         runtime.stop_app(app)
-        self.reporter.status(app, "stopped")
+        self.reporter.status(app, "stopped", incarnation=incarnation)
+
+    def _check_incarnation(self, command: protocol.Command) -> None:
+        """Refuse a command of a deleted app: the cache's spec of the name is another app.
+        (The cache not knowing the name is no evidence: the delete's own remove runs.)"""
+        if not command.incarnation:
+            return
+        try:
+            spec = self.spec(command.app)
+        except CommandError:  # cache not built: the local state decides below
+            spec = None
+        current = spec_incarnation(spec) if spec is not None else ""
+        if not current and command.action in ("stop", "remove"):
+            current = local_incarnation(command.app)
+        if not protocol.same_incarnation(command.incarnation, current):
+            raise DeletedIncarnation(f"app {command.app!r} was deleted and created again since this request")
 
     def unload(self, app: str, *, drop_data: bool = False) -> None:
         """Stop the app and unload it from this environment (its data kept unless drop_data)."""
-        self.reporter.status(app, "stopping")
+        incarnation = local_incarnation(app)
+        self.reporter.status(app, "stopping", incarnation=incarnation)
         runtime.remove_app(app, drop_data=drop_data)
-        self.reporter.status(app, "stopped")
+        self.reporter.status(app, "stopped", incarnation=incarnation)
 
     def _execute(self, delivery: Delivery) -> None:
         command = delivery.command
         app = command.app
+        self._check_incarnation(command)
         if command.action == "start":
             self.start(app, self._placed_spec(app))
         elif command.action == "restart":
@@ -127,12 +168,16 @@ class Executor:
     def run(self, delivery: Delivery) -> None:
         """Carry out one command when its lane gets to it, then acknowledge it."""
         command = delivery.command
-        if command.generation < self.generations.get(command.app):
+        if command.generation < self.generations.get(command.app, command.incarnation):
             self._finish(delivery, "superseded", "a newer request for this app arrived first")
-            self.reporter.actual(command.app)
+            self.reporter.actual(command.app, command.incarnation)
             return
         try:
             self._execute(delivery)
+        except DeletedIncarnation as error:  # nothing to report: that app is gone
+            log.info("command %s (%s %s) ignored: %s", command.id, command.action, command.app, error)
+            self._finish(delivery, "superseded", str(error))
+            return
         except CommandError as error:
             self._finish(delivery, "error", str(error))
             return

@@ -34,26 +34,31 @@ DONE_MEMORY = 10_000
 
 
 class Generations:
-    """Newest generation seen per app, in issue order: anything older is superseded."""
+    """Newest generation seen per app and incarnation, in issue order: anything older is
+    superseded. Keyed by the incarnation too, since an app deleted and created again under
+    its name counts its generations from zero: the deleted app's must not supersede them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._newest: dict[str, int] = {}
 
-    def get(self, app: str) -> int:
+    def get(self, app: str, incarnation: str = "") -> int:
         with self._lock:
-            return self._newest.get(app, 0)
+            return self._newest.get(keys.generation_field(app, incarnation), 0)
 
-    def see(self, app: str, generation: int) -> None:
+    def see(self, app: str, generation: int, incarnation: str = "") -> None:
+        self._see(keys.generation_field(app, incarnation), generation)
+
+    def _see(self, field: str, generation: int) -> None:
         with self._lock:
-            if generation > self._newest.get(app, 0):
-                self._newest[app] = generation
+            if generation > self._newest.get(field, 0):
+                self._newest[field] = generation
 
     def load(self, client: redis.Redis, env: str) -> None:
         """Merge in what this environment acknowledged before (``P:gen:<env>``)."""
-        for app, value in client.hgetall(keys.generations(env)).items():
+        for field, value in client.hgetall(keys.generations(env)).items():
             try:
-                self.see(app, int(value))
+                self._see(field, int(value))
             except ValueError:
                 continue
 
@@ -173,9 +178,9 @@ class Inbox:
         delivery = Delivery(entry_id, command, received_at=time.time())
         if command.expires_at < delivery.received_at:
             self.finish(delivery, "expired", "the command expired before this worker picked it up")
-            self.reporter.actual(command.app)
+            self.reporter.actual(command.app, command.incarnation)
             return
-        self.generations.see(command.app, command.generation)
+        self.generations.see(command.app, command.generation, command.incarnation)
         with self._lock:
             self._inflight.add(command.id)
         self._submit(delivery)
@@ -203,7 +208,8 @@ class Inbox:
 
     def _acknowledge(self, ack: protocol.Ack, entry_id: str) -> None:
         """Write the acknowledgement, remember the id as done, then XACK (``Reporter``)."""
-        generation = self.generations.get(ack.app) if ack.app and ack.generation is not None else None
+        known = ack.app and ack.generation is not None
+        generation = self.generations.get(ack.app, ack.incarnation or "") if known else None
         if not self.reporter.acknowledge(ack, entry_id, generation):
             log.warning("stopping before the acknowledgement of %s could be written", ack.id)
             return
@@ -234,6 +240,7 @@ class Inbox:
             action=command.action,
             generation=command.generation,
             issued_at=command.issued_at,
+            incarnation=command.incarnation or None,
         )
         self._acknowledge(ack, delivery.entry_id)
         with self._lock:

@@ -19,7 +19,7 @@ import redis
 from apps_registry.control.discovery import CacheNotReady, get_discovery
 from apps_registry.names import is_valid_name
 from worker_agent.agent.commands import CommandError
-from worker_agent.agent.executor import Executor, running_apps, spec_generation
+from worker_agent.agent.executor import Executor, running_apps, spec_generation, spec_incarnation
 from worker_agent.agent.inbox import Generations
 from worker_agent.agent.link import RedisLink
 from worker_agent.hosting import local_state, runtime
@@ -117,7 +117,7 @@ class Reconciler:
             return
         except CommandError:
             return
-        if spec is None or spec_generation(spec) < self.generations.get(app):
+        if spec is None or spec_generation(spec) < self.generations.get(app, spec_incarnation(spec)):
             return  # the cache is behind a command this agent already saw
         desired = self._desired(spec)
         running = app in running_apps()

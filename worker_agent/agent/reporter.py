@@ -82,16 +82,18 @@ class Reporter:
 
     # --- statuses: a Redis failure is logged, never raised --------------------------------------
 
-    def status(self, app: str, status: str, error: str = "") -> None:
-        """Report an app's status here."""
+    def status(self, app: str, status: str, error: str = "", incarnation: str = "") -> None:
+        """Report an app's status here (of its ``incarnation``: the supervisor ignores the
+        reports of a deleted one)."""
+        report = protocol.StatusReport(app, self.env, status, error, time.time(), incarnation=incarnation)
         try:
-            self._xadd(self.link.client, protocol.StatusReport(app, self.env, status, error, time.time()))
+            self._xadd(self.link.client, report)
         except redis.RedisError as error_:
             self.link.lost(error_)
 
-    def actual(self, app: str) -> None:
+    def actual(self, app: str, incarnation: str = "") -> None:
         """After a command that changed nothing, say what the app's state really is here."""
-        self.status(app, "running" if app in self._running_apps() else "stopped")
+        self.status(app, "running" if app in self._running_apps() else "stopped", incarnation=incarnation)
 
     def running(self) -> None:
         """Re-report every app running here (after a registration: Redis may have lost them)."""
@@ -112,7 +114,8 @@ class Reporter:
             pipe.expire(keys.ack(ack.id), protocol.ACK_TTL)
             pipe.set(keys.done(self.env, ack.id), ack.result, ex=protocol.DONE_TTL)
             if ack.app and generation is not None:
-                pipe.hset(keys.generations(self.env), ack.app, generation)
+                field = keys.generation_field(ack.app, ack.incarnation or "")
+                pipe.hset(keys.generations(self.env), field, generation)
             pipe.xack(keys.command_stream(self.env), protocol.AGENT_GROUP, entry_id)
             pipe.execute()
 

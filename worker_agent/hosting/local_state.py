@@ -5,8 +5,9 @@ whoever starts and stops apps (the agent, ``manage.py host_app``) and read by ev
 process on each request to ``/apps/<name>/``. Writers replace the file atomically (tmp file +
 ``os.replace``) under an exclusive file lock, so readers never see half a file and two
 writers never lose each other's update. Readers keep the parsed file and re-read it only when
-``stat()`` shows a change, or after ``MAX_CACHE_AGE`` seconds in case a change was invisible
-to ``stat()`` (same size, same mtime tick, reused inode).
+``stat()`` shows a change. Writers give every new file an mtime strictly after the previous
+one's, so a change is always visible to ``stat()`` where the filesystem keeps nanosecond
+times; ``MAX_CACHE_AGE`` re-reads anyway where it does not (a coarser clock on the mount).
 
 File layout::
 
@@ -112,11 +113,25 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write(path: Path, apps: dict[str, dict]) -> None:
+    """Replace the file (under the write lock) so that every write changes its ``stat()`` key.
+
+    Left to the kernel, two writes could give the same key: the file's mtime ticks coarsely
+    (a few ms), ``running`` and ``stopped`` are entries of the same size, and the inode freed
+    by one replace is reused by the next. Readers then kept serving a stopped app until their
+    cache aged out (``MAX_CACHE_AGE``), after the agent had already reported ``stopped``. So
+    the new file's mtime is set explicitly, strictly after the one it replaces: once this
+    returns, the next ``stat()`` of any web process sees a new key and re-reads the file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as handle:
         json.dump({"version": FORMAT_VERSION, "apps": apps}, handle, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
+    try:
+        previous = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        previous = 0
+    stamp = max(time.time_ns(), previous + 1)
+    os.utime(tmp, ns=(stamp, stamp))
     os.replace(tmp, path)
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from django.conf import settings
 
 from apps_registry.names import is_valid_name
-from worker_agent.hosting import app_databases, app_initialisation, local_state
+from worker_agent.hosting import app_databases, app_initialisation, local_state, serving
 from worker_agent.hosting.db_router import alias_for
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ def remove_status_listener(listener: StatusListener) -> None:
 
 def _record(name: str, status: str, *, error: str = "", spec: dict | None = None) -> None:
     local_state.set_status(name, status, error=error, spec=spec)
+    if status == "stopped":
+        # Stopped is true only once no web process serves the app: every request admitted
+        # under the old state finishes before anyone (the agent's report) hears of it.
+        serving.wait_drained(name)
     for listener in list(_listeners):
         try:
             listener(name, status, error)
@@ -90,8 +94,12 @@ def start_app(spec: dict) -> None:
     name = _checked_name(spec.get("name"))
     with _app_operation(name):
         # A start of a running app (a repeated command, reconciliation) keeps serving it
-        # while it checks for new migrations, rather than flashing 503 "starting".
-        if local_state.app_status(name) == "running":
+        # while it checks for new migrations, rather than flashing 503 "starting" — unless
+        # what runs is a deleted app of the same name: the new one starts clean.
+        entry = local_state.app_entry(name) or {}
+        running_incarnation = str((entry.get("spec") or {}).get("incarnation") or "")
+        same_app = not running_incarnation or running_incarnation == str(spec.get("incarnation") or "")
+        if entry.get("status") == "running" and same_app:
             local_state.set_status(name, "running", spec=spec)
         else:
             _record(name, "starting", spec=spec)

@@ -1,6 +1,7 @@
 """Serves hosted apps under ``/apps/<name>/`` in processes that host apps (standalone, worker).
 
-Per request: validate the name, look the app up in the local state file (a ``stat()``; the
+Per request: validate the name, count the request as served (``hosting.serving``: a shared
+lock a stop waits for), look the app up in the local state file (a ``stat()``; the
 file is re-read only when it changed), answer 404/503 unless the app runs here, otherwise
 route the request to the app: its database alias for every ORM query (``current_app_alias``),
 its own URL table (``request.urlconf``) and, further down, its own session cookie. In
@@ -9,6 +10,7 @@ supervisor mode this middleware removes itself; ``/apps/`` is the proxy's there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -18,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.utils.module_loading import import_string
 
 from apps_registry.names import is_valid_name
-from worker_agent.hosting import app_databases, local_state
+from worker_agent.hosting import app_databases, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
 
@@ -69,27 +71,32 @@ class HostedAppMiddleware:
         if not slash:
             return HttpResponsePermanentRedirect(f"{APPS_PREFIX}{name}/")
 
-        entry = local_state.app_entry(name)
-        status = entry.get("status") if entry else None
-        if status != "running":
-            if status in (None, "stopped"):
-                status = on_stopped_app_visit(name) or status
-            if status is None:
-                return error_pages.not_found(request, name)
-            return error_pages.unavailable(request, name, status)
+        with contextlib.ExitStack() as in_flight:
+            # Counted as served before the state is read: a stop waits for this request
+            # unless it reads the new state (serving.py says why the order matters).
+            in_flight.enter_context(serving.serving(name))
+            entry = local_state.app_entry(name)
+            status = entry.get("status") if entry else None
+            if status != "running":
+                in_flight.close()  # a refused request must not hold a stop up
+                if status in (None, "stopped"):
+                    status = on_stopped_app_visit(name) or status
+                if status is None:
+                    return error_pages.not_found(request, name)
+                return error_pages.unavailable(request, name, status)
 
-        try:
-            route = self._route(name, entry)
-        except Exception:
-            log.exception("cannot serve app %s", name)
-            return error_pages.unavailable(request, name, "error")
-        token = current_app_alias.set(route.alias)
-        request.urlconf = route.urlconf
-        request.hosted_app = name
-        try:
-            return self.get_response(request)
-        finally:
-            current_app_alias.reset(token)
+            try:
+                route = self._route(name, entry)
+            except Exception:
+                log.exception("cannot serve app %s", name)
+                return error_pages.unavailable(request, name, "error")
+            token = current_app_alias.set(route.alias)
+            request.urlconf = route.urlconf
+            request.hosted_app = name
+            try:
+                return self.get_response(request)
+            finally:
+                current_app_alias.reset(token)
 
     def _route(self, name: str, entry: dict) -> _Route:
         """The app's alias and URLs, refreshed whenever its state entry was rewritten by a start."""

@@ -82,25 +82,31 @@ class LocalProcessAdapter:
         name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
         if name is None:
             return self._submit(lambda: actions.close_request(request_id, error="application deleted"))
-        job = StartJob(
-            name,
-            environments,
-            generation=generation,
-            request_id=request_id,
-            starter=self.start_on_environment,
-            ingest=lambda: None,  # statuses are recorded in this process as they change
-            lock=_start_lock(name),
-        )
+        job = self.start_job(name, environments, generation=generation, request_id=request_id)
         return self._submit(lambda: job.run(lock_wait=1.0, requeue=False))
 
-    def stop(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
+    # ``incarnation``: standalone has one process, whose registry is right here; the generation
+    # check against the current row already tells a re-created app from the deleted one.
+
+    def stop(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> Future:
         return self._submit(lambda: self._serialised(name, environments, generation, request_id, self._stop_here))
 
-    def restart(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> Future:
+    def restart(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> Future:
         return self._submit(lambda: self._serialised(name, environments, generation, request_id, self._restart_here))
 
     def remove(
-        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
+        self,
+        name: str,
+        environments: Sequence[str],
+        *,
+        generation: int,
+        request_id: str,
+        drop_data: bool,
+        incarnation: str = "",
     ) -> Future:
         def remove_here(env: str) -> None:
             runtime.remove_app(name, drop_data=drop_data)
@@ -111,6 +117,20 @@ class LocalProcessAdapter:
         )
 
     # --- used by the start job ---
+
+    def start_job(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> StartJob:
+        """The start job of one request, run in this process under the app's file lock."""
+        return StartJob(
+            name,
+            environments,
+            generation=generation,
+            request_id=request_id,
+            starter=self.start_on_environment,
+            ingest=lambda: None,  # statuses are recorded in this process as they change
+            lock=_start_lock(name),
+            # start_on_environment returns when the start is over and records its status.
+            starter_settles=True,
+        )
 
     def start_on_environment(
         self, app_name: str, env: str, *, generation: int, request_id: str, timeout: float

@@ -43,7 +43,11 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
     success (or when superseded), or an error message; the worker's status reports are applied
     by the caller's next ``events.ingest()``.
     """
-    command_id = channel.send_command(env, "start", app_name, generation=generation, request_id=request_id)
+    # The app's incarnation now: a start of a name deleted and created again is for the new app.
+    incarnation = Application.objects.filter(name=app_name).values_list("incarnation", flat=True).first()
+    command_id = channel.send_command(
+        env, "start", app_name, generation=generation, request_id=request_id, incarnation=str(incarnation or "")
+    )
     deadline = time.monotonic() + timeout
     ack = None
     while ack is None:
@@ -83,15 +87,27 @@ class RemoteProcessAdapter:
     def _send(self, action: str, name: str, environments: Sequence[str], **fields) -> list[str]:
         return [channel.send_command(env, action, name, **fields) for env in environments]
 
-    def stop(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> list[str]:
-        return self._send("stop", name, environments, generation=generation, request_id=request_id)
+    def stop(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> list[str]:
+        fields = {"generation": generation, "request_id": request_id, "incarnation": incarnation}
+        return self._send("stop", name, environments, **fields)
 
-    def restart(self, name: str, environments: Sequence[str], *, generation: int, request_id: str) -> list[str]:
-        return self._send("restart", name, environments, generation=generation, request_id=request_id)
+    def restart(
+        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, incarnation: str = ""
+    ) -> list[str]:
+        fields = {"generation": generation, "request_id": request_id, "incarnation": incarnation}
+        return self._send("restart", name, environments, **fields)
 
     def remove(
-        self, name: str, environments: Sequence[str], *, generation: int, request_id: str, drop_data: bool
+        self,
+        name: str,
+        environments: Sequence[str],
+        *,
+        generation: int,
+        request_id: str,
+        drop_data: bool,
+        incarnation: str = "",
     ) -> list[str]:
-        return self._send(
-            "remove", name, environments, generation=generation, request_id=request_id, drop_data=drop_data
-        )
+        fields = {"generation": generation, "request_id": request_id, "incarnation": incarnation}
+        return self._send("remove", name, environments, drop_data=drop_data, **fields)

@@ -65,6 +65,7 @@ class StartJob:
         starter: Starter,
         ingest: Callable[[], object],
         lock: Lock,
+        starter_settles: bool = False,
     ):
         self.app_name = app_name
         self.environments = start_order(app_name, environments)
@@ -73,6 +74,12 @@ class StartJob:
         self.starter = starter
         self.ingest = ingest
         self.lock = lock
+        # True when the starter records the environment's final status itself and returns
+        # only once the start is over (standalone: the runtime runs in this very thread).
+        # Its verdict is then the outcome: polling the placement afterwards can only see
+        # what later requests did to it (a stop and a start make it ``queued``), and the
+        # stop that would settle it waits for the lock this job holds.
+        self.starter_settles = starter_settles
 
     def _current_generation(self) -> int | None:
         return Application.objects.filter(name=self.app_name).values_list("generation", flat=True).first()
@@ -145,6 +152,8 @@ class StartJob:
         if error:
             actions.record_app_status(self.app_name, env, AppStatus.ERROR, error=error)
             return error
+        if self.starter_settles:
+            return None
         # Even if a later request supersedes us meanwhile, wait for this environment to settle:
         # the next start of this app must not begin while this initialisation may still run.
         while True:
@@ -152,6 +161,10 @@ class StartJob:
             if status is None:
                 return None  # placement deleted
             if status in SETTLED:
+                if status == AppStatus.STOPPED and self._current_generation() == self.generation:
+                    # Still the latest request, yet the app is stopped there: the worker did
+                    # not run this start (it dropped it as stale). Saying ok would be untrue.
+                    return f"the app did not start on {env}: it reports stopped"
                 return error if status == AppStatus.ERROR else None
             if time.monotonic() >= deadline:
                 message = f"start timed out after {timeout:g} s"
