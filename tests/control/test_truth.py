@@ -18,7 +18,7 @@ import urllib.parse
 import pytest
 
 from tests.support.processes import manage, wait_until
-from tests.test_queue import ENVS, Api, QueueWorkers, wait_audit_closed
+from tests.control.test_queue import ENVS, Api, QueueWorkers, wait_audit_closed
 
 pytestmark = pytest.mark.cluster
 
