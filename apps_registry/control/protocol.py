@@ -20,6 +20,7 @@ import uuid
 from typing import Any, Self
 
 from apps_registry.names import RESERVED_APP_NAMES, is_valid_name
+from supervisor_site.origins import origin_problem
 
 ACTIONS = ("start", "stop", "restart", "remove")
 RESULTS = ("ok", "error", "expired", "superseded")
@@ -228,14 +229,21 @@ class Registration:
         env = data.get("env")
         if not is_valid_name(env):
             raise ProtocolError(f"invalid environment name {str(env)[:60]!r}")
+        urls = {key: str(data.get(key) or "") for key in ("url", "proxy_url")}
+        for key, url in urls.items():
+            # The proxy connects to these: an origin only, or a registration could point it at
+            # any page of any host (supervisor_site.origins).
+            problem = origin_problem(url) if url else ""
+            if problem:
+                raise ProtocolError(f"{key} {problem} (got {url[:100]!r})")
         pid = data.get("pid")
         apps_running = data.get("apps_running") or []
         if not isinstance(apps_running, list):
             raise ProtocolError(f"bad apps_running {str(apps_running)[:100]!r}: not a list")
         return cls(
             env=env,
-            url=str(data.get("url") or ""),
-            proxy_url=str(data.get("proxy_url") or ""),
+            url=urls["url"].rstrip("/"),
+            proxy_url=urls["proxy_url"].rstrip("/"),
             version=str(data.get("version") or "")[:MAX_VERSION],
             host=str(data.get("host") or "")[:MAX_HOST],
             pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0 else None,

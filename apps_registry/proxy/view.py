@@ -23,15 +23,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
-from wsgiref.util import is_hop_by_hop
+from urllib.parse import quote, urlsplit
 
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.views.generic import View
 from revproxy.response import get_streaming_amt
-from revproxy.utils import cookie_from_string, should_stream
+from revproxy.utils import should_stream
 from revproxy.views import QUOTE_SAFE, ProxyView
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -44,6 +43,7 @@ from urllib3.exceptions import (
 from apps_registry.models import AppStatus
 from apps_registry.observability import metrics
 from apps_registry.proxy import pages, routing
+from apps_registry.proxy import response_rules as rules
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, Placement
 from supervisor_site.forwarded import PEER_ADDR
 from supervisor_site.unavailable import retry_after
@@ -69,14 +69,6 @@ _DROPPED_REQUEST_HEADERS = frozenset(
         "HTTP_FORWARDED",
         "HTTP_EXPECT",  # the supervisor's server already answered any "100-continue"
     }
-)
-# Response headers the supervisor's own server sets, or that describe the worker's hop.
-_DROPPED_RESPONSE_HEADERS = frozenset({"server", "date", "keep-alive", "trailer", "te", "upgrade"})
-# Headers that act on the supervisor's whole origin, beyond the app's path: a service worker
-# scope wider than the app, wiping the operator's site data, pinning HTTPS for every host name,
-# framing rules that would replace the supervisor's own. An app never gets to set them.
-_ORIGIN_WIDE_RESPONSE_HEADERS = frozenset(
-    {"service-worker-allowed", "clear-site-data", "strict-transport-security", "x-frame-options"}
 )
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _STREAM_CHUNK = 64 * 1024
@@ -122,14 +114,10 @@ def _retries(method: str, has_body: bool) -> urllib3.Retry | bool:
     return False
 
 
-def app_cookie_prefix(name: str) -> str:
-    return f"app_{name}_"
-
-
 def _forwarded_cookie_header(request: HttpRequest, name: str) -> str:
     """Only the app's own cookies go to the worker: never the supervisor's session, CSRF or
     chooser cookie, nor another app's."""
-    prefix = app_cookie_prefix(name)
+    prefix = rules.app_cookie_prefix(name)
     raw = request.META.get("HTTP_COOKIE", "")
     if not raw:
         return ""
@@ -321,22 +309,15 @@ class AppProxyView(ProxyView):
         # Like revproxy's set_response_headers, but repeated headers (Vary, Link…) are joined
         # instead of the last one winning, and Connection-listed headers are dropped too.
         for header in {key.lower(): key for key in upstream_headers}.values():
-            lowered = header.lower()
-            if (
-                is_hop_by_hop(lowered)
-                or lowered in listed
-                or lowered in _DROPPED_RESPONSE_HEADERS
-                or lowered in _ORIGIN_WIDE_RESPONSE_HEADERS
-                or lowered.startswith("proxy-")
-            ):
+            if not rules.passes(header.lower(), listed):
                 continue
             response[header] = ", ".join(upstream_headers.getlist(header))
         refresh = upstream_headers.get("Refresh")
-        if refresh and _foreign(request, _refresh_target(refresh), placement):
+        if refresh and rules.foreign(request, rules.refresh_target(refresh), placement):
             del response["Refresh"]
         location = upstream_headers.get("Location")
         if location:
-            if _foreign(request, location, placement):
+            if rules.foreign(request, location, placement):
                 log.info("proxy %s: redirect to %s refused (another site)", name, urlsplit(location).netloc)
                 return pages.simple(
                     request,
@@ -344,9 +325,9 @@ class AppProxyView(ProxyView):
                     "Redirect refused",
                     "The application tried to send you to another site; the supervisor does not relay that.",
                 )
-            response["Location"] = _public_location(request, location, placement)
+            response["Location"] = rules.public_location(request, location, placement)
         for raw in set_cookies:
-            _pass_cookie(response, raw, name)
+            rules.pass_cookie(response, raw, name)
         return response
 
 
@@ -363,55 +344,6 @@ def _stream(upstream: urllib3.BaseHTTPResponse, amount: int, name: str) -> Itera
         if not finished:
             upstream.close()
         upstream.release_conn()
-
-
-def _refresh_target(value: str) -> str:
-    """The URL of a ``Refresh: 5; url=…`` header ('' when it only reloads)."""
-    _delay, _sep, rest = value.partition(";")
-    rest = rest.strip()
-    if rest[:4].lower() == "url=":
-        rest = rest[4:]
-    return rest.strip().strip("'\"")
-
-
-def _foreign(request: HttpRequest, url: str, placement: Placement) -> bool:
-    """Whether ``url`` leads off the app: to a host that is neither its worker nor this site
-    (or a scheme-relative ``//host`` one)."""
-    parts = urlsplit(url)
-    if not parts.netloc:
-        return False
-    worker_hosts = {urlsplit(placement.target_url).netloc.lower(), urlsplit(placement.url).netloc.lower()}
-    return parts.netloc.lower() not in worker_hosts | {request.get_host().lower()}
-
-
-def _public_location(request: HttpRequest, location: str, placement: Placement) -> str:
-    """An absolute redirect to the worker becomes one to the supervisor; others pass unchanged."""
-    parts = urlsplit(location)
-    if not parts.netloc:
-        return location
-    worker_hosts = {urlsplit(placement.target_url).netloc.lower(), urlsplit(placement.url).netloc.lower()}
-    if parts.netloc.lower() not in worker_hosts:
-        return location
-    return urlunsplit((request.scheme or "http", request.get_host(), parts.path, parts.query, parts.fragment))
-
-
-def _pass_cookie(response: HttpResponse, raw: str, name: str) -> None:
-    """Let through only the app's own cookies, and only for the app's own path."""
-    cookie = cookie_from_string(raw)
-    if not cookie or not cookie["key"].startswith(app_cookie_prefix(name)):
-        if cookie:
-            log.info("proxy %s: dropped Set-Cookie for %r (not the app's own)", name, cookie["key"])
-        return
-    scope = f"/apps/{name}/"
-    path = cookie.get("path") or scope
-    if not (path == scope.rstrip("/") or path.startswith(scope)):
-        path = scope
-    cookie["path"] = path
-    cookie.pop("domain", None)
-    try:
-        response.set_cookie(**cookie)
-    except (TypeError, ValueError) as error:
-        log.info("proxy %s: dropped malformed Set-Cookie %r: %s", name, cookie["key"], error)
 
 
 def _observe(name: str, placement: Placement, status: int, started: float) -> None:

@@ -144,6 +144,26 @@ def test_registration_decoding_bounds_and_filters_what_it_keeps():
     assert registration.pid is None and registration.apps_running == ("a", "b")
 
 
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("url", "http://worker-a:15000/metrics"),
+        ("url", "http://worker-a:15000/?x=1"),
+        ("proxy_url", "http://worker-a:15000#/readyz"),
+        ("proxy_url", "http://me:pw@worker-a:15000"),
+        ("url", "ftp://worker-a"),
+    ],
+)
+def test_a_registration_whose_url_is_not_an_origin_is_refused(key, url):
+    data = {"env": "env_a", "url": "http://worker-a:15000", key: url}
+    with pytest.raises(protocol.ProtocolError, match=key):
+        protocol.Registration.decode({"type": "register", "data": json.dumps(data)})
+    fine = {**data, key: "https://worker-a:15000/"}
+    assert getattr(protocol.Registration.decode({"type": "register", "data": json.dumps(fine)}), key) == (
+        "https://worker-a:15000"
+    )
+
+
 def test_reported_statuses_are_the_registrys():
     assert set(protocol.STATUSES) == set(AppStatus.values)
 

@@ -17,8 +17,8 @@ import urllib.parse
 
 import pytest
 
-from tests.support.processes import manage, wait_until
 from tests.control.test_queue import ENVS, Api, QueueWorkers, wait_audit_closed
+from tests.support.processes import manage, wait_until
 
 pytestmark = pytest.mark.cluster
 
