@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
@@ -49,6 +50,43 @@ def _placements(app: Application, environments: Sequence[str] | None) -> list[Ap
     if environments is not None:
         placements = placements.filter(environment__name__in=list(environments))
     return sorted(placements, key=lambda p: p.environment.name)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A new request on an app: its id, the app's next generation (taken under its row lock)
+    and the placements it concerns, sorted by environment name."""
+
+    id: str
+    generation: int
+    placements: list[AppEnvironment]
+
+    @property
+    def ids(self) -> list[int]:
+        return [p.pk for p in self.placements]
+
+    @property
+    def environments(self) -> list[str]:
+        return [p.environment.name for p in self.placements]
+
+
+def _open_request(app: Application, environments: Sequence[str] | None) -> _Request:
+    request_id = new_request_id()
+    generation = _bump_generation(app)
+    return _Request(request_id, generation, _placements(app, environments))
+
+
+def _audit_pending(action: str, app: Application, user: AbstractBaseUser | None, request: _Request, via: str) -> None:
+    """The request's audit entry, pending until its outcome is known (requests.close_request)."""
+    audit(
+        action,
+        user=user,
+        app_name=app.name,
+        environments=request.environments,
+        result="pending",
+        request_id=request.id,
+        via=via,
+    )
 
 
 # --- Applications -------------------------------------------------------------------------
@@ -230,20 +268,16 @@ def request_start(
     via: str = "admin",
 ) -> str:
     """Queue a start of the app on its environments (one after another, by the start queue)."""
-    request_id = new_request_id()
-    generation = _bump_generation(app)
-    placements = _placements(app, environments)
+    request = _open_request(app, environments)
     now = timezone.now()
-    ids = [p.pk for p in placements]
-    AppEnvironment.objects.filter(pk__in=ids, status__in=STARTABLE).update(
+    AppEnvironment.objects.filter(pk__in=request.ids, status__in=STARTABLE).update(
         status=AppStatus.QUEUED, error="", status_changed_at=now, queued_at=now
     )
-    names = [p.environment.name for p in placements]
     # desired_running is set per environment by the start job as it reaches each one, so a
     # worker's reconciliation never starts the app ahead of the queue.
-    audit("start", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
-    outbox.send_start(app, names, generation=generation, request_id=request_id)
-    return request_id
+    _audit_pending("start", app, user, request, via)
+    outbox.send_start(app, request.environments, generation=request.generation, request_id=request.id)
+    return request.id
 
 
 @transaction.atomic
@@ -254,15 +288,12 @@ def request_stop(
     environments: Sequence[str] | None = None,
     via: str = "admin",
 ) -> str:
-    request_id = new_request_id()
-    generation = _bump_generation(app)
-    placements = _placements(app, environments)
-    ids = [p.pk for p in placements]
+    request = _open_request(app, environments)
     now = timezone.now()
     # One UPDATE (this is the command round trip's hot path): a queued start that has not
     # begun is simply withdrawn, a starting or running app is on its way down.
     moving = (AppStatus.QUEUED, AppStatus.STARTING, AppStatus.RUNNING)
-    AppEnvironment.objects.filter(pk__in=ids).update(
+    AppEnvironment.objects.filter(pk__in=request.ids).update(
         status=models.Case(
             models.When(status=AppStatus.QUEUED, then=models.Value(AppStatus.STOPPED)),
             models.When(status__in=moving, then=models.Value(AppStatus.STOPPING)),
@@ -274,11 +305,10 @@ def request_stop(
         queued_at=models.Case(models.When(status__in=moving, then=models.Value(None)), default=models.F("queued_at")),
         desired_running=False,
     )
-    names = [p.environment.name for p in placements]
-    audit("stop", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    _audit_pending("stop", app, user, request, via)
     outbox.publish_app(app)
-    outbox.send_stop(app, names, generation=generation, request_id=request_id)
-    return request_id
+    outbox.send_stop(app, request.environments, generation=request.generation, request_id=request.id)
+    return request.id
 
 
 @transaction.atomic
@@ -289,16 +319,12 @@ def request_restart(
     environments: Sequence[str] | None = None,
     via: str = "admin",
 ) -> str:
-    request_id = new_request_id()
-    generation = _bump_generation(app)
-    placements = _placements(app, environments)
-    ids = [p.pk for p in placements]
-    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=True)
-    names = [p.environment.name for p in placements]
-    audit("restart", user=user, app_name=app.name, environments=names, result="pending", request_id=request_id, via=via)
+    request = _open_request(app, environments)
+    AppEnvironment.objects.filter(pk__in=request.ids).update(desired_running=True)
+    _audit_pending("restart", app, user, request, via)
     outbox.publish_app(app)
-    outbox.send_restart(app, names, generation=generation, request_id=request_id)
-    return request_id
+    outbox.send_restart(app, request.environments, generation=request.generation, request_id=request.id)
+    return request.id
 
 
 @transaction.atomic
@@ -311,24 +337,14 @@ def request_remove(
     via: str = "admin",
 ) -> str:
     """Stop the app on these environments and unload it there (data kept unless drop_data)."""
-    request_id = new_request_id()
-    generation = _bump_generation(app)
-    placements = _placements(app, environments)
-    ids = [p.pk for p in placements]
-    AppEnvironment.objects.filter(pk__in=ids).exclude(status=AppStatus.STOPPED).update(
+    request = _open_request(app, environments)
+    AppEnvironment.objects.filter(pk__in=request.ids).exclude(status=AppStatus.STOPPED).update(
         status=AppStatus.STOPPING, status_changed_at=timezone.now(), queued_at=None
     )
-    AppEnvironment.objects.filter(pk__in=ids).update(desired_running=False)
-    names = [p.environment.name for p in placements]
-    audit(
-        "remove_with_data" if drop_data else "remove",
-        user=user,
-        app_name=app.name,
-        environments=names,
-        result="pending",
-        request_id=request_id,
-        via=via,
-    )
+    AppEnvironment.objects.filter(pk__in=request.ids).update(desired_running=False)
+    _audit_pending("remove_with_data" if drop_data else "remove", app, user, request, via)
     outbox.publish_app(app)
-    outbox.send_remove(app, names, generation=generation, request_id=request_id, drop_data=drop_data)
-    return request_id
+    outbox.send_remove(
+        app, request.environments, generation=request.generation, request_id=request.id, drop_data=drop_data
+    )
+    return request.id
