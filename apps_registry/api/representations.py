@@ -58,7 +58,7 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
                 "observed": {
                     env: {
                         "status": status,
-                        "at": at,
+                        "at": at.isoformat() if at else None,
                         "age_seconds": round((now - at).total_seconds(), 3) if at else None,
                         "environment_status": str(liveness_of.get(env, (EnvironmentStatus.UNKNOWN, None))[0]),
                     }
