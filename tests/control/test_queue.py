@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from apps_registry.control.start_queue import enqueue, job
 from tests.support import schema_check, services
-from tests.support.processes import PYTHON, Process, manage, wait_until
+from tests.support.processes import PYTHON, Process, wait_until
 from worker_agent.hosting import app_databases
 
 pytestmark = pytest.mark.cluster
@@ -122,28 +122,6 @@ class QueueWorkers:
 
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} -----\n{p.log()[-3000:]}" for p in self.processes)
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> Api:
-    create = (
-        "from django.contrib.auth.models import User\n"
-        "if not User.objects.filter(username='queue_root').exists():\n"
-        "    User.objects.create_superuser('queue_root', password='queue-root-pass')\n"
-    )
-    result = manage(["shell", "-c", create], cluster.supervisor_env)
-    assert result.returncode == 0, result.stderr
-    result = manage(["create_api_token", "queue_root"], cluster.supervisor_env)
-    assert result.returncode == 0, result.stderr
-    client = Api(cluster.url, result.stdout.strip())
-    # The supervisor learns about the environments from their register events.
-    wait_until(
-        lambda: {e["name"] for e in client("GET", "/environments")[1]["environments"]} >= set(ENVS),
-        timeout=30,
-        interval=0.2,
-        message="environments registered",
-    )
-    return client
 
 
 @pytest.fixture

@@ -18,31 +18,9 @@ import urllib.parse
 import pytest
 
 from tests.control.test_queue import ENVS, Api, QueueWorkers, wait_audit_closed
-from tests.support.processes import manage, wait_until
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def api(cluster) -> Api:
-    """The live supervisor's API, for a superuser of its database, once both workers registered."""
-    create = (
-        "from django.contrib.auth.models import User\n"
-        "if not User.objects.filter(username='truth_root').exists():\n"
-        "    User.objects.create_superuser('truth_root', password='truth-root-pass')\n"
-    )
-    result = manage(["shell", "-c", create], cluster.supervisor_env)
-    assert result.returncode == 0, result.stderr
-    result = manage(["create_api_token", "truth_root"], cluster.supervisor_env)
-    assert result.returncode == 0, result.stderr
-    client = Api(cluster.url, result.stdout.strip())
-    wait_until(
-        lambda: {e["name"] for e in client("GET", "/environments")[1]["environments"]} >= set(ENVS),
-        timeout=30,
-        interval=0.2,
-        message="environments registered",
-    )
-    return client
 
 
 @pytest.fixture(scope="module")
