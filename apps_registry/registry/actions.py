@@ -33,7 +33,7 @@ from apps_registry.registry.environments import (
     set_environment_enabled,
 )
 from apps_registry.registry.reports import record_app_status, record_app_statuses
-from apps_registry.registry.requests import audit, close_request, new_request_id
+from apps_registry.registry.requests import audit, close_request, new_request_id, note_converged, record_outcome
 from apps_registry.registry.starts import (
     START_INTERRUPTED,
     begin_environment_start,
@@ -58,9 +58,11 @@ __all__ = [
     "forget_environment",
     "interrupt_starts",
     "new_request_id",
+    "note_converged",
     "placements_on",
     "record_app_status",
     "record_app_statuses",
+    "record_outcome",
     "refresh_environments",
     "register_environment",
     "request_remove",
