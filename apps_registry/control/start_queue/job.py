@@ -24,7 +24,14 @@ SETTLED = (AppStatus.RUNNING, AppStatus.ERROR, AppStatus.STOPPED)
 SUPERSEDED = "superseded by a later request"
 Outcome = AuditEntry.Outcome
 
-# (app, environment, *, generation, request_id, timeout) -> error message or None
+
+class Undelivered(str):
+    """A starter's error meaning the environment is not there to take the start: the command
+    waits on its stream (or the worker reconciles to "wanted running") when it is back, so the
+    request's outcome there is ``not delivered``, not a failure of the app."""
+
+
+# (app, environment, *, generation, request_id, timeout) -> error message (maybe Undelivered) or None
 Starter = Callable[..., str | None]
 
 
@@ -143,7 +150,8 @@ class StartJob:
             error = self._start_one(env)
             failed = failed or bool(error)
             if error:
-                actions.record_outcome(self.request_id, env, Outcome.ERROR, error=f"{env}: {error}")
+                outcome = Outcome.NOT_DELIVERED if isinstance(error, Undelivered) else Outcome.ERROR
+                actions.record_outcome(self.request_id, env, outcome, error=f"{env}: {error}")
             else:
                 actions.record_outcome(self.request_id, env, Outcome.OK)
         actions.close_request(self.request_id)
