@@ -4,6 +4,7 @@ Every value comes from ``supervisor_site.config`` (environment variables, read o
 typed). A wrong configuration stops the process here with one line naming the variable.
 """
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # login throttling (supervisor_site.login_throttle)
     "django_rq",
     "revproxy",
     "ninja",  # its templates and static files: the API's Swagger UI page, served by whitenoise
@@ -63,6 +65,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a login refused for too many failures into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "supervisor_site.urls"
@@ -124,6 +128,38 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_USE_SESSIONS = True
 CSRF_COOKIE_HTTPONLY = True
+
+# Login throttling (supervisor_site.login_throttle): LOGIN_FAILURE_LIMIT wrong passwords per
+# username and address within LOGIN_LOCKOUT_SECONDS, then 429 until that long without one.
+AUTHENTICATION_BACKENDS = [
+    "supervisor_site.login_throttle.ThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# axes locks at the failure that reaches its limit: the limit+1-th wrong password is refused.
+AXES_FAILURE_LIMIT = APP_CONFIG.login_failure_limit + 1
+AXES_COOLOFF_TIME = dt.timedelta(seconds=APP_CONFIG.login_lockout_seconds)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "supervisor_site.login_throttle.client_username"
+AXES_CLIENT_IP_CALLABLE = "supervisor_site.login_throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "supervisor_site.login_throttle.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # who did what is the audit trail's; axes keeps only failures
+AXES_VERBOSE = False
+if APP_MODE == "worker":
+    # A worker's database is its own, not shared with the other environments serving an app:
+    # the counts go to the command Redis that every environment already reaches.
+    AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+    AXES_CACHE = "login_throttle"
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "login_throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": APP_CONFIG.command_redis_url,
+            "KEY_PREFIX": f"{APP_CONFIG.redis_prefix}:login",
+        },
+    }
+else:
+    AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 
 STATIC_URL = "/static/"
 STATIC_ROOT = APP_CONFIG.storage_dir / "static"
