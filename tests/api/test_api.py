@@ -309,6 +309,24 @@ def test_create_api_token_prints_the_token_alone():
         call_command("create_api_token", "ghost", stdout=io.StringIO())
 
 
+def test_issuing_a_token_is_audited_naming_who_asked(operator):
+    User.objects.create_user("ci_bot")
+    out = io.StringIO()
+    call_command("create_api_token", "ci_bot", "--name", "deploys", "--by", "operator", stdout=out)
+    raw = out.getvalue().strip()
+    token = ApiToken.objects.get(token_hash=ApiToken.hash(raw))
+    entry = AuditEntry.objects.get(action="api_token_issued")
+    assert (entry.user, entry.via) == (operator, "cli")
+    assert entry.error.startswith(f"token {token.prefix}… of ci_bot (deploys); manage.py create_api_token run as ")
+    assert raw not in entry.error
+    # Without --by the entry names nobody but says which system account ran the command.
+    call_command("create_api_token", "ci_bot", stdout=io.StringIO())
+    unnamed = AuditEntry.objects.filter(action="api_token_issued").order_by("-id").first()
+    assert unnamed.user is None and "run as " in unnamed.error
+    with pytest.raises(Exception, match="--by: no active user"):
+        call_command("create_api_token", "ci_bot", "--by", "ghost", stdout=io.StringIO())
+
+
 @pytest.mark.django_db(transaction=True)  # on_commit callbacks run for real, as in production
 def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document, settings):
     """Redis unreachable (a closed port) after the change commits: stop and restart
