@@ -109,7 +109,7 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
     generated = password is None
     if generated:
         password = secrets.token_urlsafe(12)
-    username = payload.admin_username.strip()
+    username = payload.admin_username  # stripped by the schema
     options = {
         "modules": payload.modules,
         "start_mode": payload.start_mode.value,

@@ -368,3 +368,38 @@ def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document
     assert code == 503 and "refused and nothing was changed" in body["error"], body
     assert Application.objects.filter(name="down_gone").exists()
     assert not AuditEntry.objects.filter(app_name="down_gone", action="delete").exists()
+
+
+@pytest.mark.parametrize("username", ["<b>boss</b>", "boss\nroot", "two words", "x" * 151])
+def test_api_refuses_the_admin_usernames_the_admin_form_refuses(operator, envs, document, username):
+    """One rule (apps_registry.names.clean_admin_username) for both: 400 here, the form's error there."""
+    api = ApiClient.for_user(operator, document=document)
+    body = {"name": "crm", "environments": ["env_a"], "admin_username": username}
+    status, payload = api.post("/api/v1/apps", body, template="/apps")
+    assert status == 400, payload
+    [message] = payload["errors"]["admin_username"]
+    assert "may hold letters, digits and @ . + - _ only" in message
+    assert not Application.objects.exists()
+
+    browser = Client()
+    browser.force_login(operator)
+    env = Environment.objects.get(name="env_a")
+    form = {"name": "crm", "target_environments": [env.pk], "start_mode": "manual", "admin_username": username}
+    page = browser.post("/admin/apps_registry/application/add/", form)
+    assert page.status_code == 200
+    assert "may hold letters, digits and @ . + - _ only" in page.content.decode()
+    assert not Application.objects.exists()
+
+
+def test_api_takes_the_admin_username_stripped_as_the_form_does(operator, envs, redis_conn):
+    # Blank is refused here (the form's blank field means its initial "admin"; here, leave it out).
+    status, payload = ApiClient.for_user(operator).post(
+        "/api/v1/apps", {"name": "crm", "environments": ["env_a"], "admin_username": "   "}
+    )
+    assert status == 400 and "admin_username" in payload["errors"], payload
+    status, payload = ApiClient.for_user(operator).post(
+        "/api/v1/apps",
+        {"name": "crm", "environments": ["env_a"], "admin_username": "  boss.1@x ", "admin_password": "pw"},
+    )
+    assert status == 201, payload
+    assert Application.objects.get(name="crm").options["initial_admin"]["username"] == "boss.1@x"
