@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from supervisor_site.config import Config, ConfigError, load
+from supervisor_site.https import https_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -128,6 +129,8 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_USE_SESSIONS = True
 CSRF_COOKIE_HTTPONLY = True
+# APP_HTTPS: HSTS, the redirect to HTTPS (health probes exempt) and Secure cookies, together.
+globals().update(https_settings(APP_CONFIG.https))
 
 # Login throttling (supervisor_site.login_throttle): LOGIN_FAILURE_LIMIT wrong passwords per
 # username and address within LOGIN_LOCKOUT_SECONDS, then 429 until that long without one.
