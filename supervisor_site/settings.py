@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from supervisor_site import private_files
 from supervisor_site.config import Config, ConfigError, load
 from supervisor_site.https import https_settings
 
@@ -109,9 +110,14 @@ def _database_settings(config: Config) -> dict:
     }
 
 
+# Everything this process creates from here on is its account's alone (sessions, password
+# hashes, uploads); what an earlier version left readable is tightened.
+private_files.restrict_new_files()
+private_files.private_dir(APP_CONFIG.storage_dir)
 if APP_CONFIG.database.dialect == "sqlite":
     # The embedded default must work on a fresh clone: SQLite cannot create its folder.
-    APP_CONFIG.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    private_files.private_dir(APP_CONFIG.database.sqlite_path.parent)
+    private_files.private_sqlite(APP_CONFIG.database.sqlite_path)
 DATABASES = {"default": _database_settings(APP_CONFIG)}
 # Hosted apps get their own connection aliases at run time; this router keeps the
 # registry's tables out of app databases and app tables out of the registry's.
