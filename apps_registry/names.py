@@ -69,3 +69,18 @@ def clean_admin_username(value: str) -> str:
         shown = username if len(username) <= 60 else username[:60] + "…"
         raise ValidationError(f"First admin username {shown!r} {ADMIN_USERNAME_RULE}.", code="invalid_username")
     return username
+
+
+REUSED_PASSWORD_MESSAGE = (
+    "Choose a first admin password other than your own supervisor password: the app's workers "  # noqa: S105
+    "receive a hash of it, through Redis."
+)
+
+
+def check_first_admin_password(password: str, supervisor_user: object | None) -> None:
+    """ValidationError if the password chosen for an app's first admin is the acting supervisor
+    user's own: its hash would travel to the workers in the app's spec. (Only the acting user's
+    is checked: trying every supervisor user's hash would cost a PBKDF2 run each.)"""
+    check = getattr(supervisor_user, "check_password", None)
+    if password and check is not None and check(password):
+        raise ValidationError(REUSED_PASSWORD_MESSAGE, code="supervisor_password")

@@ -8,7 +8,7 @@ from django import forms
 from django.db.models import Q
 
 from apps_registry.models import Application, Environment, StartMode
-from apps_registry.names import ADMIN_USERNAME_MAX_LENGTH, clean_admin_username
+from apps_registry.names import ADMIN_USERNAME_MAX_LENGTH, check_first_admin_password, clean_admin_username
 from apps_registry.registry import actions
 from supervisor_site import catalogue
 
@@ -73,6 +73,12 @@ class ApplicationForm(forms.ModelForm):
     def clean_admin_username(self) -> str:
         # Blank means the default here; the API's rule is the same function (apps_registry.names).
         return clean_admin_username(self.cleaned_data.get("admin_username") or "admin")
+
+    def clean_admin_password(self) -> str:
+        password = self.cleaned_data.get("admin_password") or ""
+        # ApplicationAdmin.get_form sets who is filling the form in.
+        check_first_admin_password(password, getattr(self, "acting_user", None))
+        return password
 
     def clean(self) -> dict:
         cleaned = super().clean()

@@ -30,7 +30,7 @@ from supervisor_site import catalogue
 from tests.support import schema_check
 from tests.support.api import ApiClient
 from tests.support.processes import free_port
-from tests.support.users import create_user
+from tests.support.users import PASSWORD, create_user
 
 pytestmark = pytest.mark.django_db
 
@@ -403,3 +403,22 @@ def test_api_takes_the_admin_username_stripped_as_the_form_does(operator, envs, 
     )
     assert status == 201, payload
     assert Application.objects.get(name="crm").options["initial_admin"]["username"] == "boss.1@x"
+
+
+def test_the_operators_own_password_is_refused_for_an_apps_first_admin(operator, envs, document):
+    """The app's spec carries its first admin's password hash to the workers through Redis:
+    never a hash of the supervisor user's own password (API and admin form alike)."""
+    api = ApiClient.for_user(operator, document=document)
+    body = {"name": "crm", "environments": ["env_a"], "admin_password": PASSWORD}
+    status, payload = api.post("/api/v1/apps", body, template="/apps")
+    assert status == 400, payload
+    assert "other than your own supervisor password" in payload["errors"]["admin_password"][0]
+
+    browser = Client()
+    browser.force_login(operator)
+    env = Environment.objects.get(name="env_a")
+    form = {"name": "crm", "target_environments": [env.pk], "start_mode": "manual", "admin_password": PASSWORD}
+    page = browser.post("/admin/apps_registry/application/add/", form)
+    assert page.status_code == 200
+    assert "other than your own supervisor password" in page.content.decode()
+    assert not Application.objects.exists()
