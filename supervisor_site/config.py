@@ -88,6 +88,9 @@ class Config:
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
     log_level: str
+    login_failure_limit: int = 10
+    login_lockout_seconds: float = 900.0
+    https: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -350,4 +353,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
         log_level=read.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        login_failure_limit=read.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000),
+        login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
+        https=read.boolean("APP_HTTPS", False),
     )
