@@ -167,12 +167,17 @@ LOGGING = {
         "text": {"()": "supervisor_site.log_format.TextFormatter"},
         "json": {"()": "supervisor_site.log_format.JsonFormatter"},
     },
+    "filters": {
+        # A client's broken request body: one INFO line, no traceback (client_input.py).
+        "client_input": {"()": "supervisor_site.client_input.QuietClientInputErrors"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": APP_CONFIG.log_format},
     },
     "root": {"handlers": ["console"], "level": APP_CONFIG.log_level},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["client_input"]},
         "rq.worker": {"level": "WARNING"},
     },
 }
