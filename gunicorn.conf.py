@@ -36,6 +36,10 @@ bind = [item.strip() for item in (_env("GUNICORN_BIND") or "127.0.0.1:8000").spl
 worker_class = "gthread"
 workers = _number("GUNICORN_WORKERS", 2, former="WEB_CONCURRENCY")
 threads = _number("GUNICORN_THREADS", 8, former="WEB_THREADS")
+# The proxy may hold all threads of a process but two, which stay for the admin, the API and
+# /healthz (apps_registry/proxy/admission.py); config.py reads it in each worker process.
+if not os.environ.get("PROXY_CONCURRENCY", "").strip():
+    os.environ["PROXY_CONCURRENCY"] = str(max(1, threads - 2))
 
 # Several processes (or a restarted one) may listen on the same port while another drains.
 reuse_port = True
