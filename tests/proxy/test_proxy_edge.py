@@ -349,11 +349,32 @@ def test_a_400_mib_html_page_streams_through_in_bounded_memory(edge):
 # --- a dead environment -----------------------------------------------------------------------
 
 
+def _in_flight_on(port: int) -> int:
+    """Requests the stand-in worker is answering now for failapp (its stats, less this one)."""
+    _, _, body = get(port, "/apps/failapp/stats", timeout=2)
+    return json.loads(body).get("in_flight", {}).get("failapp", 0)
+
+
 def test_idempotent_requests_survive_a_sigkilled_environment(edge):
     port = edge["port"]
     pinned = {"Cookie": "appsup_env=env_up_a", "Accept": "application/json"}
     assert json.loads(get(port, "/apps/failapp/echo", pinned)[2])["server"] == "up_a"
+    # Requests in flight on env_up_a when it is killed: their connections drop before any
+    # answer, and each is retried on env_up_b.
+    in_flight: list[int] = []
+
+    def pinned_slow() -> None:
+        for _ in range(3):
+            in_flight.append(get(port, "/apps/failapp/slow?ms=1500", pinned, timeout=20)[0])
+
+    loaders = [threading.Thread(target=pinned_slow) for _ in range(2)]
+    for thread in loaders:
+        thread.start()
+    wait_until(lambda: _in_flight_on(edge["ports"]["up_a"]) >= 2, timeout=10, message="requests on up_a")
     edge["upstreams"]["up_a"].kill()
+    for thread in loaders:
+        thread.join(timeout=30)
+    assert in_flight == [200] * 6, in_flight
     results: list[tuple[str, int, str]] = []
     began = time.monotonic()
     # Requests pinned to the dead environment (a browser that remembered it), and unpinned.
@@ -370,7 +391,7 @@ def test_idempotent_requests_survive_a_sigkilled_environment(edge):
         server = json.loads(body)["server"] if method != "HEAD" and response.status == 200 else ""
         results.append((method, response.status, server))
         if turn == 0:
-            # The first one was retried on up_b; the answer says so and moves the choice there.
+            # Pinned to the dead environment: sent to up_b, the answer says so and moves the choice.
             assert response.getheader("X-App-Supervisor-Failover") == "env_up_a unreachable; served by env_up_b"
             assert response.getheader("Set-Cookie").startswith("appsup_env=env_up_b;")
     assert results and all(status == 200 for _, status, _ in results), results

@@ -4,7 +4,7 @@
 It answers any path (the proxy sends ``/apps/<name>/…``) by its last segment:
 - ``slow?ms=N`` — waits N ms, then answers like the default;
 - ``html?mib=N`` — an HTML page of N MiB with its Content-Length, written 64 KiB at a time;
-- ``stats`` — the most requests it has had in flight at once, per app, as JSON;
+- ``stats`` — the requests in flight now and the most at once, per app, as JSON;
 - anything else — JSON naming the server, method and path.
 """
 
@@ -48,7 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
         server: Upstream = self.server  # type: ignore[assignment]
         if action == "stats":
             with server.lock:
-                return self._json({"max_in_flight": dict(server.max_in_flight)})
+                return self._json({"in_flight": dict(server.in_flight), "max_in_flight": dict(server.max_in_flight)})
         with server.lock:
             server.in_flight[app] = server.in_flight.get(app, 0) + 1
             server.max_in_flight[app] = max(server.max_in_flight.get(app, 0), server.in_flight[app])
