@@ -32,14 +32,20 @@ wsgi_app = "supervisor_site.wsgi:application"
 bind = [item.strip() for item in (_env("GUNICORN_BIND") or "127.0.0.1:8000").split(",") if item.strip()]
 
 # Threads, not processes, carry the concurrency: the proxy and hosted apps mostly wait on I/O,
-# and each process keeps its own connection pools and per-app database aliases.
-worker_class = "gthread"
+# and each process keeps its own connection pools and per-app database aliases. ``gevent``
+# (greenlets; a connection costs memory, not a thread) is under evaluation, not the default:
+# docs/architecture.md, "Evaluated: gunicorn's gevent worker".
+_worker_class = _env("GUNICORN_WORKER_CLASS") or "gthread"
+if _worker_class not in ("gthread", "gevent"):
+    raise SystemExit(f"configuration error: GUNICORN_WORKER_CLASS must be gthread or gevent (got {_worker_class!r})")
+worker_class = _worker_class
 workers = _number("GUNICORN_WORKERS", 2, former="WEB_CONCURRENCY")
 threads = _number("GUNICORN_THREADS", 8, former="WEB_THREADS")
 # The proxy may hold all threads of a process but two, which stay for the admin, the API and
 # /healthz (apps_registry/proxy/admission.py); config.py reads it in each worker process.
+# Under gevent a request costs a greenlet, and the bound is on what the workers may take.
 if not os.environ.get("PROXY_CONCURRENCY", "").strip():
-    os.environ["PROXY_CONCURRENCY"] = str(max(1, threads - 2))
+    os.environ["PROXY_CONCURRENCY"] = str(max(1, threads - 2) if worker_class == "gthread" else 200)
 
 # Several processes (or a restarted one) may listen on the same port while another drains.
 reuse_port = True
