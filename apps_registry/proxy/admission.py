@@ -6,7 +6,9 @@ for as long as the worker takes to answer and the client takes to read; without 
 busy or stalled app takes every thread and the admin, the API, ``/healthz`` and every other
 app wait behind it. A request beyond either bound is refused at once (503 with
 ``Retry-After``) instead of queueing; the threads above ``PROXY_CONCURRENCY`` stay for the
-supervisor's own pages.
+supervisor's own pages. Under gunicorn's gevent worker (the supervisor's default) a request
+costs a greenlet instead; the per-app bound still keeps one app from crowding out the others
+in the process's upstream pools and on the workers.
 
 Counted per process, in memory: a Redis counter would cost two round trips per request and
 leak counts when a process dies mid-request, and each process's threads are what the bound

@@ -26,7 +26,7 @@ from tests.support.processes import PYTHON, Process, free_port, gunicorn, http_o
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
 READ_TIMEOUT = 3
-THREADS = 8  # PROXY_CONCURRENCY defaults to 6 (two threads kept), PROXY_APP_CONCURRENCY to 3
+THREADS = 8
 APP_CAP = 3
 
 # upstream label -> the apps placed on it
@@ -81,6 +81,7 @@ def edge(django_db_setup, django_db_blocker, tmp_path_factory):
             "DB_DATABASE": db_name,
             "PROXY_READ_TIMEOUT": str(READ_TIMEOUT),
             "PROXY_CONNECT_TIMEOUT": "1",
+            "PROXY_APP_CONCURRENCY": str(APP_CAP),
             # The registry keeps every environment online: what is tested is the proxy alone.
             "APP_LEASE_INTERVAL": "600",
             "APP_OFFLINE_AFTER": "1300",
@@ -241,6 +242,71 @@ def test_a_sigstopped_worker_is_a_504_after_the_read_timeout_and_holds_nothing_l
     finally:
         stall.signal(signal.SIGCONT)
     wait_until(lambda: get(port, "/apps/stallapp/echo")[0] == 200, timeout=10, message="stallapp back")
+
+
+# --- slow clients -----------------------------------------------------------------------------
+
+
+def _trickle(port: int, count: int, kind: str, seconds: float) -> int:
+    """``count`` sockets sending one byte per socket every 0.5 s for ``seconds``: of a header
+    line ("header") or of a 100 kB body announced in full ("body"). Reopened when the server
+    closes them (bounded); returns how many connections were opened."""
+    start = {
+        "header": b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+        "body": _post("/apps/busyapp/echo", "Content-Length: 100000\r\nContent-Type: text/plain\r\n", b""),
+    }[kind]
+    socks: list[socket.socket | None] = [None] * count
+    opened = 0
+    ended = time.monotonic() + seconds
+    try:
+        while time.monotonic() < ended:
+            for i in range(count):
+                try:
+                    if socks[i] is None:
+                        if opened >= 20 * count:
+                            continue
+                        opened += 1
+                        socks[i] = socket.create_connection(("127.0.0.1", port), timeout=2)
+                        socks[i].sendall(start)
+                    socks[i].sendall(b"x")
+                except OSError:
+                    if socks[i] is not None:
+                        socks[i].close()
+                    socks[i] = None
+            time.sleep(0.5)
+    finally:
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+    return opened
+
+
+@pytest.mark.parametrize("kind, count", [("header", 200), ("body", 40)])
+def test_slow_clients_leave_the_admin_another_app_and_healthz_answering(edge, kind, count):
+    port = edge["port"]
+    opened: list[int] = []
+    load = threading.Thread(target=lambda: opened.append(_trickle(port, count, kind, 10)))
+    load.start()
+    probes: dict[str, list[tuple[int, float]]] = {"/apps/calmapp/echo": [], "/admin/login/": [], "/healthz": []}
+    try:
+        time.sleep(2)  # every slow client connected and trickling
+        ended = time.monotonic() + 6
+        while time.monotonic() < ended:
+            for path, seen in probes.items():
+                began = time.monotonic()
+                try:
+                    status = get(port, path, timeout=5)[0]
+                except OSError:
+                    status = 0
+                seen.append((status, time.monotonic() - began))
+    finally:
+        load.join(timeout=30)
+    assert opened and opened[0] >= count
+    for path, seen in probes.items():
+        answered = sum(1 for status, _ in seen if status == 200)
+        p50 = statistics.median(t for _, t in seen)
+        print(f"{count} slow-{kind} clients, {path}: {answered}/{len(seen)} answered, p50 {p50 * 1000:.0f} ms")
+        assert answered >= 0.9 * len(seen) and p50 <= 1.0, (path, seen)
 
 
 # --- one app's overload ---------------------------------------------------------------------
