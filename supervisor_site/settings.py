@@ -90,6 +90,12 @@ TEMPLATES = [
 ]
 
 
+def _under_gevent() -> bool:
+    """Whether gunicorn's gevent worker patched this process (it does before loading Django)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
+
+
 def _database_settings(config: Config) -> dict:
     db = config.database
     if db.dialect == "postgres":
@@ -100,7 +106,9 @@ def _database_settings(config: Config) -> dict:
             "NAME": db.name,
             "USER": db.user,
             "PASSWORD": db.password,
-            "CONN_MAX_AGE": 60,
+            # Django keeps a connection per thread, and under gevent a "thread" is a greenlet,
+            # one per client connection: kept for 60 s they would pile up to one per client.
+            "CONN_MAX_AGE": 0 if _under_gevent() else 60,
             "CONN_HEALTH_CHECKS": True,
         }
     return {
@@ -212,12 +220,17 @@ LOGGING = {
         "text": {"()": "supervisor_site.log_format.TextFormatter"},
         "json": {"()": "supervisor_site.log_format.JsonFormatter"},
     },
+    "filters": {
+        # A client's broken request body: one INFO line, no traceback (client_input.py).
+        "client_input": {"()": "supervisor_site.client_input.QuietClientInputErrors"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": APP_CONFIG.log_format},
     },
     "root": {"handlers": ["console"], "level": APP_CONFIG.log_level},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["client_input"]},
         "rq.worker": {"level": "WARNING"},
     },
 }
