@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from apps_registry.names import is_valid_name
 from supervisor_site.origins import origin_problem
+from supervisor_site.secret_urls import masked
 
 MODES = ("standalone", "supervisor", "worker")
 ADAPTERS = ("local", "remote")
@@ -172,10 +173,10 @@ class _Reader:
             parts = urlsplit(value)
             port = parts.port  # raises ValueError on a non-numeric port
         except ValueError:
-            raise ConfigError(f"{name} is not a valid URL (got {value!r})") from None
+            raise ConfigError(f"{name} is not a valid URL (got {masked(value)!r})") from None
         if parts.scheme not in schemes or not parts.hostname:
             expected = " or ".join(f"{s}://host[:port]" for s in schemes)
-            raise ConfigError(f"{name} must look like {expected} (got {value!r})")
+            raise ConfigError(f"{name} must look like {expected} (got {masked(value)!r})")
         del port
         return value.rstrip("/") if parts.scheme in ("http", "https") else value
 
