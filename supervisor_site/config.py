@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apps_registry.names import is_valid_name
+from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.origins import origin_problem
 from supervisor_site.secret_urls import masked
 
@@ -87,6 +88,8 @@ class Config:
     proxy_concurrency: int
     proxy_app_concurrency: int
     trusted_proxies: list[str]
+    # Where environments' URLs may point (ENVIRONMENT_ALLOWED_NETWORKS; empty: anywhere).
+    environment_allowed_networks: AllowedNetworks
     metrics_token: str
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
@@ -242,6 +245,15 @@ def _networks(read: _Reader, name: str, default: str = "") -> tuple[ipaddress.IP
     return tuple(networks)
 
 
+def _allowed_networks(read: _Reader, name: str) -> AllowedNetworks:
+    try:
+        return AllowedNetworks.parse(read.csv(name, ""))
+    except ValueError as error:
+        raise ConfigError(
+            f"{name} must be a comma-separated list of CIDR networks, addresses and host names (got {str(error)!r})"
+        ) from None
+
+
 def _time_zone(read: _Reader) -> str:
     value = read.raw("TZ") or "UTC"
     try:
@@ -363,6 +375,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             maximum=proxy_concurrency,
         ),
         trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
+        environment_allowed_networks=_allowed_networks(read, "ENVIRONMENT_ALLOWED_NETWORKS"),
         metrics_token=read.raw("METRICS_TOKEN"),
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
