@@ -114,8 +114,8 @@ def _worker_grants(prefix: str, env: str) -> list[tuple[str, str]]:
         # The apps' login throttle (django-axes through Django's Redis cache).
         (
             f"~{p}:login:*",
-            "+get +mget +set +incr +incrby +decr +decrby +del +unlink +exists +expire +pexpire +persist "
-            "+ttl +pttl +touch",
+            "+get +mget +set +setex +psetex +mset +incr +incrby +decr +decrby +del +unlink +exists +expire "
+            "+pexpire +persist +ttl +pttl +touch",
         ),
     ]
 

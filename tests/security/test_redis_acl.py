@@ -195,9 +195,21 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
         except redis.exceptions.NoPermissionError:
             outcomes[what] = "NOPERM"
     assert outcomes == dict.fromkeys(refused, "NOPERM")
-    # What it needs still works with the same credentials.
+    # What it needs still works with the same credentials: the cache reads, and the apps' login
+    # throttle through Django's Redis cache exactly as supervisor_site/settings.py configures it.
     assert worker.get(keys.cfg_built()) is None
-    worker.set(f"{PREFIX}:login:1:axes-x", 1, ex=5)
+    from django.core.cache.backends.redis import RedisCache
+
+    probe.execute_command("ACL", "LOG", "RESET")  # the refusals above were meant
+    throttle = RedisCache(acl_redis.url("env_a"), {"KEY_PREFIX": f"{PREFIX}:login"})
+    assert throttle.add("axes-x", 1, timeout=30)
+    assert throttle.incr("axes-x") == 2 and throttle.get("axes-x") == 2
+    throttle.set("axes-y", 5, timeout=30)
+    assert throttle.get_many(["axes-x", "axes-y"]) == {"axes-x": 2, "axes-y": 5}
+    assert throttle.touch("axes-x", 60) and throttle.has_key("axes-x")
+    throttle.set_many({"axes-z": 1}, timeout=30)
+    assert throttle.delete("axes-x")
+    assert acl_redis.denied("env_a") == []
 
     # The supervisor's user: everything under the prefix and RQ, no administration.
     supervisor = acl_redis.client("supervisor")
