@@ -38,7 +38,6 @@ from cluster_children import (
     http_ok,
     port_free,
     redis_binary,
-    redis_pong,
 )
 from cluster_config import ROOT, ClusterConfig
 
@@ -232,10 +231,14 @@ class Cluster(ClusterConfig):
         base = self.base_env()
 
         if not self.external_redis:
+            binary = redis_binary()
+            self.redis.write_aclfile(binary)
             redis = self.add(
                 "redis",
                 [
-                    redis_binary(),
+                    binary,
+                    "--aclfile",
+                    str(self.redis.aclfile),
                     "--bind",
                     "127.0.0.1",
                     "--port",
@@ -255,7 +258,7 @@ class Cluster(ClusterConfig):
             )
             self.spawn(redis)
             deadline = time.monotonic() + 15
-            while not redis_pong(self.redis_port):
+            while not self.redis.pong():
                 if redis.popen.poll() is not None or time.monotonic() > deadline:
                     self.out.say(f"Redis did not start on 127.0.0.1:{self.redis_port}; see the redis lines above")
                     return 1

@@ -17,7 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apps_registry.names import is_valid_name
+from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.origins import origin_problem
+from supervisor_site.secret_urls import masked
 
 MODES = ("standalone", "supervisor", "worker")
 ADAPTERS = ("local", "remote")
@@ -86,6 +88,8 @@ class Config:
     proxy_concurrency: int
     proxy_app_concurrency: int
     trusted_proxies: list[str]
+    # Where environments' URLs may point (ENVIRONMENT_ALLOWED_NETWORKS; empty: anywhere).
+    environment_allowed_networks: AllowedNetworks
     metrics_token: str
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
@@ -172,10 +176,10 @@ class _Reader:
             parts = urlsplit(value)
             port = parts.port  # raises ValueError on a non-numeric port
         except ValueError:
-            raise ConfigError(f"{name} is not a valid URL (got {value!r})") from None
+            raise ConfigError(f"{name} is not a valid URL (got {masked(value)!r})") from None
         if parts.scheme not in schemes or not parts.hostname:
             expected = " or ".join(f"{s}://host[:port]" for s in schemes)
-            raise ConfigError(f"{name} must look like {expected} (got {value!r})")
+            raise ConfigError(f"{name} must look like {expected} (got {masked(value)!r})")
         del port
         return value.rstrip("/") if parts.scheme in ("http", "https") else value
 
@@ -239,6 +243,15 @@ def _networks(read: _Reader, name: str, default: str = "") -> tuple[ipaddress.IP
                 f"{name} must be a comma-separated list of IP addresses or CIDR networks (got {item!r})"
             ) from None
     return tuple(networks)
+
+
+def _allowed_networks(read: _Reader, name: str) -> AllowedNetworks:
+    try:
+        return AllowedNetworks.parse(read.csv(name, ""))
+    except ValueError as error:
+        raise ConfigError(
+            f"{name} must be a comma-separated list of CIDR networks, addresses and host names (got {str(error)!r})"
+        ) from None
 
 
 def _time_zone(read: _Reader) -> str:
@@ -362,6 +375,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             maximum=proxy_concurrency,
         ),
         trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
+        environment_allowed_networks=_allowed_networks(read, "ENVIRONMENT_ALLOWED_NETWORKS"),
         metrics_token=read.raw("METRICS_TOKEN"),
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),

@@ -10,6 +10,7 @@ trip.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import string
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from django.db.models import F
 from apps_registry.control import liveness
 from apps_registry.models import Application, AppStatus, Environment, EnvironmentStatus
 from apps_registry.names import is_valid_name
+
+log = logging.getLogger(__name__)
 
 # The cookie that remembers the chosen environment; its path is /apps/<name>/.
 ENV_COOKIE = "appsup_env"
@@ -237,7 +240,7 @@ def load_route(name: str) -> AppRoute | None:
                     environment=row[5],
                     target_url=(row[7] or row[6]).rstrip("/"),
                     url=row[6].rstrip("/"),
-                    enabled=row[8],
+                    enabled=row[8] and _target_allowed(row[5], (row[7] or row[6]).rstrip("/")),
                     env_status=statuses[row[5]][0],
                     last_seen=statuses[row[5]][1],
                     app_status=row[4],
@@ -251,6 +254,15 @@ def load_route(name: str) -> AppRoute | None:
     return AppRoute(
         pk=first[0], name=first[1], display_name=first[2] or first[1], options=first[3] or {}, placements=placements
     )
+
+
+def _target_allowed(env: str, target: str) -> bool:
+    """Defence in depth behind ingest's check: a URL registered before ENVIRONMENT_ALLOWED_NETWORKS
+    was set (or narrowed) is never connected to; its placement is treated as disabled."""
+    problem = settings.APP_CONFIG.environment_allowed_networks.url_problem(target)
+    if problem:
+        log.warning("proxy: not connecting to %s: its URL %s", env, problem)
+    return not problem
 
 
 def decide(route: AppRoute, requested: str | None, remembered: str | None) -> Decision:

@@ -9,6 +9,7 @@ machine without ``redis-server`` gets.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -69,12 +70,13 @@ def _readable_by_others(root: Path) -> list[tuple[str, str]]:
 PASSWORD_HASH_RE = re.compile(rb"pbkdf2_sha256\$\d+\$[^$\s\"]+\$[A-Za-z0-9+/=]+")
 
 
-def _password_hashes_in_redis(port: int) -> set[str]:
+def _password_hashes_in_redis(port: int, password: str) -> set[str]:
     """Every Django password hash held anywhere in the cluster's Redis: strings, hashes,
-    lists, sets, sorted sets and streams, values and field names alike."""
+    lists, sets, sorted sets and streams, values and field names alike (as the supervisor's
+    user, which reads every key the cluster writes)."""
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, username="supervisor", password=password)
     blobs: list[bytes] = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key).decode()
@@ -212,9 +214,23 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
         assert _app_login(browser, f"{sup}/apps/demo/admin/login/", "operator", "cluster-test-password") == 200
         # No password hash in Redis is one of the supervisor user's password, and the demo
         # admin's is there (the scan reads what the specs carry).
-        hashes = _password_hashes_in_redis(ports["REDIS"])
+        passwords = json.loads((cluster_dir / "redis" / "passwords.json").read_text())
+        hashes = _password_hashes_in_redis(ports["REDIS"], passwords["supervisor"])
         assert any(_pbkdf2_matches(demo_admin.group(2), h) for h in hashes), hashes
         assert not [h for h in hashes if _pbkdf2_matches("cluster-test-password", h)]
+        # Redis asks every client for a password (no default user) and each worker has its own
+        # user, which may not write the configuration cache; no password is in the output.
+        import redis
+
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=ports["REDIS"], socket_timeout=2).ping()
+        worker = redis.Redis(
+            host="127.0.0.1", port=ports["REDIS"], username="worker-env_a", password=passwords["env_a"]
+        )
+        assert worker.ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.xadd("appsup:cmd:env_b", {"json": "{}"})
+        assert not [p for p in passwords.values() if p in output.text()]
         # Secrets at rest: the cluster's folders 0700, its files (databases, Redis's dump,
         # the secret key) readable by this account only.
         loose = _readable_by_others(cluster_dir)
