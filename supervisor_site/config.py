@@ -345,6 +345,12 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         )
 
     apps_domain = _apps_domain(read)
+    if apps_domain and mode == "standalone":
+        # Only the supervisor's proxy routes by Host; standalone would serve its own admin there.
+        raise ConfigError(
+            "APPS_DOMAIN needs APP_MODE=supervisor (its proxy serves apps by host name); "
+            "standalone serves apps at /apps/<name>/ only"
+        )
     return Config(
         mode=mode,
         discovery_adapter=discovery,

@@ -56,7 +56,7 @@ def test_labels_no_app_name_maps_to(label):
 
 
 def test_apps_domain_is_a_host_name_and_joins_allowed_hosts(tmp_path):
-    base = {"SECRET_KEY": "k"}
+    base = {"SECRET_KEY": "k", "APP_MODE": "supervisor", "APP_SUPERVISOR_REDIS_URL": "redis://127.0.0.1:6379/0"}
     config = load({**base, "APPS_DOMAIN": "Apps.Example.com", "ALLOWED_HOSTS": "admin.example.com"}, tmp_path)
     assert config.apps_domain == "apps.example.com"
     assert config.allowed_hosts == ["admin.example.com", ".apps.example.com"]
@@ -64,6 +64,8 @@ def test_apps_domain_is_a_host_name_and_joins_allowed_hosts(tmp_path):
     for bad in ("https://apps.example.com", "apps.example.com:8000", "apps_x.example.com", "localhost", "10.0.0.1"):
         with pytest.raises(ConfigError, match="APPS_DOMAIN"):
             load({**base, "APPS_DOMAIN": bad}, tmp_path)
+    with pytest.raises(ConfigError, match="APPS_DOMAIN needs APP_MODE=supervisor"):
+        load({"SECRET_KEY": "k", "APPS_DOMAIN": "apps.example.com"}, tmp_path)
 
 
 def test_create_with_a_domain_normalised_unique_and_in_the_spec(api, env, per_app_origins):

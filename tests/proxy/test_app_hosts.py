@@ -27,6 +27,7 @@ from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_u
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
 APP = "sales_eu"
+DUO = "duo"  # on two environments: the chooser
 LABEL_HOST = "sales-eu.apps.localhost"
 DOMAIN = "sales.example.test"
 APP_USER, APP_PASSWORD = "alice", "alice-app-pass"
@@ -79,6 +80,8 @@ def origins(django_db_setup, django_db_blocker, tmp_path_factory):
         worker_env,
     )
     assert hosted.returncode == 0, hosted.stderr
+    hosted = manage(["host_app", DUO, "--admin-user", APP_USER, "--admin-password", APP_PASSWORD], worker_env)
+    assert hosted.returncode == 0, hosted.stderr
     worker = gunicorn("worker_origins", worker_port, worker_env, storage, workers=1, threads=4).start()
 
     with django_db_blocker.unblock():
@@ -87,6 +90,13 @@ def origins(django_db_setup, django_db_blocker, tmp_path_factory):
         )
         actions.create_application(name=APP, environments=[env], domain=DOMAIN, via="test")
         actions.record_app_status(APP, "env_origins", "running")
+        # A second environment record for the same worker: DUO can be served by either.
+        env2 = actions.register_environment(
+            name="env_origins2", url=f"http://127.0.0.1:{worker_port}", at=dt.datetime.now(dt.UTC)
+        )
+        actions.create_application(name=DUO, environments=[env, env2], via="test")
+        for name in ("env_origins", "env_origins2"):
+            actions.record_app_status(DUO, name, "running")
         db_name = connection.settings_dict["NAME"]
 
     port = free_port()
@@ -121,10 +131,12 @@ def origins(django_db_setup, django_db_blocker, tmp_path_factory):
         with django_db_blocker.unblock():
             from apps_registry.control.discovery import get_discovery
 
-            Application.objects.filter(name=APP).delete()
-            Environment.objects.filter(name="env_origins").delete()
-            get_discovery().unpublish_app(APP)
-            get_discovery().unpublish_environment("env_origins")
+            Application.objects.filter(name__in=[APP, DUO]).delete()
+            Environment.objects.filter(name__in=["env_origins", "env_origins2"]).delete()
+            for name in (APP, DUO):
+                get_discovery().unpublish_app(name)
+            for name in ("env_origins", "env_origins2"):
+                get_discovery().unpublish_environment(name)
         for process in (supervisor, worker):
             assert "Traceback" not in process.log(), process.log()[-3000:]
 
@@ -229,6 +241,18 @@ def test_supervisor_admin_and_api_are_not_served_on_app_hosts(origins):
         assert json.loads(body)["error"] == "Application not found"
     # Not a host name at all (labels hold no "_"): Django's own 400, as anywhere.
     assert Client(port, "sales_eu.apps.localhost").request("GET", "/admin/")[0] == 400
+
+
+def test_the_environment_chooser_works_per_host(origins):
+    client = Client(origins["port"], f"{DUO}.apps.localhost")
+    status, _, html = client.request("GET", "/admin/")
+    assert status == 200, html[:500]
+    assert b'href="/admin/?env=env_origins2"' in html and b'href="/admin/?env=env_origins"' in html
+    status, headers, _ = client.request("GET", "/admin/?env=env_origins2")
+    assert (status, headers["Location"]) == (302, "/admin/")
+    assert client.cookies["appsup_env"] == ("env_origins2", "/", ""), "remembered for this host only"
+    status, headers, _ = client.request("GET", "/admin/")
+    assert (status, headers["Location"]) == (302, "/admin/login/?next=/admin/")
 
 
 def test_path_mode_leads_to_the_apps_own_host(origins):
