@@ -3,6 +3,9 @@ environment running the app, with the gaps of revproxy 0.13 closed.
 
 What this adds to ``revproxy.views.ProxyView``:
 - routing by app name from the registry (``proxy_routing``), never a host from the request;
+- an app at ``/apps/<name>/`` here or at ``/`` of its own host (a ``Mount`` from ``hosts.py``):
+  the worker always sees ``/apps/<name>/…``, told ``X-Forwarded-App-Root: /`` in the second
+  case; with ``APPS_DOMAIN`` set, ``/apps/<name>/…`` here answers 307 to the app's host;
 - one urllib3 PoolManager per environment sized ``PROXY_POOL_SIZE``, connect and read
   timeouts, no retries of non-idempotent requests, and upstream failures turned into 502/504
   pages instead of a 500 with a traceback;
