@@ -57,13 +57,14 @@ INSTALLED_APPS += list(BUSINESS_MODULES)
 MIDDLEWARE = [
     # First: X-Forwarded-Host/-Proto/-For are believed only from TRUSTED_PROXY_IPS.
     "supervisor_site.forwarded.ForwardedHeadersMiddleware",
+    # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
+    # Before the host router, so that app hosts' traffic (most of it) keeps the check going.
+    "apps_registry.control.discovery.EnsureConfigCacheMiddleware",
     # Supervisor: a Host that names an app (APPS_DOMAIN, custom domains) is that app's, served
     # through the proxy before anything below reads the Host (apps_registry/proxy/hosts.py).
     "apps_registry.proxy.hosts.AppHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
-    "apps_registry.control.discovery.EnsureConfigCacheMiddleware",
     # Serves /apps/<name>/ from this process when it hosts apps (standalone, worker).
     "worker_agent.web.middleware.HostedAppMiddleware",
     "worker_agent.web.sessions.PerAppSessionMiddleware",
