@@ -50,6 +50,9 @@ class ClusterConfig:
             "SECRET_KEY": self.secret_key(),
             "DEBUG": os.environ.get("DEBUG", "false"),
             "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
+            # Every app on an origin of its own: browsers resolve *.localhost to loopback
+            # (APPS_DOMAIN= empty gives path mode, /apps/<name>/ on the supervisor's host).
+            "APPS_DOMAIN": os.environ.get("APPS_DOMAIN", "apps.localhost"),
             "APP_SUPERVISOR_REDIS_URL": os.environ.get("APP_SUPERVISOR_REDIS_URL") or redis_url,
             "APP_COMMAND_REDIS_URL": os.environ.get("APP_COMMAND_REDIS_URL") or redis_url,
             "METRICS_ALLOWED_IPS": os.environ.get("METRICS_ALLOWED_IPS", "127.0.0.1,::1"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from apps_registry.names import is_valid_name
+from apps_registry.names import host_problem, is_valid_name, normalise_host
 from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.origins import origin_problem
 from supervisor_site.secret_urls import masked
@@ -97,6 +97,8 @@ class Config:
     login_failure_limit: int = 10
     login_lockout_seconds: float = 900.0
     https: bool = False
+    # Per-app origins: app crm at crm.<apps_domain> ('' = path mode only, /apps/<name>/).
+    apps_domain: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -254,6 +256,26 @@ def _allowed_networks(read: _Reader, name: str) -> AllowedNetworks:
         ) from None
 
 
+def _apps_domain(read: _Reader) -> str:
+    value = normalise_host(read.raw("APPS_DOMAIN"))
+    if not value:
+        return ""
+    # ``localhost`` has one label, but ``apps.localhost`` is what ``make run`` uses.
+    problem = host_problem(value)
+    if problem:
+        raise ConfigError(f"APPS_DOMAIN {problem} (got {value!r})")
+    return value
+
+
+def _allowed_hosts(read: _Reader, apps_domain: str) -> list[str]:
+    hosts = read.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+    # Every app host under APPS_DOMAIN (Django's leading-dot pattern: the domain and its
+    # sub-domains); the host router answers for them before anything else reads the Host.
+    if apps_domain and f".{apps_domain}" not in hosts:
+        hosts.append(f".{apps_domain}")
+    return hosts
+
+
 def _time_zone(read: _Reader) -> str:
     value = read.raw("TZ") or "UTC"
     try:
@@ -335,6 +357,13 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             f"got {offline_after:g}"
         )
 
+    apps_domain = _apps_domain(read)
+    if apps_domain and mode == "standalone":
+        # Only the supervisor's proxy routes by Host; standalone would serve its own admin there.
+        raise ConfigError(
+            "APPS_DOMAIN needs APP_MODE=supervisor (its proxy serves apps by host name); "
+            "standalone serves apps at /apps/<name>/ only"
+        )
     return Config(
         mode=mode,
         discovery_adapter=discovery,
@@ -351,7 +380,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         app_db_prefix=app_db_prefix,
         secret_key=secret_key,
         debug=debug,
-        allowed_hosts=read.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
+        allowed_hosts=_allowed_hosts(read, apps_domain),
         time_zone=_time_zone(read),
         heartbeat_interval=read.seconds("APP_HEARTBEAT_INTERVAL", 120.0),
         lease_interval=lease_interval,
@@ -383,4 +412,5 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         login_failure_limit=read.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000),
         login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
         https=read.boolean("APP_HTTPS", False),
+        apps_domain=apps_domain,
     )
