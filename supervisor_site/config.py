@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from apps_registry import signing
 from apps_registry.names import is_valid_name
 from supervisor_site.origins import origin_problem
 
@@ -88,6 +89,12 @@ class Config:
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
     log_level: str
+    # Identity (docs/security.md): this worker's signing key, the supervisor's, and whether new
+    # environments wait for an operator's approval.
+    environment_key: str = ""
+    supervisor_key: str = ""
+    supervisor_public_key: str = ""
+    environment_approval: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -236,6 +243,20 @@ def _networks(read: _Reader, name: str, default: str = "") -> tuple[ipaddress.IP
     return tuple(networks)
 
 
+def _key_text(read: _Reader, name: str, *, public: bool) -> str:
+    """A base64 Ed25519 key (a private key's 32-byte seed, or a public key), checked now so a
+    wrong one stops start-up with one line instead of every message failing to verify."""
+    value = read.raw(name)
+    if not value:
+        return ""
+    try:
+        signing.public_key(value) if public else signing.private_key(value)
+    except signing.BadKey as error:
+        what = "a base64 Ed25519 public key (32 bytes)" if public else "base64 of a 32-byte Ed25519 seed"
+        raise ConfigError(f"{name} must be {what}: {error}") from None
+    return value
+
+
 def _time_zone(read: _Reader) -> str:
     value = read.raw("TZ") or "UTC"
     try:
@@ -350,4 +371,8 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
         log_level=read.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        environment_key=_key_text(read, "ENVIRONMENT_KEY", public=False),
+        supervisor_key=_key_text(read, "SUPERVISOR_KEY", public=False),
+        supervisor_public_key=_key_text(read, "SUPERVISOR_PUBLIC_KEY", public=True),
+        environment_approval=read.boolean("ENVIRONMENT_APPROVAL", False),
     )

@@ -1,0 +1,140 @@
+"""Which workers' messages are genuine: signed with the key their environment is bound to
+(docs/security.md, "Identity").
+
+- A message with no signature, or one its own key does not verify, is refused.
+- The first signed message of a name binds the name to its key (trust on first use): a new
+  name through its registration (``register_environment``), a row from before identities
+  through ``bind_environment_keys``.
+- A validly signed message from another key than the bound one is a conflicting claim:
+  refused, and noted on the environment's row for the admin and, rate-limited, the audit
+  (``record_identity_refusals``); the operator may re-bind the name to that key.
+- A genuine message whose signed time is further than REPLAY_WINDOW from when Redis appended
+  it is an old message copied again: refused.
+
+Every refusal is counted in ``appsup_events_refused_total{reason=…}`` and logged at most once a
+minute per environment and reason. Verifying costs ~0.1 ms; keys are read once per ingest
+batch (``Keyring``) and parsed once per process (``signing.public_key``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from apps_registry import signing
+from apps_registry.control import protocol
+from apps_registry.models import Environment
+from apps_registry.names import is_valid_name
+from apps_registry.observability import metrics
+
+log = logging.getLogger(__name__)
+
+# How far a signed message's own time may be from when Redis appended it: clock differences
+# between hosts and an agent's retries while Redis was away fit in it; a copy of an older
+# message does not.
+REPLAY_WINDOW = 300.0
+_LOG_EVERY = 60.0
+_ACK_KEY_TTL = 5.0
+
+_logged: dict[tuple[str, str], tuple[float, int]] = {}
+_log_lock = threading.Lock()
+_ack_keys: dict[str, tuple[str, float]] = {}
+
+
+def refused(reason: str, env: str, detail: str) -> None:
+    """Count a refused message, and log it unless this environment and reason were logged in
+    the last minute (then the next line says how many were refused meanwhile)."""
+    metrics.count_refused_event(reason)
+    now = time.monotonic()
+    key = (env if len(env) <= 40 else env[:40], reason)
+    with _log_lock:
+        last, skipped = _logged.get(key, (float("-inf"), 0))
+        if now - last < _LOG_EVERY:
+            _logged[key] = (last, skipped + 1)
+            return
+        _logged[key] = (now, 0)
+        if len(_logged) > 10_000:  # forged names must not grow this for ever
+            _logged.clear()
+    more = f" ({skipped} more refused in the last minute)" if skipped else ""
+    log.warning("refusing worker message: %s%s", detail[:500], more)
+
+
+class Keyring:
+    """The keys some environments are bound to, read in one query, and the bindings made by
+    trust on first use while checking one batch."""
+
+    def __init__(self, bound: dict[str, str]) -> None:
+        # name -> bound key; "" for a row without one (from before identities); absent: no row.
+        self.bound = bound
+        # Rows without a key bound by this batch: name -> key.
+        self.new_bindings: dict[str, str] = {}
+
+    @classmethod
+    def load(cls, names: Iterable[str]) -> Keyring:
+        return cls(dict(Environment.objects.filter(name__in=list(set(names))).values_list("name", "public_key")))
+
+    def check(self, fields: dict[str, str], env: str, *, host: str = "") -> tuple[str, str, str] | None:
+        """None if the entry is ``env``'s genuine message; otherwise ``(reason, detail, key)``
+        with the key it was signed with ("" if none verified)."""
+        kind = str(fields.get("type"))
+        carried = fields.get("key") or ""
+        if not is_valid_name(env):
+            return "unsigned", f"{kind} for an invalid environment name {env[:60]!r}", ""
+        if not fields.get("sig") or not carried:
+            return "unsigned", f"unsigned {kind} for {env}", ""
+        if not signing.valid_public_text(carried) or not protocol.event_signed_by(fields, env, carried):
+            return "bad_signature", f"{kind} for {env} with a signature that does not verify", ""
+        bound = self.bound.get(env)
+        if bound:
+            if bound == carried:
+                return None
+            where = f" from host {host}" if host else ""
+            return (
+                "conflict",
+                f"conflicting {_noun(kind)} for {env}{where} (key {signing.fingerprint(carried)}; "
+                f"{env} is bound to key {signing.fingerprint(bound)})",
+                carried,
+            )
+        # Trust on first use. A name with no row is bound by its registration; its other
+        # messages are believed meanwhile (nothing of it exists to be changed by them).
+        if bound == "":
+            self.new_bindings[env] = carried
+        self.bound[env] = carried
+        return None
+
+
+def _noun(kind: str) -> str:
+    return {"register": "registration", "heartbeat": "heartbeat", "ack": "acknowledgement"}.get(kind, kind)
+
+
+def replayed(at: float | None, appended: float) -> bool:
+    """True if a genuine message's own time is outside REPLAY_WINDOW of when it was appended
+    (both on the supervisor's clock): a copy of an old message."""
+    return at is None or abs(at - appended) > REPLAY_WINDOW
+
+
+def ack_is_genuine(fields: dict[str, str], env: str) -> bool:
+    """An acknowledgement read from ``P:ack:<id>``, checked as ingest checks events (the bound
+    key read at most every few seconds per environment: a start job polls this every second)."""
+    now = time.monotonic()
+    cached = _ack_keys.get(env)
+    if cached is None or now - cached[1] > _ACK_KEY_TTL:
+        bound = Environment.objects.filter(name=env).values_list("public_key", flat=True).first()
+        cached = (bound or "", now)
+        _ack_keys[env] = cached
+        if len(_ack_keys) > 10_000:
+            _ack_keys.clear()
+    verdict = Keyring({env: cached[0]} if cached[0] else {}).check(fields, env)
+    if verdict is not None:
+        refused(verdict[0], env, f"acknowledgement list entry: {verdict[1]}")
+        return False
+    try:
+        data = protocol.Ack.decode(fields)
+    except protocol.ProtocolError:
+        return False
+    if replayed(data.at, time.time()):
+        refused("stale", env, f"acknowledgement {data.id} from {env} signed at {data.at}: an old message")
+        return False
+    return True
