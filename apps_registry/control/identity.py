@@ -106,7 +106,8 @@ class Keyring:
 
 
 def _noun(kind: str) -> str:
-    return {"register": "registration", "heartbeat": "heartbeat", "ack": "acknowledgement"}.get(kind, kind)
+    # A heartbeat is a registration repeated (the whole description): named alike.
+    return {"register": "registration", "heartbeat": "registration", "ack": "acknowledgement"}.get(kind, kind)
 
 
 def replayed(at: float | None, appended: float) -> bool:

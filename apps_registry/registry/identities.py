@@ -55,13 +55,18 @@ def record_identity_refusals(refusals: Sequence[dict], at: dt.datetime | None = 
     written."""
     at = at or timezone.now()
     newest: dict[str, dict] = {}
+    # The newest refusal that names a key (a conflicting claim) matters most: its key is what a
+    # re-bind would bind, and a key not seen refused before is audited at once.
+    keyed: dict[str, dict] = {}
     counts: dict[str, int] = {}
     for refusal in refusals:
         newest[refusal["name"]] = refusal
+        if refusal.get("key"):
+            keyed[refusal["name"]] = refusal
         counts[refusal["name"]] = counts.get(refusal["name"], 0) + 1
     audited = 0
     for env in Environment.objects.filter(name__in=list(newest)):
-        refusal = newest[env.name]
+        refusal = keyed.get(env.name) or newest[env.name]
         key = refusal.get("key") or ""
         last = (
             AuditEntry.objects.filter(action="environment_message_refused", environments=[env.name])
@@ -77,7 +82,7 @@ def record_identity_refusals(refusals: Sequence[dict], at: dt.datetime | None = 
             refused_count=models.F("refused_count") + counts[env.name],
         )
         if due:
-            more = f" ({counts[env.name]} in this batch)" if counts[env.name] > 1 else ""
+            more = f" ({counts[env.name]} refused in this batch)" if counts[env.name] > 1 else ""
             audit(
                 "environment_message_refused",
                 environments=[env.name],
