@@ -169,6 +169,18 @@ class AuditEntry(models.Model):
         PENDING = "pending"
         OK = "ok"
         ERROR = "error"
+        # Overtaken by a later request for the same app: never shown as ok.
+        SUPERSEDED = "superseded"
+
+    class Outcome(models.TextChoices):
+        """How a request ended on one of its environments."""
+
+        OK = "ok"
+        ERROR = "error"
+        SUPERSEDED = "superseded"
+        NOT_DELIVERED = "not delivered"
+        # Failed or undelivered at first, then the environment reached the requested state.
+        CONVERGED_LATER = "converged later"
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -180,6 +192,11 @@ class AuditEntry(models.Model):
     error = models.TextField(blank=True)
     request_id = models.CharField(max_length=36, blank=True, db_index=True)
     via = models.CharField(max_length=20, default="admin")
+    # Environment name → Outcome, filled in as each environment's outcome becomes known.
+    outcomes = models.JSONField(default=dict, blank=True)
+    # The request's newest entry for its app ended error or not delivered on some environment:
+    # a status report reaching the requested state there turns that into "converged later".
+    awaiting_convergence = models.BooleanField(default=False, db_index=True)
 
     class Meta:
         ordering = ["-at", "-id"]

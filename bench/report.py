@@ -220,6 +220,33 @@ def heartbeats(docs: list) -> list[Figure]:
     return figures
 
 
+def convergence_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "back_online_s" in row:
+            figures.append(
+                (
+                    f"environment back online → its {row['apps']} placements converged"
+                    f" ({row['verb']}s asked while offline)",
+                    f"{row['back_online_s']} s (same {row['verb']}s while online: {row['reference_online_s']} s,"
+                    f" ratio {row['ratio']}; outcomes {', '.join(row['outcomes'])})",
+                    "",
+                    None,
+                )
+            )
+        if "patch_to_running_p50_ms" in row:
+            figures.append(
+                (
+                    "PATCH adds an environment → running there, p50",
+                    f"{row['patch_to_running_p50_ms']} ms (a start asked there directly:"
+                    f" {row['reference_start_there_p50_ms']} ms, ratio {row['ratio']})",
+                    "",
+                    None,
+                )
+            )
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -238,6 +265,7 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "api_bench": api_bench,
     "admin_list": admin_list,
     "heartbeats": heartbeats,
+    "convergence_bench": convergence_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -248,6 +276,7 @@ QUICK_ARGS = {
     "api_bench": ["--apps", "200", "--seconds", "5"],
     "admin_list": ["--apps", "1000", "--requests", "5"],
     "heartbeats": ["--environments", "50", "--seconds", "8"],
+    "convergence_bench": ["--apps", "20", "--patches", "3"],
 }
 
 

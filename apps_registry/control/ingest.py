@@ -36,7 +36,6 @@ _last_claim = 0.0
 _redis_down = False
 _OFFSET_EVERY = 60.0
 # How long the ok acknowledgements of a multi-environment request are remembered.
-REQUEST_ACKS_TTL = 24 * 3600
 _offset = 0.0
 _offset_measured = float("-inf")
 
@@ -151,34 +150,23 @@ def _observe_round_trip(ack: protocol.Ack, env: str) -> None:
 
 
 def _apply_ack(ack: protocol.Ack) -> None:
-    """A failed, expired or superseded command closes its request as an error at once; an ok
-    closes it only when every environment of the request has acknowledged ok (the request's
-    other environments may still fail, or never be reached)."""
+    """The acknowledgement is this environment's outcome of the request; the request's entry
+    is closed once every environment of it has one (requests.record_outcome)."""
     request_id = ack.request_id or ""
     env = ack.env or "?"
     _observe_round_trip(ack, env)
     if not request_id or not is_valid_name(env):
         return
+    Outcome = AuditEntry.Outcome
     if ack.result == "superseded":
-        actions.close_request(request_id, error=f"{env}: superseded by a newer request")
+        actions.record_outcome(request_id, env, Outcome.SUPERSEDED, error=f"{env}: superseded by a newer request")
     elif ack.result == "expired":
-        actions.close_request(request_id, error=f"{env}: the command expired before the worker picked it up")
+        error = f"{env}: not delivered, the command expired before the worker picked it up"
+        actions.record_outcome(request_id, env, Outcome.NOT_DELIVERED, error=error)
     elif ack.result != "ok":
-        actions.close_request(request_id, error=f"{env}: {ack.error or 'failed'}")
+        actions.record_outcome(request_id, env, Outcome.ERROR, error=f"{env}: {ack.error or 'failed'}")
     else:
-        wanted = (
-            AuditEntry.objects.filter(request_id=request_id, result=AuditEntry.Result.PENDING)
-            .values_list("environments", flat=True)
-            .first()
-        )
-        if wanted is None:
-            return
-        key = keys.request_acks(request_id)
-        pipe = redis_client.commands().pipeline(transaction=True)
-        pipe.hset(key, env, "ok").expire(key, REQUEST_ACKS_TTL).hkeys(key)
-        acked = set(pipe.execute()[-1])
-        if set(wanted or [env]) <= acked:
-            actions.close_request(request_id)
+        actions.record_outcome(request_id, env, Outcome.OK)
 
 
 class Batch:

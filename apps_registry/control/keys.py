@@ -46,11 +46,6 @@ def events_stream() -> str:
     return _key("events")
 
 
-def request_acks(request_id: str) -> str:
-    """``P:req:<request id>``: hash env -> result of a request's ok acknowledgements."""
-    return _key("req", request_id)
-
-
 # --- liveness -------------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ from apps_registry.registry.identities import (
     record_identity_refusals,
 )
 from apps_registry.registry.reports import record_app_status, record_app_statuses
-from apps_registry.registry.requests import audit, close_request, new_request_id
+from apps_registry.registry.requests import audit, close_request, new_request_id, note_converged, record_outcome
 from apps_registry.registry.starts import (
     START_INTERRUPTED,
     begin_environment_start,
@@ -72,10 +72,12 @@ __all__ = [
     "forget_environment",
     "interrupt_starts",
     "new_request_id",
+    "note_converged",
     "placements_on",
     "record_app_status",
     "record_app_statuses",
     "record_identity_refusals",
+    "record_outcome",
     "rebind_environment",
     "refresh_environments",
     "register_environment",

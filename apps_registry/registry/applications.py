@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
 from apps_registry.registry import outbox
-from apps_registry.registry.requests import acting_user, audit, new_request_id
+from apps_registry.registry.requests import acting_user, audit, new_request_id, supersede_older
 
 # Statuses from which a start may be requested: anything that is not already on its way up.
 STARTABLE = (AppStatus.STOPPED, AppStatus.ERROR, AppStatus.STOPPING)
@@ -77,7 +77,9 @@ def _open_request(app: Application, environments: Sequence[str] | None) -> _Requ
 
 
 def _audit_pending(action: str, app: Application, user: AbstractBaseUser | None, request: _Request, via: str) -> None:
-    """The request's audit entry, pending until its outcome is known (requests.close_request)."""
+    """The request's audit entry, pending until its outcome is known (requests.close_request);
+    the app's earlier requests no longer wait to converge: this one decides."""
+    supersede_older(app.name)
     audit(
         action,
         user=user,

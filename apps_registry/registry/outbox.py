@@ -92,7 +92,12 @@ def _close_undelivered(error: Exception) -> NotDelivered | None:
             )
             continue
         outcome = _outcome(action, app, envs)
-        close_request(request_id, error=f"{NOT_DELIVERED} ({error}); {outcome}", override=True)
+        close_request(
+            request_id,
+            error=f"{NOT_DELIVERED} ({error}); {outcome}",
+            override=True,
+            outcome=AuditEntry.Outcome.NOT_DELIVERED,
+        )
         summaries.append(f"the {action} of {app} was not delivered: {outcome}")
     if not summaries:
         return None

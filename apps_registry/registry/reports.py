@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from apps_registry.models import AppEnvironment, AppStatus
 from apps_registry.registry.bulk import chunks, per_row
+from apps_registry.registry.requests import note_converged
 
 
 def record_app_status(
@@ -38,8 +39,14 @@ def record_app_statuses(reports: Sequence[tuple[str, str, str, str, dt.datetime]
         return 0
     rows = AppEnvironment.objects.filter(
         application__name__in={app for app, _env in wanted}, environment__name__in={env for _app, env in wanted}
-    ).values_list("pk", "application__name", "environment__name")
-    by_pk = {pk: wanted[(app, env)] for pk, app, env in rows if (app, env) in wanted}
+    ).values_list("pk", "application__name", "environment__name", "desired_running")
+    by_pk: dict[int, tuple[str, str, dt.datetime]] = {}
+    reached = []  # placements now in the state the operator wants there
+    for pk, app, env, desired_running in rows:
+        if (app, env) in wanted:
+            by_pk[pk] = report = wanted[(app, env)]
+            if report[0] == (AppStatus.RUNNING if desired_running else AppStatus.STOPPED):
+                reached.append((app, env, report[0], report[2]))
     field = AppEnvironment._meta.get_field
     updated = 0
     for chunk in chunks(sorted(by_pk)):
@@ -50,4 +57,5 @@ def record_app_statuses(reports: Sequence[tuple[str, str, str, str, dt.datetime]
             status_changed_at=at,
             queued_at=None,
         )
+    note_converged(reached)
     return updated

@@ -223,7 +223,13 @@ def test_statuses_are_coalesced_and_every_ack_counts(redis_conn):
     assert AppEnvironment.objects.get(application=app, environment=env_q).error == "boom"
     for n, request_id in enumerate(requests):
         entry = AuditEntry.objects.get(request_id=request_id)
-        assert (entry.result, entry.error) == ("error", f"env_p: e{n}")
+        # env_p failed; env_q has not answered yet: the request is not over.
+        assert (entry.result, entry.outcomes, entry.error) == ("pending", {"env_p": "error"}, f"env_p: e{n}")
+    acks = [emit("ack", id=f"q{n}", env="env_q", result="ok", request_id=rid) for n, rid in enumerate(requests)]
+    ingest.apply_entries(take(redis_conn, acks))
+    for request_id in requests:
+        entry = AuditEntry.objects.get(request_id=request_id)
+        assert (entry.result, entry.outcomes) == ("error", {"env_p": "error", "env_q": "ok"})
     # An older report applied late (another ingester) does not move a status back.
     stale = take(redis_conn, [emit("status", app="coal", env="env_p", status="stopped")])
     ingest.apply_entries(stale, offset=-60.0)

@@ -89,5 +89,5 @@ def test_a_stop_and_start_after_the_recorded_start_do_not_stall_the_job(standalo
         message="the later stop and start to finish",
     )
     stop, start = (AuditEntry.objects.get(request_id=r) for r in later)
-    assert (stop.result, stop.error, start.result) == ("error", "superseded by a later request", "ok")
+    assert (stop.result, stop.error, start.result) == ("superseded", "superseded by a later request", "ok")
     assert _placement().status == AppStatus.RUNNING

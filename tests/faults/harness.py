@@ -43,6 +43,8 @@ class PrivateRedis:
         self.port = free_port()
         self.log_dir = log_dir
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dbfilename = "empty.rdb"  # never written: a start loads nothing …
+        self.restarts = 0
         self.process = self._process()
 
     def _process(self) -> Process:
@@ -58,6 +60,8 @@ class PrivateRedis:
             "no",
             "--dir",
             str(self.log_dir),
+            "--dbfilename",
+            self.dbfilename,  # … unless restart() names a snapshot taken earlier
         ]
         return Process("private-redis", args, {}, self.log_dir)
 
@@ -71,6 +75,22 @@ class PrivateRedis:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def snapshot(self, name: str) -> None:
+        """Write the data as it is now to ``name`` (an RDB file beside the logs)."""
+        # SAVE writes to the server's own dbfilename (a protected setting in Redis 7): move it.
+        self.client().save()
+        written = self.log_dir / self.dbfilename
+        if self.dbfilename != name:
+            written.replace(self.log_dir / name)
+
+    def restart(self, snapshot: str | None = None) -> None:
+        """SIGKILL and start again: empty, or with the data of an earlier ``snapshot``."""
+        self.kill()
+        self.restarts += 1
+        self.dbfilename = snapshot or f"empty-{self.restarts}.rdb"
+        self.process = self._process()
+        self.start()
 
 
 def _wait_registered_private(worker: Worker, timeout: float = 30.0) -> None:
@@ -96,16 +116,18 @@ def _wait_registered_private(worker: Worker, timeout: float = 30.0) -> None:
 class FaultCluster(Cluster):
     """tests/support/cluster.py's cluster, re-pointed at a private Redis, databases and storage."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, tag: str = "f", extra_environ: dict[str, str] | None = None):
+        """``tag`` keeps two private clusters of one test session apart (databases, storage)."""
         self.redis = PrivateRedis(log_dir)
         super().__init__(log_dir)
-        prefix = f"{services.RUN_ID}_f"
-        storage = services.storage_dir() / "faults"
+        prefix = f"{services.RUN_ID}_{tag}"
+        storage = services.storage_dir() / ("faults" if tag == "f" else f"private-{tag}")
         common = {
             "APP_SUPERVISOR_REDIS_URL": self.redis.url,
             "APP_COMMAND_REDIS_URL": self.redis.url,
             "APP_DB_PREFIX": f"{prefix}_",
             "APP_START_LOCK_TTL": START_LOCK_TTL,
+            **(extra_environ or {}),
         }
         self.supervisor_env.update(
             {**common, "DB_DATABASE": f"{prefix}_supervisor", "APP_STORAGE_DIR": str(storage / "supervisor")}

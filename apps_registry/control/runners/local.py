@@ -23,7 +23,7 @@ from django.db import connections
 
 from apps_registry.control import specs
 from apps_registry.control.start_queue.job import SUPERSEDED, StartJob
-from apps_registry.models import Application, AppStatus
+from apps_registry.models import Application, AppStatus, AuditEntry
 from apps_registry.names import validate_app_name
 from apps_registry.registry import actions
 from worker_agent.hosting import runtime
@@ -178,7 +178,7 @@ class LocalProcessAdapter:
         try:
             current = Application.objects.filter(name=name).values_list("generation", flat=True).first()
             if (current is None and not deleted_ok) or (current is not None and current != generation):
-                actions.close_request(request_id, error=SUPERSEDED)
+                actions.close_request(request_id, error=SUPERSEDED, outcome=AuditEntry.Outcome.SUPERSEDED)
                 return
             errors = []
             for env in sorted(environments):

@@ -16,6 +16,7 @@ from django.conf import settings
 
 from apps_registry.control import channel, ingest, liveness, redis_client
 from apps_registry.control.start_queue.enqueue import enqueue_start
+from apps_registry.control.start_queue.job import Undelivered
 from apps_registry.models import Application, Environment
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
             break
         ack = channel.wait_for_ack(command_id, min(remaining, _ACK_POLL), env=env)
         if ack is None and not _environment_alive(env):
-            return (
+            return Undelivered(
                 f"environment {env} is not responding; the start command stays queued there "
                 f"until the worker returns or the command expires"
             )

@@ -13,7 +13,7 @@ from typing import Protocol
 from django.conf import settings
 
 from apps_registry.control.start_queue.enqueue import enqueue_start
-from apps_registry.models import AppEnvironment, Application, AppStatus
+from apps_registry.models import AppEnvironment, Application, AppStatus, AuditEntry
 from apps_registry.registry import actions
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,16 @@ log = logging.getLogger(__name__)
 LOCK_WAIT = 1.0
 SETTLED = (AppStatus.RUNNING, AppStatus.ERROR, AppStatus.STOPPED)
 SUPERSEDED = "superseded by a later request"
+Outcome = AuditEntry.Outcome
 
-# (app, environment, *, generation, request_id, timeout) -> error message or None
+
+class Undelivered(str):
+    """A starter's error meaning the environment is not there to take the start: the command
+    waits on its stream (or the worker reconciles to "wanted running") when it is back, so the
+    request's outcome there is ``not delivered``, not a failure of the app."""
+
+
+# (app, environment, *, generation, request_id, timeout) -> error message (maybe Undelivered) or None
 Starter = Callable[..., str | None]
 
 
@@ -90,7 +98,7 @@ class StartJob:
             actions.close_request(self.request_id, error="application deleted before it started")
             return "gone"
         if current != self.generation:
-            actions.close_request(self.request_id, error=SUPERSEDED)
+            actions.close_request(self.request_id, error=SUPERSEDED, outcome=Outcome.SUPERSEDED)
             return "superseded"
         return None
 
@@ -122,22 +130,32 @@ class StartJob:
             lock.release()
 
     def _run_locked(self, lock: Lock) -> str:
-        errors: list[str] = []
+        failed = False
         for env in self.environments:
             if lock.lost.is_set():
-                errors.append("start lock lost (queue worker stalled); retry the start")
-                break
+                # The environments not reached yet: this start did not happen there.
+                actions.close_request(self.request_id, error="start lock lost (queue worker stalled); retry the start")
+                return "error"
             outcome = actions.begin_environment_start(self.app_name, env, generation=self.generation)
             if outcome == "superseded":
-                actions.close_request(self.request_id, error=SUPERSEDED)
+                actions.close_request(self.request_id, error=SUPERSEDED, outcome=Outcome.SUPERSEDED)
                 return "superseded"
+            if outcome == "gone":
+                # Deleted or taken off this environment by a later request.
+                actions.record_outcome(self.request_id, env, Outcome.SUPERSEDED, error=f"{env}: no longer placed there")
+                continue
             if outcome != "starting":
+                actions.record_outcome(self.request_id, env, Outcome.OK)  # already running
                 continue
             error = self._start_one(env)
+            failed = failed or bool(error)
             if error:
-                errors.append(f"{env}: {error}")
-        actions.close_request(self.request_id, error="; ".join(errors), override=True)
-        return "error" if errors else "ok"
+                outcome = Outcome.NOT_DELIVERED if isinstance(error, Undelivered) else Outcome.ERROR
+                actions.record_outcome(self.request_id, env, outcome, error=f"{env}: {error}")
+            else:
+                actions.record_outcome(self.request_id, env, Outcome.OK)
+        actions.close_request(self.request_id)
+        return "error" if failed else "ok"
 
     def _start_one(self, env: str) -> str | None:
         timeout = settings.APP_CONFIG.start_timeout

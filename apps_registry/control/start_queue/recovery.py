@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from apps_registry.control import keys, redis_client
+from apps_registry.control import keys, redis_client, undelivered
 from apps_registry.control.start_queue.enqueue import (
     app_of_job,
     enqueue_start,
@@ -119,7 +119,8 @@ def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:
 
 
 def recover_throttled() -> None:
-    """Run the recovery check at most once per lock TTL across all processes."""
+    """Run the periodic checks — interrupted starts, requests to environments that are not
+    there (control.undelivered) — at most once per lock TTL across all processes."""
     ttl = settings.APP_CONFIG.start_lock_ttl
     if not redis_client.commands().set(keys.start_recovery_lock(), "1", nx=True, px=int(ttl * 1000)):
         return
@@ -127,3 +128,7 @@ def recover_throttled() -> None:
         recover_interrupted_starts()
     except Exception:
         log.exception("start recovery check failed")
+    try:
+        undelivered.close_undeliverable()
+    except Exception:
+        log.exception("undelivered request check failed")
