@@ -28,6 +28,8 @@ _ACK_POLL = 1.0
 def _environment_alive(env: str) -> bool:
     """True if the environment's agent renewed its lease recently (or Redis cannot tell)."""
     bound = Environment.objects.filter(name=env).values_list("public_key", flat=True).first() or ""
+    if not bound:  # not bound to a key yet (its first signed message will): no lease to check
+        return True
     try:
         seen = liveness.lease_seconds({env: bound})
     except Exception:  # no answer is not evidence of death
