@@ -232,8 +232,14 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         return None
 
     def delete_model(self, request: HttpRequest, obj: Application) -> None:
-        actions.delete_application(obj, request.user)
+        self.delete_queryset(request, [obj])
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet | list[Application]) -> None:
+        gone = []
         for app in queryset:
-            actions.delete_application(app, request.user)
+            try:
+                actions.delete_application(app, request.user)
+            except actions.ApplicationGone:  # deleted meanwhile by another request: not a crash
+                gone.append(app.name)
+        if gone:
+            self.message_user(request, f"Already deleted by another request: {', '.join(gone)}.", messages.WARNING)

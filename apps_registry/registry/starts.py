@@ -16,14 +16,14 @@ from apps_registry.registry.requests import audit, close_request, new_request_id
 START_INTERRUPTED = "start interrupted"
 
 
-def begin_environment_start(app_name: str, environment_name: str, *, generation: int) -> str:
+def begin_environment_start(app_name: str, environment_name: str, *, generation: int, incarnation: str = "") -> str:
     """The start job reached this environment. Under the app's row lock (the one every request
     takes to bump the generation) it checks that no later request came in, then marks the
     placement ``starting`` and wanted running. Returns ``starting``, ``running`` (already up:
     nothing to send), ``superseded`` or ``gone`` (app or placement deleted)."""
     with transaction.atomic():
         app = Application.objects.select_for_update().filter(name=app_name).first()
-        if app is None:
+        if app is None or (incarnation and str(app.incarnation) != incarnation):
             return "gone"
         if app.generation != generation:
             return "superseded"

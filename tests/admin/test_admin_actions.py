@@ -257,3 +257,23 @@ def test_admin_add_and_delete_while_redis_is_down_are_refused_with_a_message(app
     errors = [str(m) for m in get_messages(deleted.wsgi_request) if m.level_tag == "error"]
     assert len(errors) == 1 and f"delete of {apps[0].name} is refused" in errors[0], errors
     assert Application.objects.filter(pk=apps[0].pk).exists()
+
+
+def test_a_bulk_delete_racing_another_delete_warns_instead_of_crashing(apps):
+    """Two operators delete the same apps at once: the one that comes second finds rows that are
+    gone by the time it locks them (ApplicationGone) — a warning, not a 500."""
+    from django.contrib import admin as django_admin
+    from django.contrib.messages.storage.fallback import FallbackStorage
+    from django.test import RequestFactory
+
+    model_admin = django_admin.site._registry[Application]
+    request = RequestFactory().post(CHANGELIST)
+    request.user = User.objects.create_superuser("second", password="x")
+    request.session = {}
+    request._messages = FallbackStorage(request)
+    stale = list(Application.objects.filter(pk__in=[a.pk for a in apps]))  # read before the other delete
+    actions.delete_application(apps[1])  # the other operator was faster for beta
+    model_admin.delete_queryset(request, stale)
+    assert not Application.objects.exists()
+    assert [str(m) for m in request._messages] == ["Already deleted by another request: beta."]
+    assert AuditEntry.objects.filter(action="delete", app_name="beta").count() == 1

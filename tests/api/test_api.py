@@ -127,8 +127,8 @@ def test_create_with_start_queues_a_start(admin_api, envs, django_capture_on_com
         )
     assert status == 201 and body["request_id"] and "initial_admin" not in body
     assert body["statuses"] == {"env_a": "queued"}
-    generation = Application.objects.get(name="quick").generation
-    assert enqueue.job_id("quick", generation) in enqueue.get_queue().get_job_ids()
+    quick = Application.objects.get(name="quick")
+    assert enqueue.job_id("quick", quick.generation, 0, str(quick.incarnation)) in enqueue.get_queue().get_job_ids()
     assert enqueue.queue_positions()["quick"] >= 1
     assert AuditEntry.objects.get(request_id=body["request_id"]).result == "pending"
     enqueue.get_queue().empty()  # the app exists only in this test's transaction

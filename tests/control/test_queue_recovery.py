@@ -47,8 +47,8 @@ def test_a_start_that_never_reached_the_queue_is_enqueued_again(app, django_capt
     with django_capture_on_commit_callbacks(execute=True):
         result = recovery.recover_interrupted_starts()
     assert result["resumed"] == {"stuck": ["env_a", "env_b"]}
-    generation = Application.objects.get(pk=app.pk).generation
-    assert enqueue.job_id("stuck", generation) in enqueue.get_queue().get_job_ids()
+    stuck = Application.objects.get(pk=app.pk)
+    assert enqueue.job_id("stuck", stuck.generation, 0, str(stuck.incarnation)) in enqueue.get_queue().get_job_ids()
     assert AuditEntry.objects.filter(app_name="stuck", action="start_resumed").exists()
     assert AuditEntry.objects.get(request_id=request_id).result == "pending"  # the job will close it
     # Now a job waits for it: a second check leaves it alone.

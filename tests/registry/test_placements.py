@@ -117,7 +117,7 @@ def test_patch_adds_an_environment_to_a_running_app_and_starts_it_there(
     assert (start.action, start.environments, start.via, start.result) == ("start", ["env_b"], "api", "pending")
     assert _placed("shop") == {"env_a": "running", "env_b": "queued"}
     app = Application.objects.get(name="shop")
-    assert enqueue.job_id("shop", app.generation) in enqueue.get_queue().get_job_ids()
+    assert enqueue.job_id("shop", app.generation, 0, str(app.incarnation)) in enqueue.get_queue().get_job_ids()
     enqueue.get_queue().empty()
 
 

@@ -86,10 +86,11 @@ class RemoteProcessAdapter:
     def start(self, app_pk: int, environments: Sequence[str], *, generation: int, request_id: str) -> None:
         """Queue the start on ``app_starts`` (called after commit); the job walks the
         environments one after another under the app's lock (``apps_registry.control.start_queue``)."""
-        name = Application.objects.filter(pk=app_pk).values_list("name", flat=True).first()
-        if name is None:
+        found = Application.objects.filter(pk=app_pk).values_list("name", "incarnation").first()
+        if found is None:
             return
-        enqueue_start(name, environments, generation=generation, request_id=request_id)
+        name, incarnation = found
+        enqueue_start(name, environments, generation=generation, request_id=request_id, incarnation=str(incarnation))
 
     def _send(self, action: str, name: str, environments: Sequence[str], **fields) -> list[str]:
         return [channel.send_command(env, action, name, **fields) for env in environments]

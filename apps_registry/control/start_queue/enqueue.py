@@ -45,8 +45,10 @@ def forget_pending(app_name: str, value: str) -> None:
         log.warning("could not clear the pending start of %s", app_name, exc_info=True)
 
 
-def job_id(app_name: str, generation: int, attempt: int = 0) -> str:
-    return f"{JOB_PREFIX}{app_name}-{generation}-{attempt}"
+def job_id(app_name: str, generation: int, attempt: int = 0, incarnation: str = "") -> str:
+    # The incarnation's first characters keep a re-created app's jobs apart from the deleted one's.
+    suffix = f"-{incarnation[:8]}" if incarnation else ""
+    return f"{JOB_PREFIX}{app_name}-{generation}-{attempt}{suffix}"
 
 
 def app_of_job(job_id_: str) -> str | None:
@@ -62,7 +64,13 @@ def get_queue() -> rq.Queue:
 
 
 def enqueue_start(
-    app_name: str, environments: Sequence[str], *, generation: int, request_id: str, attempt: int = 0
+    app_name: str,
+    environments: Sequence[str],
+    *,
+    generation: int,
+    request_id: str,
+    attempt: int = 0,
+    incarnation: str = "",
 ) -> None:
     """Put a start on the queue. Called after the request's transaction committed."""
     timeout = settings.APP_CONFIG.start_timeout
@@ -74,7 +82,8 @@ def enqueue_start(
         generation=generation,
         request_id=request_id,
         attempt=attempt,
-        job_id=job_id(app_name, generation, attempt),
+        incarnation=incarnation,
+        job_id=job_id(app_name, generation, attempt, incarnation),
         job_timeout=int(timeout * max(1, len(environments)) + 60),
         result_ttl=600,
         failure_ttl=7 * 24 * 3600,

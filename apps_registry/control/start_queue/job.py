@@ -74,10 +74,14 @@ class StartJob:
         ingest: Callable[[], object],
         lock: Lock,
         starter_settles: bool = False,
+        incarnation: str = "",
     ):
         self.app_name = app_name
         self.environments = start_order(app_name, environments)
         self.generation = generation
+        # Which app of this name the start is for: generations start again for a name deleted
+        # and created again, so the generation alone would let a deleted app's job start it.
+        self.incarnation = incarnation
         self.request_id = request_id
         self.starter = starter
         self.ingest = ingest
@@ -90,7 +94,10 @@ class StartJob:
         self.starter_settles = starter_settles
 
     def _current_generation(self) -> int | None:
-        return Application.objects.filter(name=self.app_name).values_list("generation", flat=True).first()
+        apps = Application.objects.filter(name=self.app_name)
+        if self.incarnation:
+            apps = apps.filter(incarnation=self.incarnation)
+        return apps.values_list("generation", flat=True).first()
 
     def _outdated(self) -> str | None:
         current = self._current_generation()
@@ -119,6 +126,7 @@ class StartJob:
                     generation=self.generation,
                     request_id=self.request_id,
                     attempt=attempt + 1,
+                    incarnation=self.incarnation,
                 )
                 return "requeued"
             outdated = self._outdated()
@@ -136,7 +144,9 @@ class StartJob:
                 # The environments not reached yet: this start did not happen there.
                 actions.close_request(self.request_id, error="start lock lost (queue worker stalled); retry the start")
                 return "error"
-            outcome = actions.begin_environment_start(self.app_name, env, generation=self.generation)
+            outcome = actions.begin_environment_start(
+                self.app_name, env, generation=self.generation, incarnation=self.incarnation
+            )
             if outcome == "superseded":
                 actions.close_request(self.request_id, error=SUPERSEDED, outcome=Outcome.SUPERSEDED)
                 return "superseded"

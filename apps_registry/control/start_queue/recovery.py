@@ -93,12 +93,13 @@ def recover_interrupted_starts(now: dt.datetime | None = None) -> dict[str, dict
 def _resume(app_name: str, environments: list[str]) -> None:
     """Enqueue again a start whose job never reached the queue, under the app's current
     generation (placements are still ``queued`` only if no later request changed them)."""
-    generation = Application.objects.filter(name=app_name).values_list("generation", flat=True).first()
-    if generation is None:
+    found = Application.objects.filter(name=app_name).values_list("generation", "incarnation").first()
+    if found is None:
         return
+    generation, incarnation = found
     request_id = actions.resume_start_request(app_name, environments)
     log.warning("start of %s on %s never reached the queue: enqueued again", app_name, ", ".join(environments))
-    enqueue_start(app_name, environments, generation=generation, request_id=request_id)
+    enqueue_start(app_name, environments, generation=generation, request_id=request_id, incarnation=str(incarnation))
 
 
 def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:

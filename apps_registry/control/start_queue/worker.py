@@ -29,7 +29,15 @@ class RedisLost(StopRequested):
     ``StartQueueWorker.work`` waits for Redis and starts the loop again."""
 
 
-def run_start(app_name: str, environments: list[str], *, generation: int, request_id: str, attempt: int = 0) -> str:
+def run_start(
+    app_name: str,
+    environments: list[str],
+    *,
+    generation: int,
+    request_id: str,
+    attempt: int = 0,
+    incarnation: str = "",
+) -> str:
     """The RQ job. Runs in the queue worker process itself (``StartQueueWorker``), which keeps
     its database connection between jobs; one broken or too old is replaced first. If the job
     fails unexpectedly its pending entry stays, so the recovery check marks what it left
@@ -44,6 +52,7 @@ def run_start(app_name: str, environments: list[str], *, generation: int, reques
             starter=remote.start_on_environment,
             ingest=ingest.ingest,
             lock=StartLock(app_name),
+            incarnation=incarnation,
         )
         outcome = job.run(attempt)
         if outcome != "requeued":
