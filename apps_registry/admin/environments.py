@@ -18,6 +18,7 @@ from django.urls import reverse
 from apps_registry import signing
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
+from apps_registry.control.identity import forget as forget_remembered_key
 from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry import actions
 
@@ -218,6 +219,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
                     actions.approve_environment(env, request.user)
                 elif verb == "rebind":
                     actions.rebind_environment(env, request.user)
+                    forget_remembered_key(env.name)  # this process believes only the new key at once
                 else:
                     actions.set_environment_enabled(env, verb == "enable", request.user)
             except (actions.NotApproved, actions.NothingToRebind) as error:

@@ -36,11 +36,15 @@ log = logging.getLogger(__name__)
 # message does not.
 REPLAY_WINDOW = 300.0
 _LOG_EVERY = 60.0
-_ACK_KEY_TTL = 5.0
+# Bound keys are remembered this long per process, so an ingest of a few events does not pay
+# a query for them (~0.7 ms, more than the verifications). A message signed with another key
+# is checked against the registry again before it is refused, so a re-bind in another process
+# takes effect at once for the new key; the old key's messages may be believed for this long.
+BOUND_KEY_SECONDS = 2.0
 
 _logged: dict[tuple[str, str], tuple[float, int]] = {}
 _log_lock = threading.Lock()
-_ack_keys: dict[str, tuple[str, float]] = {}
+_bound_keys: dict[str, tuple[str, float]] = {}
 
 
 def refused(reason: str, env: str, detail: str) -> None:
@@ -73,7 +77,19 @@ class Keyring:
 
     @classmethod
     def load(cls, names: Iterable[str]) -> Keyring:
-        return cls(dict(Environment.objects.filter(name__in=list(set(names))).values_list("name", "public_key")))
+        """The bound keys of these environments: remembered ones (BOUND_KEY_SECONDS), the rest
+        in one query."""
+        wanted = set(names)
+        now = time.monotonic()
+        bound = {}
+        for name in wanted:
+            cached = _bound_keys.get(name)
+            if cached is not None and now - cached[1] < BOUND_KEY_SECONDS:
+                bound[name] = cached[0]
+        missing = wanted - bound.keys()
+        if missing:
+            bound.update(_read(missing, now))
+        return cls(bound)
 
     def check(self, fields: dict[str, str], env: str, *, host: str = "") -> tuple[str, str, str] | None:
         """None if the entry is ``env``'s genuine message; otherwise ``(reason, detail, key)``
@@ -87,6 +103,9 @@ class Keyring:
         if not signing.valid_public_text(carried) or not protocol.event_signed_by(fields, env, carried):
             return "bad_signature", f"{kind} for {env} with a signature that does not verify", ""
         bound = self.bound.get(env)
+        if bound and bound != carried:
+            # Perhaps re-bound since it was remembered: the registry has the last word.
+            bound = self.bound[env] = _read({env}, time.monotonic()).get(env, "")
         if bound:
             if bound == carried:
                 return None
@@ -105,6 +124,21 @@ class Keyring:
         return None
 
 
+def _read(names: set[str], now: float) -> dict[str, str]:
+    found = dict(Environment.objects.filter(name__in=list(names)).values_list("name", "public_key"))
+    if len(_bound_keys) > 10_000:  # forged names are never remembered, but be safe
+        _bound_keys.clear()
+    for name, public_key in found.items():
+        if public_key:  # only bindings: an unbound name is read again next time
+            _bound_keys[name] = (public_key, now)
+    return found
+
+
+def forget(name: str) -> None:
+    """Drop the remembered key of an environment (its binding changed in this process)."""
+    _bound_keys.pop(name, None)
+
+
 def _noun(kind: str) -> str:
     # A heartbeat is a registration repeated (the whole description): named alike.
     return {"register": "registration", "heartbeat": "registration", "ack": "acknowledgement"}.get(kind, kind)
@@ -117,17 +151,11 @@ def replayed(at: float | None, appended: float) -> bool:
 
 
 def ack_is_genuine(fields: dict[str, str], env: str) -> bool:
-    """An acknowledgement read from ``P:ack:<id>``, checked as ingest checks events (the bound
-    key read at most every few seconds per environment: a start job polls this every second)."""
-    now = time.monotonic()
-    cached = _ack_keys.get(env)
-    if cached is None or now - cached[1] > _ACK_KEY_TTL:
-        bound = Environment.objects.filter(name=env).values_list("public_key", flat=True).first()
-        cached = (bound or "", now)
-        _ack_keys[env] = cached
-        if len(_ack_keys) > 10_000:
-            _ack_keys.clear()
-    verdict = Keyring({env: cached[0]} if cached[0] else {}).check(fields, env)
+    """An acknowledgement read from ``P:ack:<id>``, checked as ingest checks events."""
+    keyring = Keyring.load([env])
+    if env in keyring.bound and not keyring.bound[env]:
+        del keyring.bound[env]  # a row without a key: trust on first use, as at ingest
+    verdict = keyring.check(fields, env)
     if verdict is not None:
         refused(verdict[0], env, f"acknowledgement list entry: {verdict[1]}")
         return False

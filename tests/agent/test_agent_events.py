@@ -179,7 +179,8 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
     with CaptureQueriesContext(connection) as context:
         ingest.apply_entries(entries, offset=5.0)
     assert updates_of(context, "apps_registry_environment") == 1
-    # The keys' read (identity), begin, savepoint, read, update, release, commit.
+    # The keys' read (identity; remembered for 2 s, so often none), begin, savepoint, read, update,
+    # release, commit.
     assert len(context.captured_queries) <= 7
     found = {e.name: e for e in Environment.objects.filter(name__in=names)}
     assert all((found[n].last_heartbeat - last[n]).total_seconds() >= 5.0 for n in names)
