@@ -31,11 +31,32 @@ wsgi_app = "supervisor_site.wsgi:application"
 # Comma-separated host:port pairs; the container sets 0.0.0.0:$PORT.
 bind = [item.strip() for item in (_env("GUNICORN_BIND") or "127.0.0.1:8000").split(",") if item.strip()]
 
-# Threads, not processes, carry the concurrency: the proxy and hosted apps mostly wait on I/O,
-# and each process keeps its own connection pools and per-app database aliases.
-worker_class = "gthread"
+# The supervisor runs gevent: a connection costs a greenlet, not a thread, and a client slow to
+# send its headers is cut after ``keepalive`` seconds, so slow clients cannot take the admin,
+# the API or the proxy down (docs/architecture.md, "gunicorn's gevent worker"). Workers and
+# standalone keep threads (gthread): hosted requests take blocking flocks (serving.py) that
+# would stall every greenlet of the process.
+_worker_class = _env("GUNICORN_WORKER_CLASS") or (
+    "gevent" if os.environ.get("APP_MODE", "").strip() == "supervisor" else "gthread"
+)
+if _worker_class not in ("gthread", "gevent"):
+    raise SystemExit(f"configuration error: GUNICORN_WORKER_CLASS must be gthread or gevent (got {_worker_class!r})")
+worker_class = _worker_class
 workers = _number("GUNICORN_WORKERS", 2, former="WEB_CONCURRENCY")
 threads = _number("GUNICORN_THREADS", 8, former="WEB_THREADS")
+# The proxy may hold all threads of a process but two, which stay for the admin, the API and
+# /healthz (apps_registry/proxy/admission.py); config.py reads it in each worker process.
+# Under gevent a request costs a greenlet, and the bound is on what the workers may take.
+if not os.environ.get("PROXY_CONCURRENCY", "").strip():
+    os.environ["PROXY_CONCURRENCY"] = str(max(1, threads - 2) if worker_class == "gthread" else 200)
+# Under gevent an app's share is bounded by what a worker can take, not by our threads: 16 per
+# supervisor process is twice a default worker's 8 threads.
+if worker_class == "gevent" and not os.environ.get("PROXY_APP_CONCURRENCY", "").strip():
+    os.environ["PROXY_APP_CONCURRENCY"] = "16"
+
+# Seconds a kept-alive connection may stay idle; under gevent also the deadline for reading each
+# request's headers (a client trickling them is cut off after it).
+keepalive = _number("GUNICORN_KEEPALIVE", 5)
 
 # Several processes (or a restarted one) may listen on the same port while another drains.
 reuse_port = True

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -217,17 +216,13 @@ class Cluster(ClusterConfig):
             self.spawn(child)
 
     def admin_credentials(self) -> dict[str, str]:
-        """ADMIN_USERNAME/ADMIN_PASSWORD from the environment, else a password generated on
-        the first run and kept (mode 600) beside the cluster's data for later runs."""
-        username = os.environ.get("ADMIN_USERNAME") or "admin"
-        password = os.environ.get("ADMIN_PASSWORD", "")
-        saved = self.dir / "admin-password"
-        if not password:
-            if not saved.exists():
-                saved.write_text(secrets.token_urlsafe(12))
-                saved.chmod(0o600)
-            password = saved.read_text().strip()
-        return {"ADMIN_USERNAME": username, "ADMIN_PASSWORD": password}
+        """ADMIN_USERNAME/ADMIN_PASSWORD from the environment, passed to ensure_admin. Without a
+        password ensure_admin generates one and prints it once; it is kept nowhere (an earlier
+        version's ``admin-password`` file is no longer read or written)."""
+        credentials = {"ADMIN_USERNAME": os.environ.get("ADMIN_USERNAME") or "admin"}
+        if os.environ.get("ADMIN_PASSWORD"):
+            credentials["ADMIN_PASSWORD"] = os.environ["ADMIN_PASSWORD"]
+        return credentials
 
     def run(self) -> int:
         self.check_ports()
@@ -309,7 +304,9 @@ class Cluster(ClusterConfig):
         self.out.say("App Supervisor local cluster is up:")
         self.out.say(f"  supervisor admin  {sup}/admin/   (user {credentials['ADMIN_USERNAME']})")
         if not os.environ.get("ADMIN_PASSWORD"):
-            self.out.say(f"  admin password    in {self.dir / 'admin-password'}: {credentials['ADMIN_PASSWORD']}")
+            # Printed once, by ensure_admin, when it created the user; never stored in clear.
+            self.out.say("  admin password    printed above when the user was created (first run only);")
+            self.out.say("                    reset it with: .venv/bin/python manage.py changepassword <user>")
         for role in ("env_a", "env_b"):
             self.out.say(f"  worker {role}      http://127.0.0.1:{self.ports[role]}/healthz")
         self.out.say(f"  metrics           {sup}/metrics")
@@ -319,7 +316,11 @@ class Cluster(ClusterConfig):
         if os.environ.get("CLUSTER_DEMO", "1") != "0":
             code = self.manage("setup", "supervisor", "ensure_demo_app", "--wait", "60", extra=credentials)
             if code == 0:
-                self.out.say(f"  demo app          {sup}/apps/demo/admin/   (same user and password)")
+                # Its own first admin (printed once above, when the app was created): the app's
+                # spec travels through Redis, and no supervisor user's password hash may.
+                self.out.say(
+                    f"  demo app          {sup}/apps/demo/admin/   (user demo_admin, password printed at its creation)"
+                )
             else:
                 self.out.say("demo app not started (see the setup lines above); the cluster runs on")
         self.out.say("ready")
@@ -336,8 +337,12 @@ class Cluster(ClusterConfig):
 
 
 def main() -> int:
+    # Every file of the cluster (databases, Redis's dump, the secret key, uploads) is this
+    # account's alone: the children inherit the umask; a folder an earlier run left open is closed.
+    os.umask(0o077)
     cluster = Cluster()
-    cluster.dir.mkdir(parents=True, exist_ok=True)
+    cluster.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cluster.dir.chmod(0o700)
 
     def on_signal(signum: int, _frame) -> None:
         if not cluster.stopping.is_set():

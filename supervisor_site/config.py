@@ -84,6 +84,8 @@ class Config:
     proxy_pool_size: int
     proxy_max_upload_bytes: int
     proxy_route_cache_seconds: float
+    proxy_concurrency: int
+    proxy_app_concurrency: int
     trusted_proxies: list[str]
     metrics_token: str
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -95,6 +97,9 @@ class Config:
     supervisor_key: str = ""
     supervisor_public_key: str = ""
     environment_approval: bool = False
+    login_failure_limit: int = 10
+    login_lockout_seconds: float = 900.0
+    https: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -327,6 +332,10 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         secret_key = "insecure-debug-only-key-do-not-use-in-production"  # noqa: S105
 
     lease_interval = read.seconds("APP_LEASE_INTERVAL", 3.0)
+    # Proxied requests at once per process (apps_registry/proxy/admission.py). gunicorn.conf.py,
+    # which knows the thread count, sets it to all threads but two (kept for the admin, the API
+    # and health checks) unless it is set; 6 is that share of its default 8 threads.
+    proxy_concurrency = read.integer("PROXY_CONCURRENCY", 6, minimum=1, maximum=100_000)
     offline_after = read.seconds("APP_OFFLINE_AFTER", 12.0)
     if offline_after <= 2 * lease_interval:
         raise ConfigError(
@@ -366,6 +375,13 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         proxy_pool_size=read.integer("PROXY_POOL_SIZE", 16, minimum=1, maximum=1024),
         proxy_max_upload_bytes=read.integer("PROXY_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024),
         proxy_route_cache_seconds=read.seconds("PROXY_ROUTE_CACHE_SECONDS", 1.0, minimum=0.0),
+        proxy_concurrency=proxy_concurrency,
+        proxy_app_concurrency=read.integer(
+            "PROXY_APP_CONCURRENCY",
+            min(proxy_concurrency, max(2, (proxy_concurrency + 1) // 2)),
+            minimum=1,
+            maximum=proxy_concurrency,
+        ),
         trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
         metrics_token=read.raw("METRICS_TOKEN"),
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
@@ -375,4 +391,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         supervisor_key=_key_text(read, "SUPERVISOR_KEY", public=False),
         supervisor_public_key=_key_text(read, "SUPERVISOR_PUBLIC_KEY", public=True),
         environment_approval=read.boolean("ENVIRONMENT_APPROVAL", False),
+        login_failure_limit=read.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000),
+        login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
+        https=read.boolean("APP_HTTPS", False),
     )

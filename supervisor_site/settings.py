@@ -4,11 +4,14 @@ Every value comes from ``supervisor_site.config`` (environment variables, read o
 typed). A wrong configuration stops the process here with one line naming the variable.
 """
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
 
+from supervisor_site import private_files
 from supervisor_site.config import Config, ConfigError, load
+from supervisor_site.https import https_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -34,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # login throttling (supervisor_site.login_throttle)
     "django_rq",
     "revproxy",
     "ninja",  # its templates and static files: the API's Swagger UI page, served by whitenoise
@@ -63,6 +67,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a login refused for too many failures into the 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "supervisor_site.urls"
@@ -84,6 +90,12 @@ TEMPLATES = [
 ]
 
 
+def _under_gevent() -> bool:
+    """Whether gunicorn's gevent worker patched this process (it does before loading Django)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey and monkey.is_module_patched("socket"))
+
+
 def _database_settings(config: Config) -> dict:
     db = config.database
     if db.dialect == "postgres":
@@ -94,7 +106,9 @@ def _database_settings(config: Config) -> dict:
             "NAME": db.name,
             "USER": db.user,
             "PASSWORD": db.password,
-            "CONN_MAX_AGE": 60,
+            # Django keeps a connection per thread, and under gevent a "thread" is a greenlet,
+            # one per client connection: kept for 60 s they would pile up to one per client.
+            "CONN_MAX_AGE": 0 if _under_gevent() else 60,
             "CONN_HEALTH_CHECKS": True,
         }
     return {
@@ -104,9 +118,14 @@ def _database_settings(config: Config) -> dict:
     }
 
 
+# Everything this process creates from here on is its account's alone (sessions, password
+# hashes, uploads); what an earlier version left readable is tightened.
+private_files.restrict_new_files()
+private_files.private_dir(APP_CONFIG.storage_dir)
 if APP_CONFIG.database.dialect == "sqlite":
     # The embedded default must work on a fresh clone: SQLite cannot create its folder.
-    APP_CONFIG.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    private_files.private_dir(APP_CONFIG.database.sqlite_path.parent)
+    private_files.private_sqlite(APP_CONFIG.database.sqlite_path)
 DATABASES = {"default": _database_settings(APP_CONFIG)}
 # Hosted apps get their own connection aliases at run time; this router keeps the
 # registry's tables out of app databases and app tables out of the registry's.
@@ -124,6 +143,40 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_USE_SESSIONS = True
 CSRF_COOKIE_HTTPONLY = True
+# APP_HTTPS: HSTS, the redirect to HTTPS (health probes exempt) and Secure cookies, together.
+globals().update(https_settings(APP_CONFIG.https))
+
+# Login throttling (supervisor_site.login_throttle): LOGIN_FAILURE_LIMIT wrong passwords per
+# username and address within LOGIN_LOCKOUT_SECONDS, then 429 until that long without one.
+AUTHENTICATION_BACKENDS = [
+    "supervisor_site.login_throttle.ThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# axes locks at the failure that reaches its limit: the limit+1-th wrong password is refused.
+AXES_FAILURE_LIMIT = APP_CONFIG.login_failure_limit + 1
+AXES_COOLOFF_TIME = dt.timedelta(seconds=APP_CONFIG.login_lockout_seconds)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "supervisor_site.login_throttle.client_username"
+AXES_CLIENT_IP_CALLABLE = "supervisor_site.login_throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "supervisor_site.login_throttle.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # who did what is the audit trail's; axes keeps only failures
+AXES_VERBOSE = False
+if APP_MODE == "worker":
+    # A worker's database is its own, not shared with the other environments serving an app:
+    # the counts go to the command Redis that every environment already reaches.
+    AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+    AXES_CACHE = "login_throttle"
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "login_throttle": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": APP_CONFIG.command_redis_url,
+            "KEY_PREFIX": f"{APP_CONFIG.redis_prefix}:login",
+        },
+    }
+else:
+    AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 
 STATIC_URL = "/static/"
 STATIC_ROOT = APP_CONFIG.storage_dir / "static"
@@ -167,12 +220,17 @@ LOGGING = {
         "text": {"()": "supervisor_site.log_format.TextFormatter"},
         "json": {"()": "supervisor_site.log_format.JsonFormatter"},
     },
+    "filters": {
+        # A client's broken request body: one INFO line, no traceback (client_input.py).
+        "client_input": {"()": "supervisor_site.client_input.QuietClientInputErrors"},
+    },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": APP_CONFIG.log_format},
     },
     "root": {"handlers": ["console"], "level": APP_CONFIG.log_level},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        "django.request": {"filters": ["client_input"]},
         "rq.worker": {"level": "WARNING"},
     },
 }

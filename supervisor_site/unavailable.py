@@ -7,7 +7,9 @@ from __future__ import annotations
 from django.http import HttpRequest
 
 # Transitions take seconds; an app stopped by an operator or failed waits for a person.
-RETRY_AFTER = {"queued": 5, "starting": 5, "stopping": 5, "stopped": 30, "error": 30}
+# "busy" is not an app status: the proxy's answer when the app already has as many requests
+# in flight as it may (PROXY_APP_CONCURRENCY); one of them ends within a second or two.
+RETRY_AFTER = {"queued": 5, "starting": 5, "stopping": 5, "stopped": 30, "error": 30, "busy": 2}
 DEFAULT_RETRY_AFTER = 10
 
 # Completes "<the app> …", by the app's status.
@@ -17,6 +19,7 @@ STATUS_TEXT = {
     "starting": "is starting",
     "stopping": "is stopping",
     "error": "failed to start; an operator can see why in the supervisor's admin",
+    "busy": "is answering as many requests as it may at once",
 }
 
 

@@ -6,4 +6,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "supervisor_site.settings")
 
-application = get_wsgi_application()
+from supervisor_site.client_input import GuardedInputApplication  # noqa: E402  (after the settings name)
+
+# A body the client cannot deliver is a 400 in every role, never a 500 (client_input.py).
+application = GuardedInputApplication(get_wsgi_application())

@@ -171,6 +171,13 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
             messages.error(request, f"Redis (the command channel) is unavailable ({error}); try again once it is back.")
         return HttpResponseRedirect(reverse("admin:apps_registry_application_changelist"))
 
+    def get_form(self, request: HttpRequest, obj: Application | None = None, change: bool = False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        # A class of this request's own (modelform_factory makes one per call): the form refuses
+        # the operator's own password as the app's first admin password.
+        form.acting_user = request.user
+        return form
+
     def save_model(self, request: HttpRequest, obj: Application, form: ApplicationForm, change: bool) -> None:
         environments = list(form.cleaned_data["target_environments"])
         options = form.application_options(obj)

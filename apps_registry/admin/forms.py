@@ -5,10 +5,10 @@ the confirmation an edit of the environments needs when it takes the app down.""
 from __future__ import annotations
 
 from django import forms
-from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.db.models import Q
 
 from apps_registry.models import Application, Environment, StartMode
+from apps_registry.names import ADMIN_USERNAME_MAX_LENGTH, check_first_admin_password, clean_admin_username
 from apps_registry.registry import actions
 from supervisor_site import catalogue
 
@@ -27,7 +27,14 @@ class ApplicationForm(forms.ModelForm):
         required=False,
     )
     start_mode = forms.ChoiceField(label="Start", choices=StartMode.choices, initial=StartMode.MANUAL)
-    admin_username = forms.CharField(label="First admin username", initial="admin", max_length=150, required=False)
+    # The length is the shared rule's to check (clean_admin_username), so that the API and this
+    # form give the same message; the browser is told it too.
+    admin_username = forms.CharField(
+        label="First admin username",
+        initial="admin",
+        required=False,
+        widget=forms.TextInput(attrs={"maxlength": ADMIN_USERNAME_MAX_LENGTH}),
+    )
     admin_password = forms.CharField(
         label="First admin password",
         widget=forms.PasswordInput(render_value=False),
@@ -64,9 +71,14 @@ class ApplicationForm(forms.ModelForm):
             self.fields["start_mode"].initial = app.start_mode
 
     def clean_admin_username(self) -> str:
-        username = (self.cleaned_data.get("admin_username") or "admin").strip()
-        UnicodeUsernameValidator()(username)
-        return username
+        # Blank means the default here; the API's rule is the same function (apps_registry.names).
+        return clean_admin_username(self.cleaned_data.get("admin_username") or "admin")
+
+    def clean_admin_password(self) -> str:
+        password = self.cleaned_data.get("admin_password") or ""
+        # ApplicationAdmin.get_form sets who is filling the form in.
+        check_first_admin_password(password, getattr(self, "acting_user", None))
+        return password
 
     def clean(self) -> dict:
         cleaned = super().clean()

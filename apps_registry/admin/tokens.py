@@ -5,15 +5,15 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from apps_registry.models import ApiToken
+from apps_registry.registry import actions
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     """Tokens are created with ``manage.py create_api_token <username>``; here they are listed
-    and revoked. Only a prefix and the hash are stored."""
+    and revoked (audited, naming who). Only a prefix and the hash are stored."""
 
     list_display = ["prefix", "user", "name", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter), ("user", admin.RelatedOnlyFieldListFilter)]
@@ -28,7 +28,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_tokens(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = actions.revoke_api_tokens(queryset, actor=request.user)
         self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:

@@ -34,7 +34,7 @@ from apps_registry.api.schemas import (
     Operation,
 )
 from apps_registry.models import Application, Environment
-from apps_registry.names import is_valid_name
+from apps_registry.names import check_first_admin_password, is_valid_name
 from apps_registry.registry import actions, outbox
 
 router = Router()
@@ -106,10 +106,14 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
     # generated admin password, and the workers could not learn about the app.
     outbox.require_channel("creation", payload.name)
     password = payload.admin_password
+    try:
+        check_first_admin_password(password or "", user)
+    except ValidationError as error:
+        raise ApiError(400, errors={"admin_password": error.messages}) from None
     generated = password is None
     if generated:
         password = secrets.token_urlsafe(12)
-    username = payload.admin_username.strip()
+    username = payload.admin_username  # stripped by the schema
     options = {
         "modules": payload.modules,
         "start_mode": payload.start_mode.value,

@@ -24,7 +24,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
-from apps_registry.names import MAX_NAME_LENGTH, NAME_RE, validate_app_name
+from apps_registry.names import (
+    ADMIN_USERNAME_MAX_LENGTH,
+    MAX_NAME_LENGTH,
+    NAME_RE,
+    clean_admin_username,
+    validate_app_name,
+)
 from supervisor_site import catalogue
 
 NAME_SCHEMA = {"type": "string", "pattern": NAME_RE.pattern, "maxLength": MAX_NAME_LENGTH}
@@ -66,10 +72,12 @@ def _known_modules(values: list[str]) -> list[str]:
     return values
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise _refuse("blank", "must be a non-empty string of at most 150 characters")
-    return value
+def _valid_admin_username(value: str) -> str:
+    # The admin form's rule (apps_registry.names); the value comes back stripped.
+    try:
+        return clean_admin_username(value)
+    except DjangoValidationError as error:
+        raise _refuse("admin_username", error.messages[0]) from None
 
 
 def _modules_enum(schema: dict[str, Any]) -> None:
@@ -218,7 +226,12 @@ class AppCreate(_Body):
     )
     start: StrictBool = Field(False, description="queue a start right away")
     start_mode: StartMode = StartMode.MANUAL
-    admin_username: Annotated[StrictStr, Field(max_length=150), AfterValidator(_not_blank)] = "admin"
+    admin_username: Annotated[
+        StrictStr,
+        # Documented here, checked by the shared rule alone, so that its message is the one given.
+        Field(json_schema_extra={"maxLength": ADMIN_USERNAME_MAX_LENGTH, "pattern": r"^\s*[\w.@+-]+\s*$"}),
+        AfterValidator(_valid_admin_username),
+    ] = "admin"
     admin_password: Annotated[StrictStr, Field(min_length=1, max_length=200)] | None = Field(
         None,
         description="first admin's password; generated and returned once if omitted",

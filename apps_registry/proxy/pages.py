@@ -63,6 +63,24 @@ def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: i
     )
 
 
+def busy(request: HttpRequest, app: AppRoute, retry_after: int) -> HttpResponse:
+    """The app is at its cap of concurrent requests (PROXY_APP_CONCURRENCY), or the proxy at
+    its own (PROXY_CONCURRENCY): a fast refusal, for this app only."""
+    response = _page(
+        request,
+        503,
+        "Application busy",
+        f"{app.display_name} {status_text('busy')}. Try again in a moment.",
+        {"app": app.name, "busy": True, "retry_after": retry_after},
+        app=app,
+        headers={"Retry-After": str(retry_after)},
+    )
+    # Not one ERROR line per refusal from django.request: an app at its cap refuses hundreds
+    # a second, which the proxy's metrics count (status class 5xx) and the access log shows.
+    response._has_been_logged = True
+    return response
+
+
 def bad_gateway(request: HttpRequest, app: AppRoute, environments: tuple[str, ...], what: str) -> HttpResponse:
     names = ", ".join(environments)
     noun = "Environment" if len(environments) == 1 else "Environments"
@@ -76,15 +94,21 @@ def bad_gateway(request: HttpRequest, app: AppRoute, environments: tuple[str, ..
     )
 
 
-def gateway_timeout(request: HttpRequest, app: AppRoute, environment: str) -> HttpResponse:
+def gateway_timeout(request: HttpRequest, app: AppRoute, environment: str, seconds: float) -> HttpResponse:
     return _page(
         request,
         504,
         "Environment too slow",
-        f"Environment {environment} did not answer in time for {app.display_name}.",
-        {"app": app.name, "environments": [environment]},
+        f"Environment {environment} did not answer {app.display_name}'s request within {seconds:g} seconds.",
+        {"app": app.name, "environments": [environment], "timeout_seconds": seconds},
         app=app,
     )
+
+
+def bad_request_body(request: HttpRequest) -> HttpResponse:
+    """The client's body could not be read (supervisor_site/client_input.py). The server
+    closes the connection after it (gunicorn does when reading the body failed)."""
+    return _page(request, 400, "Bad request", "The request body could not be read.", {})
 
 
 def too_large(request: HttpRequest, limit: int) -> HttpResponse:

@@ -80,7 +80,9 @@ class AppRoute:
 @dataclass(frozen=True)
 class Decision:
     """``proxy`` (to ``placement``), ``choose`` (show the chooser), ``unavailable`` (503,
-    ``status`` is the app's) or ``offline`` (502, ``environments`` named)."""
+    ``status`` is the app's) or ``offline`` (502, ``environments`` named). ``moved_from``
+    names the remembered environment this process could not reach just now, which the
+    request was moved away from (the remembered choice is then updated)."""
 
     kind: str
     placement: Placement | None = None
@@ -88,6 +90,42 @@ class Decision:
     status: str = ""
     environments: tuple[str, ...] = ()
     notice: str = ""
+    moved_from: str = ""
+
+
+# Environments this process failed to reach just now (refused or dropped connections):
+# name -> until when (monotonic) requests avoid it while another environment can serve.
+# The registry learns of a dead worker only when its lease is OFFLINE_AFTER old; until then
+# this keeps requests from trying it first, one failed connection each.
+UNREACHABLE_FOR = 10.0
+_unreachable: dict[str, float] = {}
+
+
+def note_unreachable(environment: str) -> None:
+    """``environment`` refused or dropped a connection: avoid it for UNREACHABLE_FOR seconds."""
+    _unreachable[environment] = time.monotonic() + UNREACHABLE_FOR
+
+
+def note_reachable(environment: str) -> None:
+    _unreachable.pop(environment, None)
+
+
+def recently_unreachable(environment: str) -> bool:
+    until = _unreachable.get(environment)
+    if until is None:
+        return False
+    if until <= time.monotonic():
+        _unreachable.pop(environment, None)
+        return False
+    return True
+
+
+def alternative(route: AppRoute, failed: str) -> Placement | None:
+    """Another environment that can serve the app now, for a retry after ``failed`` refused
+    or dropped the connection: one not known to be unreachable first."""
+    others = [p for p in route.choosable() if p.environment != failed]
+    reachable = [p for p in others if not recently_unreachable(p.environment)]
+    return (reachable or others or [None])[0]
 
 
 def split_app_path(path_info: str, raw_path: str | None) -> tuple[str, str] | None:
@@ -232,9 +270,13 @@ def decide(route: AppRoute, requested: str | None, remembered: str | None) -> De
         if choosable:
             shown = requested if is_valid_name(requested) else "that environment"
             return Decision("choose", notice=f"{shown} cannot serve {route.name} now; choose another.")
-    if len(choosable) == 1:
-        return Decision("proxy", choosable[0])
-    if choosable:
+    # What this process just failed to reach is left while another environment can serve.
+    reachable = [p for p in choosable if not recently_unreachable(p.environment)] or choosable
+    if remembered in by_name and by_name[remembered] not in reachable and len(reachable) == 1:
+        return Decision("proxy", reachable[0], moved_from=remembered)
+    if len(reachable) == 1:
+        return Decision("proxy", reachable[0])
+    if reachable:
         if remembered in by_name:
             return Decision("proxy", by_name[remembered])
         return Decision("choose")

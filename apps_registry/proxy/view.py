@@ -10,7 +10,14 @@ What this adds to ``revproxy.views.ProxyView``:
   app's own (``app_<name>_…``) stay here; ``X-Forwarded-For`` is appended to, and
   ``X-Forwarded-Host``/``-Proto`` are set (the worker trusts them only from TRUSTED_PROXY_IPS);
 - request bodies stream to the worker (no whole-body read), refused with 413 beyond
-  ``PROXY_MAX_UPLOAD_BYTES``; responses stream (except small ones and HTML, as revproxy does);
+  ``PROXY_MAX_UPLOAD_BYTES``; a body the client cannot deliver is a 400, logged at INFO;
+  responses stream, HTML included (revproxy buffers HTML for its diazo theming, which this
+  view does not do), so memory per request stays bounded whatever the worker sends;
+- at most ``PROXY_APP_CONCURRENCY`` requests per app and ``PROXY_CONCURRENCY`` in all in
+  flight per process (``admission``), beyond which a fast 503 with ``Retry-After``;
+- a GET, HEAD or OPTIONS whose environment refused or dropped the connection before
+  answering is retried once on another environment running the app, and the remembered
+  choice moves there (``routing.note_unreachable``);
 - the app's ``Set-Cookie`` limited to its own cookies and path; absolute ``Location`` headers
   pointing at the worker rewritten to the supervisor's host, to any other host refused (502);
   headers that act on the whole origin (``Service-Worker-Allowed``, ``Clear-Site-Data``, HSTS,
@@ -30,13 +37,14 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.views.generic import View
 from revproxy.response import get_streaming_amt
-from revproxy.utils import should_stream
+from revproxy.utils import MIN_STREAMING_LENGTH
 from revproxy.views import QUOTE_SAFE, ProxyView
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
     MaxRetryError,
     NewConnectionError,
+    ProtocolError,
     ReadTimeoutError,
 )
 
@@ -44,7 +52,9 @@ from apps_registry.models import AppStatus
 from apps_registry.observability import metrics
 from apps_registry.proxy import pages, routing
 from apps_registry.proxy import response_rules as rules
-from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, Placement
+from apps_registry.proxy.admission import GATE, Ticket
+from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute, Placement
+from supervisor_site.client_input import ClientInputError
 from supervisor_site.forwarded import PEER_ADDR
 from supervisor_site.unavailable import retry_after
 
@@ -71,6 +81,11 @@ _DROPPED_REQUEST_HEADERS = frozenset(
     }
 )
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Retried once on another environment when the first refused or dropped the connection
+# before answering: safe methods only, whose repetition changes nothing anywhere.
+_RETRIED_ELSEWHERE = frozenset({"GET", "HEAD", "OPTIONS"})
+# The response header that says a request was moved off an unreachable environment.
+FAILOVER_HEADER = "X-App-Supervisor-Failover"
 _STREAM_CHUNK = 64 * 1024
 
 
@@ -176,9 +191,25 @@ class AppProxyView(ProxyView):
             response = HttpResponseRedirect(request.path + (f"?{routing.safe_query(clean)}" if clean else ""))
             self._remember(response, name, placement.environment)
             return response
-        response = self._forward(request, route.name, rest, placement)
-        if decision.remember:
-            self._remember(response, name, placement.environment)
+        config = settings.APP_CONFIG
+        ticket = GATE.enter(name, config.proxy_app_concurrency, config.proxy_concurrency)
+        if ticket is None:
+            metrics.observe_proxy_request(name, placement.environment, 503, 0.0)
+            return pages.busy(request, route, retry_after("busy"))
+        try:
+            response, served_by = self._forward(request, route, rest, placement, ticket)
+        except BaseException:
+            ticket.release()
+            raise
+        if not served_by:  # no environment answered: the error page, nothing to remember
+            return response
+        # Moved off an unreachable environment (before or after trying it): the remembered
+        # choice follows, and the answer says so.
+        moved_from = decision.moved_from or (placement.environment if served_by != placement.environment else "")
+        if decision.remember or moved_from:
+            self._remember(response, name, served_by)
+        if moved_from:
+            response[FAILOVER_HEADER] = f"{moved_from} unreachable; served by {served_by}"
         return response
 
     @staticmethod
@@ -223,66 +254,121 @@ class AppProxyView(ProxyView):
         headers["X-Forwarded-Proto"] = request.scheme or "http"
         return headers
 
-    def _forward(self, request: HttpRequest, name: str, rest: str, placement: Placement) -> HttpResponse:
+    def _forward(
+        self, request: HttpRequest, route: AppRoute, rest: str, placement: Placement, ticket: Ticket
+    ) -> tuple[HttpResponse, str]:
+        """The worker's answer, and the environment that gave it ('' when none did). The
+        ticket is released when the answer has been sent (streamed ones: when they close)."""
+        name = route.name
         started = time.monotonic()
         config = settings.APP_CONFIG
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return pages.simple(request, 400, "Bad request", "The Content-Length header is not a number.")
+            ticket.release()
+            return pages.simple(request, 400, "Bad request", "The Content-Length header is not a number."), ""
         if length > config.proxy_max_upload_bytes:
-            return pages.too_large(request, config.proxy_max_upload_bytes)
+            ticket.release()
+            return pages.too_large(request, config.proxy_max_upload_bytes), ""
         if length < 0:
-            return pages.simple(request, 400, "Bad request", "The Content-Length header is negative.")
+            ticket.release()
+            return pages.simple(request, 400, "Bad request", "The Content-Length header is negative."), ""
 
         path = quote(f"/apps/{name}/{rest}".encode(), QUOTE_SAFE)
         query = routing.safe_query(routing.query_without_env(request.META.get("QUERY_STRING", "")))
-        url = placement.target_url + path + (f"?{query}" if query else "")
+        target = path + (f"?{query}" if query else "")
         headers = self._upstream_headers(request, name, placement)
         body: HttpRequest | bytes | None = request if length else None
-        if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-            # Django reads no body without Content-Length; the server has de-chunked it, so
-            # read it here (bounded) and send it with a length.
-            data = request.META["wsgi.input"].read(config.proxy_max_upload_bytes + 1)
-            if len(data) > config.proxy_max_upload_bytes:
-                return pages.too_large(request, config.proxy_max_upload_bytes)
-            headers["Content-Length"] = str(len(data))
-            body = data or None
         method = request.method or "GET"
         try:
-            upstream = POOLS.get(placement).urlopen(
-                method,
-                url,
-                body=body,
-                headers=headers,
-                redirect=False,
-                retries=_retries(method, body is not None),
-                decode_content=False,
-                preload_content=False,
-            )
+            if not length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+                # Django reads no body without Content-Length; the server de-chunks it as it
+                # is read, so read it here (bounded) and send it with a length.
+                data = request.META["wsgi.input"].read(config.proxy_max_upload_bytes + 1)
+                if len(data) > config.proxy_max_upload_bytes:
+                    ticket.release()
+                    return pages.too_large(request, config.proxy_max_upload_bytes), ""
+                headers["Content-Length"] = str(len(data))
+                body = data or None
+            try:
+                upstream = self._open(method, placement, target, body, headers)
+            except HTTPError as error:
+                other = self._retry_target(route, placement, method, body, error)
+                if other is None:
+                    raise
+                log.info(
+                    "proxy %s: %s %s (%s); retrying %s on %s",
+                    name,
+                    placement.environment,
+                    "refused the connection" if _refused(error) else "dropped the connection",
+                    _reason(error),
+                    method,
+                    other.environment,
+                )
+                placement = other
+                headers = self._upstream_headers(request, name, placement)
+                upstream = self._open(method, placement, target, body, headers)
+        except ClientInputError as error:
+            # The client's body broke while it was read here or sent on: nobody to answer.
+            ticket.release()
+            log.info("proxy %s: bad request body from %s: %s", name, _peer_address(request), error)
+            return pages.bad_request_body(request), ""
         except HTTPError as error:
+            ticket.release()
+            if _refused(error) or _dropped(error):
+                routing.note_unreachable(placement.environment)
             response = self._upstream_failed(request, name, placement, error)
             _observe(name, placement, response.status_code, started)
-            return response
-        response = self._response(request, name, placement, upstream)
+            return response, ""
+        routing.note_reachable(placement.environment)
+        response = self._response(request, name, placement, upstream, ticket)
         _observe(name, placement, response.status_code, started)
-        return response
+        return response, placement.environment
+
+    @staticmethod
+    def _open(
+        method: str, placement: Placement, target: str, body: HttpRequest | bytes | None, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        return POOLS.get(placement).urlopen(
+            method,
+            placement.target_url + target,
+            body=body,
+            headers=headers,
+            redirect=False,
+            retries=_retries(method, body is not None),
+            decode_content=False,
+            preload_content=False,
+        )
+
+    @staticmethod
+    def _retry_target(
+        route: AppRoute, placement: Placement, method: str, body: object, error: HTTPError
+    ) -> Placement | None:
+        """Where to retry a request ``placement`` refused or dropped before answering: only a
+        bodiless safe request, once, on another environment that can serve the app now."""
+        if method not in _RETRIED_ELSEWHERE or body is not None or not (_refused(error) or _dropped(error)):
+            return None
+        routing.note_unreachable(placement.environment)
+        return routing.alternative(route, placement.environment)
 
     def _upstream_failed(self, request: HttpRequest, name: str, placement: Placement, error: Exception) -> HttpResponse:
-        reason = error.reason if isinstance(error, MaxRetryError) and error.reason is not None else error
+        reason = _reason(error)
         log.warning("proxy %s → %s failed: %s", name, placement.environment, reason)
         route = routing.AppRoute(pk=0, name=name, display_name=name, options={})
         # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
         if isinstance(reason, NewConnectionError):
             return pages.bad_gateway(request, route, (placement.environment,), "refuses connections")
-        if isinstance(reason, ConnectTimeoutError | ReadTimeoutError):
-            return pages.gateway_timeout(request, route, placement.environment)
+        config = settings.APP_CONFIG
+        if isinstance(reason, ConnectTimeoutError):
+            return pages.gateway_timeout(request, route, placement.environment, config.proxy_connect_timeout)
+        if isinstance(reason, ReadTimeoutError):
+            return pages.gateway_timeout(request, route, placement.environment, config.proxy_read_timeout)
         return pages.bad_gateway(request, route, (placement.environment,), "did not answer properly")
 
     # --- the response -----------------------------------------------------------------------
 
     def _response(
-        self, request: HttpRequest, name: str, placement: Placement, upstream: urllib3.BaseHTTPResponse
+        self, request: HttpRequest, name: str, placement: Placement, upstream: urllib3.BaseHTTPResponse, ticket: Ticket
     ) -> HttpResponse:
         upstream_headers = upstream.headers
         set_cookies = upstream_headers.getlist("set-cookie")
@@ -290,9 +376,9 @@ class AppProxyView(ProxyView):
         listed = {t.strip().lower() for t in upstream_headers.get("Connection", "").split(",") if t.strip()}
         self._set_content_type(request, upstream)
         content_type = upstream_headers.get("Content-Type")
-        if should_stream(upstream):
+        if _streamed(upstream):
             response: HttpResponse | StreamingHttpResponse = StreamingHttpResponse(
-                _stream(upstream, get_streaming_amt(upstream) if content_type else _STREAM_CHUNK, name),
+                _Body(upstream, get_streaming_amt(upstream) if content_type else _STREAM_CHUNK, name, ticket),
                 status=upstream.status,
                 content_type=content_type,
             )
@@ -301,10 +387,10 @@ class AppProxyView(ProxyView):
                 content = upstream.data or b""
             except HTTPError as error:
                 upstream.close()
-                upstream.release_conn()
                 return self._upstream_failed(request, name, placement, error)
             finally:
                 upstream.release_conn()
+                ticket.release()
             response = HttpResponse(content, status=upstream.status, content_type=content_type)
         # Like revproxy's set_response_headers, but repeated headers (Vary, Link…) are joined
         # instead of the last one winning, and Connection-listed headers are dropped too.
@@ -319,6 +405,7 @@ class AppProxyView(ProxyView):
         if location:
             if rules.foreign(request, location, placement):
                 log.info("proxy %s: redirect to %s refused (another site)", name, urlsplit(location).netloc)
+                response.close()  # a streamed body gives back its connection and ticket
                 return pages.simple(
                     request,
                     502,
@@ -331,19 +418,59 @@ class AppProxyView(ProxyView):
         return response
 
 
-def _stream(upstream: urllib3.BaseHTTPResponse, amount: int, name: str) -> Iterator[bytes]:
-    """The worker's body, chunk by chunk; a stalled or broken worker ends the response early
-    (the client sees it cut short against Content-Length) instead of raising a traceback."""
-    finished = False
+def _streamed(upstream: urllib3.BaseHTTPResponse) -> bool:
+    """Everything streams but a small answer of known length: HTML too, unlike revproxy's
+    ``should_stream``, which buffers HTML whole (for diazo theming, unused here), so that a
+    worker's 400 MiB page would take 400 MiB of the supervisor's memory."""
     try:
-        yield from upstream.stream(amount, decode_content=False)
-        finished = True
-    except HTTPError as error:
-        log.warning("proxy %s: response body cut short: %s", name, error)
-    finally:
-        if not finished:
-            upstream.close()
-        upstream.release_conn()
+        length = int(upstream.headers.get("Content-Length", ""))
+    except ValueError:
+        return True
+    return length > MIN_STREAMING_LENGTH
+
+
+class _Body:
+    """The worker's body, chunk by chunk; a stalled or broken worker ends the response early
+    (the client sees it cut short against Content-Length) instead of raising a traceback.
+    Django calls ``close()`` when the response is done — also when the client left before
+    the first chunk, where a generator's ``finally`` would never run — which returns the
+    upstream connection and the admission ticket."""
+
+    def __init__(self, upstream: urllib3.BaseHTTPResponse, amount: int, name: str, ticket: Ticket) -> None:
+        self._upstream = upstream
+        self._amount = amount
+        self._name = name
+        self._ticket = ticket
+        self._finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._upstream.stream(self._amount, decode_content=False)
+            self._finished = True
+        except HTTPError as error:
+            log.warning("proxy %s: response body cut short: %s", self._name, error)
+
+    def close(self) -> None:
+        try:
+            if not self._finished:
+                self._upstream.close()
+            self._upstream.release_conn()
+        finally:
+            self._ticket.release()
+
+
+def _reason(error: Exception) -> Exception:
+    return error.reason if isinstance(error, MaxRetryError) and error.reason is not None else error
+
+
+def _refused(error: Exception) -> bool:
+    """The environment did not take the connection (refused, or no answer to connecting)."""
+    return isinstance(_reason(error), ConnectTimeoutError)  # NewConnectionError is one too
+
+
+def _dropped(error: Exception) -> bool:
+    """The environment closed or reset the connection before any answer."""
+    return isinstance(_reason(error), ProtocolError)
 
 
 def _observe(name: str, placement: Placement, status: int, started: float) -> None:

@@ -1,6 +1,7 @@
 """The registry's action functions: the only way an application's or environment's state
-changes. Each writes the audit trail; updates that race with other processes (a worker's
-report against an operator's request) are guarded on the rows themselves
+changes, and the way API tokens are issued and revoked. Each writes the audit trail; updates
+that race with other processes (a worker's report against an operator's request) are guarded
+on the rows themselves
 (``filter(pk=..., <expected state>).update(...)``).
 
 The admin, the API, the start queue and the ingest of worker events call them from here;
@@ -49,6 +50,7 @@ from apps_registry.registry.starts import (
     interrupt_starts,
     resume_start_request,
 )
+from apps_registry.registry.tokens import issue_api_token, revoke_api_tokens
 
 __all__ = [
     "ACTIVE",
@@ -71,6 +73,7 @@ __all__ = [
     "deregister_environment",
     "forget_environment",
     "interrupt_starts",
+    "issue_api_token",
     "new_request_id",
     "note_converged",
     "placements_on",
@@ -86,6 +89,7 @@ __all__ = [
     "request_start",
     "request_stop",
     "resume_start_request",
+    "revoke_api_tokens",
     "set_application_environments",
     "set_environment_enabled",
     "takedown",

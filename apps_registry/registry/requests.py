@@ -80,11 +80,10 @@ def close_request(request_id: str, *, error: str = "", override: bool = False, o
     """Close a request's audit entry: every environment whose outcome is not known yet gets
     ``outcome`` (default ``ok``, or ``error`` when there is an error), and the entry its result.
 
-    Only a ``pending`` entry is closed unless ``override``: the start job's verdict, once it
-    has seen every environment settle, replaces an earlier close by one environment's
-    acknowledgement (which sees only itself); a request whose commands could not go out
-    (Redis unavailable after commit) is closed as such even if, like a delete, it was
-    recorded ``ok`` up front."""
+    Only a ``pending`` entry is closed unless ``override``, which gives every environment this
+    outcome whatever it had: a start interrupted by a dead queue worker, or a request whose
+    commands could not go out (Redis unavailable after commit) even if, like a delete, it was
+    recorded ``ok`` up front. One environment's own outcome is ``record_outcome``'s."""
     outcome = outcome or (Outcome.ERROR if error else Outcome.OK)
     with transaction.atomic():
         entries = AuditEntry.objects.select_for_update().filter(request_id=request_id)

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
+from django.utils import timezone
 
 from apps_registry.control import first_visit
 from apps_registry.control.start_queue import enqueue
@@ -133,17 +134,24 @@ def start_queue_link() -> str:
     return rq_dashboard_url()
 
 
-def test_tokens_are_revoked_in_the_admin():
+def test_tokens_are_revoked_in_the_admin_and_the_audit_names_who(operator):
     client, user = _client("root", superuser=True)
-    token, raw = ApiToken.issue(user, name="ci")
+    token, raw = ApiToken.issue(operator, name="ci")
+    already, _ = ApiToken.issue(operator, name="old")
+    ApiToken.objects.filter(pk=already.pk).update(revoked_at=timezone.now())
     response = client.post(
-        "/admin/apps_registry/apitoken/", {"action": "revoke_tokens", "_selected_action": [token.pk]}
+        "/admin/apps_registry/apitoken/", {"action": "revoke_tokens", "_selected_action": [token.pk, already.pk]}
     )
     assert response.status_code == 302
     token.refresh_from_db()
     assert token.revoked_at is not None
     assert Client(HTTP_AUTHORIZATION=f"Bearer {raw}").get("/api/v1/apps").status_code == 401
     assert raw not in client.get(f"/admin/apps_registry/apitoken/{token.pk}/change/").content.decode()
+    # One entry, for the token this revoke changed, naming the actor, the token and its owner.
+    entries = list(AuditEntry.objects.filter(action="api_token_revoked"))
+    assert [(e.user, e.via, e.error) for e in entries] == [(user, "admin", f"token {token.prefix}… of operator (ci)")]
+    trail = client.get("/admin/apps_registry/auditentry/?action=api_token_revoked").content.decode()
+    assert "api_token_revoked" in trail and raw not in trail
 
 
 def test_status_endpoint_is_staff_only_and_reports_queue_positions(

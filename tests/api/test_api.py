@@ -30,7 +30,7 @@ from supervisor_site import catalogue
 from tests.support import schema_check
 from tests.support.api import ApiClient
 from tests.support.processes import free_port
-from tests.support.users import create_user
+from tests.support.users import PASSWORD, create_user
 
 pytestmark = pytest.mark.django_db
 
@@ -309,6 +309,24 @@ def test_create_api_token_prints_the_token_alone():
         call_command("create_api_token", "ghost", stdout=io.StringIO())
 
 
+def test_issuing_a_token_is_audited_naming_who_asked(operator):
+    User.objects.create_user("ci_bot")
+    out = io.StringIO()
+    call_command("create_api_token", "ci_bot", "--name", "deploys", "--by", "operator", stdout=out)
+    raw = out.getvalue().strip()
+    token = ApiToken.objects.get(token_hash=ApiToken.hash(raw))
+    entry = AuditEntry.objects.get(action="api_token_issued")
+    assert (entry.user, entry.via) == (operator, "cli")
+    assert entry.error.startswith(f"token {token.prefix}… of ci_bot (deploys); manage.py create_api_token run as ")
+    assert raw not in entry.error
+    # Without --by the entry names nobody but says which system account ran the command.
+    call_command("create_api_token", "ci_bot", stdout=io.StringIO())
+    unnamed = AuditEntry.objects.filter(action="api_token_issued").order_by("-id").first()
+    assert unnamed.user is None and "run as " in unnamed.error
+    with pytest.raises(Exception, match="--by: no active user"):
+        call_command("create_api_token", "ci_bot", "--by", "ghost", stdout=io.StringIO())
+
+
 @pytest.mark.django_db(transaction=True)  # on_commit callbacks run for real, as in production
 def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document, settings):
     """Redis unreachable (a closed port) after the change commits: stop and restart
@@ -350,3 +368,57 @@ def test_requests_while_redis_is_down_get_503_and_an_honest_audit_entry(document
     assert code == 503 and "refused and nothing was changed" in body["error"], body
     assert Application.objects.filter(name="down_gone").exists()
     assert not AuditEntry.objects.filter(app_name="down_gone", action="delete").exists()
+
+
+@pytest.mark.parametrize("username", ["<b>boss</b>", "boss\nroot", "two words", "x" * 151])
+def test_api_refuses_the_admin_usernames_the_admin_form_refuses(operator, envs, document, username):
+    """One rule (apps_registry.names.clean_admin_username) for both: 400 here, the form's error there."""
+    api = ApiClient.for_user(operator, document=document)
+    body = {"name": "crm", "environments": ["env_a"], "admin_username": username}
+    status, payload = api.post("/api/v1/apps", body, template="/apps")
+    assert status == 400, payload
+    [message] = payload["errors"]["admin_username"]
+    assert "may hold letters, digits and @ . + - _ only" in message
+    assert not Application.objects.exists()
+
+    browser = Client()
+    browser.force_login(operator)
+    env = Environment.objects.get(name="env_a")
+    form = {"name": "crm", "target_environments": [env.pk], "start_mode": "manual", "admin_username": username}
+    page = browser.post("/admin/apps_registry/application/add/", form)
+    assert page.status_code == 200
+    assert "may hold letters, digits and @ . + - _ only" in page.content.decode()
+    assert not Application.objects.exists()
+
+
+def test_api_takes_the_admin_username_stripped_as_the_form_does(operator, envs, redis_conn):
+    # Blank is refused here (the form's blank field means its initial "admin"; here, leave it out).
+    status, payload = ApiClient.for_user(operator).post(
+        "/api/v1/apps", {"name": "crm", "environments": ["env_a"], "admin_username": "   "}
+    )
+    assert status == 400 and "admin_username" in payload["errors"], payload
+    status, payload = ApiClient.for_user(operator).post(
+        "/api/v1/apps",
+        {"name": "crm", "environments": ["env_a"], "admin_username": "  boss.1@x ", "admin_password": "pw"},
+    )
+    assert status == 201, payload
+    assert Application.objects.get(name="crm").options["initial_admin"]["username"] == "boss.1@x"
+
+
+def test_the_operators_own_password_is_refused_for_an_apps_first_admin(operator, envs, document):
+    """The app's spec carries its first admin's password hash to the workers through Redis:
+    never a hash of the supervisor user's own password (API and admin form alike)."""
+    api = ApiClient.for_user(operator, document=document)
+    body = {"name": "crm", "environments": ["env_a"], "admin_password": PASSWORD}
+    status, payload = api.post("/api/v1/apps", body, template="/apps")
+    assert status == 400, payload
+    assert "other than your own supervisor password" in payload["errors"]["admin_password"][0]
+
+    browser = Client()
+    browser.force_login(operator)
+    env = Environment.objects.get(name="env_a")
+    form = {"name": "crm", "target_environments": [env.pk], "start_mode": "manual", "admin_password": PASSWORD}
+    page = browser.post("/admin/apps_registry/application/add/", form)
+    assert page.status_code == 200
+    assert "other than your own supervisor password" in page.content.decode()
+    assert not Application.objects.exists()

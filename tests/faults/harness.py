@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
 import threading
 import time
 import urllib.error
@@ -161,7 +162,21 @@ class FaultCluster(Cluster):
         extra = [self.queue] if self.queue else []
         return [*super().processes(), *extra, self.redis.process]
 
+    def start_all(self) -> FaultCluster:
+        """Everything, with a start-queue worker; if that fails, the logs and nothing left running."""
+        try:
+            self.start()
+            self.start_queue_worker()
+        except BaseException:
+            print(self.log_tails())
+            self.stop()
+            raise
+        return self
+
     def stop(self) -> None:
+        for worker in self.workers.values():  # a frozen (SIGSTOPped) process cannot act on SIGTERM
+            for process in (worker.agent, worker.web):
+                process.signal(signal.SIGCONT)
         if self.queue:
             self.queue.stop()
         super().stop()
@@ -232,9 +247,12 @@ class AdminSession:
 
         self.base = base
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        token = self._token("/admin/login/")
-        form = {"username": username, "password": password, "csrfmiddlewaretoken": token, "next": "/admin/"}
-        code, _ = self.post("/admin/login/", form)
+        self.username, self.password = username, password
+        self.login()
+
+    def login(self) -> None:
+        form = {"username": self.username, "password": self.password, "next": "/admin/"}
+        code, _ = self.submit("/admin/login/", form)
         assert code == 200, code  # followed the redirect to the admin index
 
     def _token(self, path: str) -> str:
@@ -247,7 +265,7 @@ class AdminSession:
     def post(self, path: str, data: dict) -> tuple[int, str]:
         from urllib.parse import urlencode
 
-        request = urllib.request.Request(f"{self.base}{path}", data=urlencode(data).encode(), method="POST")
+        request = urllib.request.Request(f"{self.base}{path}", data=urlencode(data, doseq=True).encode(), method="POST")
         request.add_header("Referer", f"{self.base}{path}")
         try:
             with self.opener.open(request, timeout=15) as response:
@@ -255,10 +273,24 @@ class AdminSession:
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode(errors="replace")
 
+    def submit(self, path: str, data: dict) -> tuple[int, str]:
+        """Post a form of the page at ``path``, with the CSRF token that page carries."""
+        return self.post(path, {**data, "csrfmiddlewaretoken": self._token(path)})
+
     def operation(self, app_pk: int, operation: str) -> tuple[int, str]:
         """Ask for the operation on its confirmation page and confirm it, as a person would."""
-        path = f"/admin/apps_registry/application/{app_pk}/operation/{operation}/"
-        return self.post(path, {"confirm": "yes", "csrfmiddlewaretoken": self._token(path)})
+        return self.submit(f"/admin/apps_registry/application/{app_pk}/operation/{operation}/", {"confirm": "yes"})
+
+    def environment_action(self, action: str, env_pk: int) -> tuple[int, str]:
+        """An action of the environment list, confirmed on its confirmation page; logs in again
+        if the session went with a Redis restarted empty."""
+        path = "/admin/apps_registry/environment/"
+        data = {"action": action, "_selected_action": [str(env_pk)], "confirm": "yes"}
+        code, page = self.submit(path, data)
+        if code == 200 and 'name="username"' in page and "/admin/login/" in page:
+            self.login()
+            code, page = self.submit(path, data)
+        return code, page
 
 
 # --- Bounded load -------------------------------------------------------------------------------

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 import urllib.error
 import urllib.request
-from http.cookiejar import CookieJar
-from urllib.parse import urlencode
 
 import hypothesis.core
 import pytest
@@ -44,7 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.faults.harness import Api, FaultCluster, make_api
+from tests.faults.harness import AdminSession, Api, FaultCluster, make_api
 from tests.support.cluster import OFFLINE_AFTER
 from tests.support.processes import wait_until
 
@@ -64,63 +61,12 @@ STEP_LOG: list[str] = []
 STEPS_RUN: list[float] = []  # how long each step took to settle
 
 
-class Admin:
-    """The supervisor's admin as a person uses it: log in, pick an action, confirm."""
-
-    def __init__(self, base: str, username: str, password: str):
-        self.base = base
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
-        self.username, self.password = username, password
-        self.login()
-
-    def login(self) -> None:
-        form = {"username": self.username, "password": self.password, "next": "/admin/"}
-        code, _ = self.post("/admin/login/", form)
-        assert code == 200, code
-
-    def _get(self, path: str) -> str:
-        with self.opener.open(f"{self.base}{path}", timeout=15) as response:
-            return response.read().decode()
-
-    def post(self, path: str, data: dict) -> tuple[int, str]:
-        page = self._get(path)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        body = urlencode({**data, "csrfmiddlewaretoken": token}, doseq=True).encode()
-        request = urllib.request.Request(f"{self.base}{path}", data=body, method="POST")
-        request.add_header("Referer", f"{self.base}{path}")
-        try:
-            with self.opener.open(request, timeout=15) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode(errors="replace")
-
-    def environment_action(self, action: str, env_pk: int) -> tuple[int, str]:
-        """An environment list action, confirmed on its confirmation page."""
-        path = "/admin/apps_registry/environment/"
-        data = {"action": action, "_selected_action": [str(env_pk)], "confirm": "yes"}
-        code, page = self.post(path, data)
-        if code == 200 and "/admin/login/" in page and 'name="username"' in page:  # session lost with Redis
-            self.login()
-            code, page = self.post(path, data)
-        return code, page
-
-
 @pytest.fixture(scope="module")
 def model_cluster(tmp_path_factory):
     # Starts that cannot reach a frozen environment give up after 8 s (else each would hold
     # its app's start lock for the default 120 s).
     cluster = FaultCluster(tmp_path_factory.mktemp("model-cluster"), tag="m", extra_environ={"APP_START_TIMEOUT": "8"})
-    try:
-        cluster.start()
-        cluster.start_queue_worker()
-    except BaseException:
-        print(cluster.log_tails())
-        cluster.stop()
-        raise
-    yield cluster
-    for worker in cluster.workers.values():  # a frozen process cannot act on SIGTERM
-        for process in (worker.agent, worker.web):
-            process.signal(signal.SIGCONT)
+    yield cluster.start_all()
     cluster.stop()
 
 
@@ -180,7 +126,7 @@ class Convergence(RuleBasedStateMachine):
 
     cluster: FaultCluster
     api: Api
-    admin: Admin
+    admin: AdminSession
     probe: Probe
 
     def __init__(self) -> None:
@@ -456,7 +402,7 @@ def test_the_registry_converges_whatever_operators_and_failures_do(model_cluster
     wait_until(lambda: set(api.env_statuses()) >= set(ENVS), timeout=60, interval=0.2, message="registrations")
     Convergence.cluster = model_cluster
     Convergence.api = api
-    Convergence.admin = Admin(model_cluster.url, "fault_root", "fault-root-pass")
+    Convergence.admin = AdminSession(model_cluster.url, "fault_root", "fault-root-pass")
     Convergence.probe = Probe(model_cluster, api)
     began = time.monotonic()
     try:

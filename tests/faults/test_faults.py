@@ -24,14 +24,7 @@ RESULTS: list[dict] = []
 
 @pytest.fixture(scope="module")
 def fault_cluster(tmp_path_factory):
-    cluster = FaultCluster(tmp_path_factory.mktemp("fault-cluster"))
-    try:
-        cluster.start()
-        cluster.start_queue_worker()
-    except BaseException:
-        print(cluster.log_tails())
-        cluster.stop()
-        raise
+    cluster = FaultCluster(tmp_path_factory.mktemp("fault-cluster")).start_all()
     yield cluster
     cluster.stop()
     record(RESULTS)

@@ -105,7 +105,13 @@ class Client:
     def get(self, path: str, **headers):
         return self.request("GET", path, headers=headers)
 
-    def post_form(self, path: str, fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None):
+    def post_form(
+        self,
+        path: str,
+        fields: dict[str, str],
+        files: dict[str, tuple[str, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         boundary = secrets.token_hex(12)
         parts = []
         for name, value in fields.items():
@@ -117,21 +123,24 @@ class Client:
             )
             parts.append(head.encode() + content + b"\r\n")
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        return self.request("POST", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        headers = {**(headers or {}), "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        return self.request("POST", path, body, headers)
 
     def csrf_token(self, path: str) -> str:
         status, _, html = self.get(path)
         assert status == 200, (path, status)
         return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
 
-    def login(self, app: str, username: str, password: str) -> int:
+    def login(self, app: str, username: str, password: str, headers: dict[str, str] | None = None) -> int:
+        return self.login_response(app, username, password, headers)[0]
+
+    def login_response(self, app: str, username: str, password: str, headers: dict[str, str] | None = None):
         login = f"/apps/{app}/admin/login/"
         token = self.csrf_token(login)
         fields = {"csrfmiddlewaretoken": token, "username": username, "password": password}
-        status, headers, _ = self.post_form(
-            f"{login}?next=/apps/{app}/admin/", {**fields, "next": f"/apps/{app}/admin/"}
+        return self.post_form(
+            f"{login}?next=/apps/{app}/admin/", {**fields, "next": f"/apps/{app}/admin/"}, headers=headers
         )
-        return status
 
 
 def _statuses(client: Client, path: str, count: int = 6) -> set[int]:
@@ -309,3 +318,28 @@ def test_database_user_without_createdb_gets_a_clear_error(worker):
     finally:
         with _pg() as conn:
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_the_eleventh_wrong_password_on_an_app_admin_is_refused_per_app(worker, redis_conn):
+    """Counted in Redis (the worker's two gunicorn processes share it), per app, username and
+    address: the address is the browser's, from X-Forwarded-For of a trusted proxy (here the
+    test itself, on loopback)."""
+    assert (
+        worker.host_app("rt_lock", "--modules", "tasks", "--admin-user", "alice", "--admin-password", "pw-l").returncode
+        == 0
+    )
+    wait_until(lambda: Client(worker.port).get("/apps/rt_lock/")[0] == 302, timeout=30, message="rt_lock served")
+    attacker = {"X-Forwarded-For": "203.0.113.9"}
+    client = worker.client()
+    for number in range(1, 11):
+        assert client.login("rt_a", "alice", f"wrong-{number}", attacker) == 200, number
+    status, headers, body = client.login_response("rt_a", "alice", "wrong-11", attacker)
+    assert status == 429, body[-500:]
+    assert int(headers["Retry-After"]) > 0 and "Too many failed logins" in body
+    assert client.login("rt_a", "alice", "pw-a", attacker) == 429  # right password, still paused
+    assert any(redis_conn.scan_iter(match=f"{services.RUN_ID}:login:*")), "counts kept in Redis"
+
+    # The same username on another app, another user, another address: not paused.
+    assert worker.client().login("rt_lock", "alice", "pw-l", attacker) == 302
+    assert worker.client().login("rt_b", "bob", "pw-b", attacker) == 302
+    assert worker.client().login("rt_a", "alice", "pw-a", {"X-Forwarded-For": "203.0.113.10"}) == 302

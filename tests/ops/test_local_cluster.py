@@ -54,6 +54,82 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _readable_by_others(root: Path) -> list[tuple[str, str]]:
+    found = []
+    for path in [root, *root.rglob("*")]:
+        try:
+            mode = path.lstat().st_mode & 0o777
+        except FileNotFoundError:  # a file the running cluster just replaced
+            continue
+        if mode & 0o077:
+            found.append((str(path), oct(mode)))
+    return found
+
+
+PASSWORD_HASH_RE = re.compile(rb"pbkdf2_sha256\$\d+\$[^$\s\"]+\$[A-Za-z0-9+/=]+")
+
+
+def _password_hashes_in_redis(port: int) -> set[str]:
+    """Every Django password hash held anywhere in the cluster's Redis: strings, hashes,
+    lists, sets, sorted sets and streams, values and field names alike."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    blobs: list[bytes] = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            blobs.append(client.get(key) or b"")
+        elif kind == "hash":
+            for field, value in client.hgetall(key).items():
+                blobs += [field, value]
+        elif kind == "list":
+            blobs += client.lrange(key, 0, -1)
+        elif kind == "set":
+            blobs += list(client.smembers(key))
+        elif kind == "zset":
+            blobs += [member for member, _ in client.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            for _id, fields in client.xrange(key):
+                for field, value in fields.items():
+                    blobs += [field, value]
+    return {match.decode() for blob in blobs for match in PASSWORD_HASH_RE.findall(blob)}
+
+
+def _pbkdf2_matches(password: str, encoded: str) -> bool:
+    """Django's PBKDF2-SHA256 check, written out (the test settings hash with MD5 only)."""
+    import base64
+    import hashlib
+    import hmac
+
+    _algorithm, iterations, salt, digest = encoded.split("$", 3)
+    computed = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), int(iterations))
+    return hmac.compare_digest(base64.b64encode(computed).decode().strip(), digest)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def _app_login(browser: urllib.request.OpenerDirector, url: str, username: str, password: str) -> int:
+    """Log in to a hosted app's admin through the proxy: 302 when the password is right."""
+    import urllib.error
+    import urllib.parse
+
+    with browser.open(url, timeout=10) as response:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode()).group(1)
+    data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username, "password": password})
+    opener = urllib.request.build_opener(
+        _NoRedirect(), *[h for h in browser.handlers if isinstance(h, urllib.request.HTTPCookieProcessor)]
+    )
+    try:
+        with opener.open(urllib.request.Request(url, data=data.encode(), method="POST"), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 class Lines:
     """Collects a child's output lines from a background thread."""
 
@@ -100,7 +176,10 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
         )
         text = output.text()
         assert popen.poll() is None, text[-4000:]
-        assert "Admin user created: operator / cluster-test-password" in text
+        assert "Admin user created: operator (password from ADMIN_PASSWORD)" in text
+        assert "cluster-test-password" not in text, "a given password is never printed"
+        demo_admin = re.search(r"first admin of app demo: (\S+) / (\S+) \(its own user", text)
+        assert demo_admin and demo_admin.group(1) == "demo_admin", text[-4000:]
 
         urls = sorted({url for line in output.lines if line.startswith("cluster") for url in URL_RE.findall(line)})
         sup = f"http://127.0.0.1:{ports['SUPERVISOR']}"
@@ -128,6 +207,20 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
             with browser.open(f"{sup}/apps/demo/admin/?env={env_name}", timeout=10) as response:
                 assert "/apps/demo/admin/login/" in response.url
                 assert b'name="password"' in response.read()
+        # The demo's first admin is its own user: its password works there, the supervisor's does not.
+        assert _app_login(browser, f"{sup}/apps/demo/admin/login/", "demo_admin", demo_admin.group(2)) == 302
+        assert _app_login(browser, f"{sup}/apps/demo/admin/login/", "operator", "cluster-test-password") == 200
+        # No password hash in Redis is one of the supervisor user's password, and the demo
+        # admin's is there (the scan reads what the specs carry).
+        hashes = _password_hashes_in_redis(ports["REDIS"])
+        assert any(_pbkdf2_matches(demo_admin.group(2), h) for h in hashes), hashes
+        assert not [h for h in hashes if _pbkdf2_matches("cluster-test-password", h)]
+        # Secrets at rest: the cluster's folders 0700, its files (databases, Redis's dump,
+        # the secret key) readable by this account only.
+        loose = _readable_by_others(cluster_dir)
+        assert loose == [], loose
+        assert not (cluster_dir / "admin-password").exists()
+
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['ENV_A']}/metrics", timeout=5) as response:
             assert "appsup_hosted_apps 1.0" in response.read().decode()
         # The proxy's histogram, observed in a gunicorn worker, is in the supervisor's scrape.

@@ -123,11 +123,11 @@ class Inbox:
         for entry_id, fields in claimed[1] if claimed else []:
             self._receive(entry_id, fields)
 
-    def read_once(self) -> None:
-        """One XREADGROUP (blocking 1 s once the pending entries are read); RedisError is
-        the caller's to retry."""
+    def read_once(self, wait: bool = True) -> int:
+        """One XREADGROUP (blocking up to 1 s once the pending entries are read, unless not
+        ``wait``); returns how many entries it took. RedisError is the caller's to retry."""
         self._ensure_group()
-        block = None if self._cursor == "0" else READ_BLOCK_MS
+        block = None if self._cursor == "0" or not wait else READ_BLOCK_MS
         try:
             reply = self._client.xreadgroup(
                 protocol.AGENT_GROUP, self.consumer, {self.stream: self._cursor}, count=READ_COUNT, block=block
@@ -137,14 +137,14 @@ class Inbox:
             # blocked on it): create them again and carry on.
             if "NOGROUP" in str(error) or "UNBLOCKED" in str(error):
                 self._group_link_generation = -1
-                return
+                return 0
             raise
         self.link.ok()
         entries = reply[0][1] if reply else []
         if self._cursor == "0":
             if not entries:
                 self._cursor = ">"
-                return
+                return 0
             self._cursor = entries[-1][0]  # keep paging through our pending entries
         for entry_id, fields in entries:
             try:
@@ -158,6 +158,7 @@ class Inbox:
                 self._acknowledge(ack, entry_id)
         if self._cursor not in ("0", ">") and len(entries) < READ_COUNT:
             self._cursor = ">"
+        return len(entries)
 
     def _already_done(self, command_id: str) -> bool:
         with self._lock:

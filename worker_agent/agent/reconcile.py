@@ -59,9 +59,12 @@ class Reconciler:
 
     # --- periodic ---------------------------------------------------------------------------------
 
+    def is_due(self) -> bool:
+        return time.monotonic() >= self._next
+
     def due(self) -> None:
         """Reconcile if the interval has passed (called from the main loop)."""
-        if time.monotonic() >= self._next:
+        if self.is_due():
             self._next = time.monotonic() + self._interval
             self.reconcile()
 

@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
-from supervisor_site import catalogue
+from supervisor_site import catalogue, private_files
 from worker_agent.hosting.db_router import alias_for, set_enabled_modules
 from worker_agent.hosting.file_lock import FileLock
 
@@ -297,8 +297,9 @@ def connects(db: AppDatabase) -> bool:
 def _sqlite_create(db: AppDatabase, template_source: TemplateSource | None) -> str:
     path = Path(db.name)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_files.private_dir(path.parent)
         if path.exists():
+            private_files.private_sqlite(path)  # one an earlier version left readable
             return EXISTED
         template = template_source(None) if template_source else None
         if not template:

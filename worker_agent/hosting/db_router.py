@@ -12,6 +12,9 @@ from supervisor_site import catalogue
 APP_ALIAS_PREFIX = "app:"
 # Tables an app database carries besides its business modules.
 APP_SHARED_LABELS = frozenset({"auth", "contenttypes", "sessions", "admin"})
+# Tables of the instance, never of an app, even during a hosted request: standalone's login
+# throttle counts (supervisor_site.login_throttle) for the apps it hosts live in ``default``.
+INSTANCE_LABELS = frozenset({"axes"})
 
 # The database alias of the hosted app serving the current request, if any.
 current_app_alias: ContextVar[str | None] = ContextVar("current_app_alias", default=None)
@@ -38,10 +41,10 @@ def enabled_modules(alias: str) -> frozenset[str]:
 
 class HostedAppRouter:
     def db_for_read(self, model, **hints):
-        return current_app_alias.get()
+        return None if model._meta.app_label in INSTANCE_LABELS else current_app_alias.get()
 
     def db_for_write(self, model, **hints):
-        return current_app_alias.get()
+        return None if model._meta.app_label in INSTANCE_LABELS else current_app_alias.get()
 
     def allow_relation(self, obj1, obj2, **hints):
         return obj1._state.db == obj2._state.db

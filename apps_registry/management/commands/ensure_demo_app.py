@@ -3,18 +3,24 @@
 Used by ``make run``: waits for the environments to register, creates ``demo`` on all of
 them if it does not exist, and asks for a start where it is not already running or on its
 way. Everything goes through ``apps_registry.registry.actions`` so the audit trail records it.
+
+The demo's first admin is a user of its own (``--admin-username``, default ``demo_admin``), with
+a generated password printed once, when the app is created: the app's spec carries that user's
+password hash through Redis to the workers, so it must never be a supervisor user's.
 """
 
 import os
+import secrets
 import time
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from apps_registry.control import ingest, redis_client
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment
-from apps_registry.names import validate_app_name
+from apps_registry.names import clean_admin_username, validate_app_name
 from apps_registry.registry import actions
 from supervisor_site import catalogue
 
@@ -32,25 +38,36 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="demo")
         parser.add_argument("--environments", default="env_a,env_b")
         parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for registration and start")
+        parser.add_argument(
+            "--admin-username", default="demo_admin", help="the demo app's own first admin (not a supervisor user)"
+        )
 
-    def handle(self, *args, name: str, environments: str, wait: float, **options) -> None:
+    def handle(self, *args, name: str, environments: str, wait: float, admin_username: str, **options) -> None:
         validate_app_name(name)
+        try:
+            app_admin = clean_admin_username(admin_username)
+        except ValidationError as error:
+            raise CommandError(f"--admin-username: {error.messages[0]}") from None
         wanted = [e.strip() for e in environments.split(",") if e.strip()]
         deadline = time.monotonic() + wait
         envs = self._wait_for_environments(wanted, deadline)
-        user = get_user_model().objects.filter(username=os.environ.get("ADMIN_USERNAME", "admin")).first()
+        user = get_user_model().objects.filter(username=os.environ.get("ADMIN_USERNAME") or "admin").first()
 
         app = Application.objects.filter(name=name).first()
         if app is None:
-            options = {"modules": sorted(catalogue.labels()), "start_mode": "manual"}
-            password = os.environ.get("ADMIN_PASSWORD", "")
-            if user is not None and password:
-                # The app's own first admin gets the same credentials as the supervisor's.
-                options["initial_admin"] = {"username": user.username, "password_hash": make_password(password)}
+            password = secrets.token_urlsafe(12)
+            options = {
+                "modules": sorted(catalogue.labels()),
+                "start_mode": "manual",
+                "initial_admin": {"username": app_admin, "password_hash": make_password(password)},
+            }
             app = actions.create_application(
                 name=name, environments=envs, user=user, display_name="Demo", options=options, via="cli"
             )
             self.stdout.write(f"created app {name} on {', '.join(wanted)}")
+            self.stdout.write(
+                f"first admin of app {name}: {app_admin} / {password} (its own user; shown only this once)"
+            )
         else:
             placed = set(app.placements.values_list("environment__name", flat=True))
             if not set(wanted) <= placed:
