@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from apps_registry.names import validate_app_name, validate_environment_name
+from apps_registry.names import MAX_HOST_LENGTH, validate_app_domain, validate_app_name, validate_environment_name
 
 
 class EnvironmentStatus(models.TextChoices):
@@ -97,6 +97,16 @@ class Application(models.Model):
     name = models.CharField(max_length=40, unique=True, validators=[validate_app_name])
     display_name = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
+    # A custom domain the app is also served at, at "/" (the reference system's cname). NULL,
+    # not "", when there is none, so that the unique constraint holds only between real ones.
+    domain = models.CharField(
+        max_length=MAX_HOST_LENGTH,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_app_domain],
+        help_text="Optional host name (e.g. crm.example.com) serving this app at /. Point its DNS at the supervisor.",
+    )
     # {"database": {...}, "modules": ["contacts", "tasks"], "start_mode": "manual"}
     options = models.JSONField(default=dict, blank=True)
     environments = models.ManyToManyField(Environment, through="AppEnvironment", related_name="applications")

@@ -84,3 +84,79 @@ def check_first_admin_password(password: str, supervisor_user: object | None) ->
     check = getattr(supervisor_user, "check_password", None)
     if password and check is not None and check(password):
         raise ValidationError(REUSED_PASSWORD_MESSAGE, code="supervisor_password")
+
+
+# --- host names: an app's own origin (APPS_DOMAIN) and its custom domain ---------------------
+
+# One DNS label (RFC 1123): letters, digits and inner hyphens, 1 to 63 characters.
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_HOST_LENGTH = 253
+HOST_RULE = (
+    "must be a host name such as crm.example.com: dot-separated labels of letters, digits and "
+    "inner hyphens (1 to 63 each), at least two labels, no port, no trailing dot"
+)
+
+
+def host_label(name: str) -> str:
+    """The DNS label of app ``name``: ``sales_eu`` → ``sales-eu``. A label may not hold ``_``
+    (Django refuses such a Host) and a name may not hold ``-``, so the mapping is one-to-one."""
+    return name.replace("_", "-")
+
+
+def name_from_label(label: str) -> str | None:
+    """The app name a host label stands for, or None when no valid name maps to it."""
+    if "_" in label:
+        return None
+    name = label.replace("-", "_")
+    return name if is_valid_name(name) else None
+
+
+def host_problem(value: str) -> str:
+    """Why ``value`` (already lower-cased) is not a plain DNS host name ('' when it is one).
+    IP addresses are refused too: an app's domain is a name someone points at us."""
+    if not value or len(value) > MAX_HOST_LENGTH:
+        return HOST_RULE
+    labels = value.split(".")
+    if len(labels) < 2 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        return HOST_RULE
+    if labels[-1].isdigit():
+        return "must be a host name, not an IP address"
+    return ""
+
+
+def normalise_host(value: str) -> str:
+    """A host name as typed, compared and stored: stripped and lower-cased."""
+    return value.strip().lower()
+
+
+def is_under(host: str, domain: str) -> bool:
+    """Whether ``host`` is ``domain`` or one of its sub-domains (both lower-case, no port)."""
+    return bool(domain) and (host == domain or host.endswith("." + domain))
+
+
+def validate_app_domain(value: str) -> None:
+    """An app's custom domain: a host name (lower-case, as ``normalise_host`` leaves it), not
+    under APPS_DOMAIN (those hosts are the apps' own names) and not one of the supervisor's
+    own hosts (ALLOWED_HOSTS), which would take the admin's address away from it."""
+    from django.conf import settings  # read at validation time: tests change APPS_DOMAIN
+    from django.http.request import validate_host
+
+    if value != normalise_host(value):
+        raise ValidationError(f"Domain {value!r} must be lower-case, without spaces.", code="invalid_domain")
+    problem = host_problem(value)
+    if problem:
+        raise ValidationError(f"Domain {value!r} {problem}.", code="invalid_domain")
+    config = getattr(settings, "APP_CONFIG", None)
+    apps_domain = getattr(config, "apps_domain", "")
+    if apps_domain and is_under(value, apps_domain):
+        raise ValidationError(
+            f"Domain {value!r} is under APPS_DOMAIN ({apps_domain}), where every app already has "
+            f"its own host; choose a domain outside it.",
+            code="domain_under_apps_domain",
+        )
+    own = [host for host in getattr(config, "allowed_hosts", []) if host not in ("*", f".{apps_domain}")]
+    if validate_host(value, own):
+        raise ValidationError(
+            f"Domain {value!r} is the supervisor's own host (ALLOWED_HOSTS); choose another.",
+            code="supervisor_domain",
+        )

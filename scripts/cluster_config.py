@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from cluster_children import port_setting
+from cluster_redis import ClusterRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,9 @@ class ClusterConfig:
         }
         self.external_redis = os.environ.get("APP_SUPERVISOR_REDIS_URL") or os.environ.get("APP_COMMAND_REDIS_URL")
         self.redis_port = port_setting("CLUSTER_REDIS_PORT", 14379)
+        # The Redis the cluster starts itself has a user per role (AUTH and ACLs, no default
+        # user); an external one (APP_*_REDIS_URL) is used as given.
+        self.redis = ClusterRedis(self.dir / "redis", self.redis_port, os.environ.get("APP_REDIS_PREFIX") or "appsup")
         self.postgres = os.environ.get("DB_DIALECT", "").strip() == "postgres"
 
     # --- Configuration -----------------------------------------------------------------
@@ -39,13 +43,16 @@ class ClusterConfig:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def base_env(self) -> dict[str, str]:
-        redis_url = self.external_redis or f"redis://127.0.0.1:{self.redis_port}/0"
+    def base_env(self, role: str = "supervisor") -> dict[str, str]:
+        redis_url = self.external_redis or self.redis.url(role)
         env = {
             "APP_CLUSTER_DIR": str(self.dir),
             "SECRET_KEY": self.secret_key(),
             "DEBUG": os.environ.get("DEBUG", "false"),
             "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]"),
+            # Every app on an origin of its own: browsers resolve *.localhost to loopback
+            # (APPS_DOMAIN= empty gives path mode, /apps/<name>/ on the supervisor's host).
+            "APPS_DOMAIN": os.environ.get("APPS_DOMAIN", "apps.localhost"),
             "APP_SUPERVISOR_REDIS_URL": os.environ.get("APP_SUPERVISOR_REDIS_URL") or redis_url,
             "APP_COMMAND_REDIS_URL": os.environ.get("APP_COMMAND_REDIS_URL") or redis_url,
             "METRICS_ALLOWED_IPS": os.environ.get("METRICS_ALLOWED_IPS", "127.0.0.1,::1"),
@@ -56,7 +63,7 @@ class ClusterConfig:
         return env
 
     def role_env(self, role: str) -> dict[str, str]:
-        env = self.base_env()
+        env = self.base_env(role)
         prefix = os.environ.get("DB_DATABASE") or "appsup"
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", prefix):
             raise SystemExit(

@@ -8,6 +8,8 @@ there into ``UnreadablePostError``, which is a 500. :class:`GuardedInputApplicat
 ``wsgi.input`` (in every role, ``supervisor_site/wsgi.py``) so that any failure to read it
 becomes :class:`ClientInputError`, a ``BadRequest`` Django answers with 400;
 :class:`QuietClientInputErrors` turns Django's warning with a traceback into one INFO line.
+A ``Host`` no site here answers to is the client's too (a scanner, a stale DNS record):
+:class:`QuietDisallowedHost` makes Django's ERROR with a traceback one INFO line.
 """
 
 from __future__ import annotations
@@ -129,4 +131,14 @@ class QuietClientInputErrors(logging.Filter):
             request = getattr(record, "request", None)
             record.msg, record.args = "bad request body on %s: %s", (getattr(request, "path", "?"), error)
             record.exc_info, record.exc_text = None, None
+        return True
+
+
+class QuietDisallowedHost(logging.Filter):
+    """On ``django.security.DisallowedHost``: Django answers 400 and logs an ERROR with the
+    traceback; with per-app hosts and custom domains, unknown Host headers are routine."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
         return True

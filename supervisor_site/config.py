@@ -17,8 +17,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from apps_registry import signing
-from apps_registry.names import is_valid_name
+from apps_registry.names import host_problem, is_valid_name, normalise_host
+from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.origins import origin_problem
+from supervisor_site.secret_urls import masked
 
 MODES = ("standalone", "supervisor", "worker")
 ADAPTERS = ("local", "remote")
@@ -87,6 +89,8 @@ class Config:
     proxy_concurrency: int
     proxy_app_concurrency: int
     trusted_proxies: list[str]
+    # Where environments' URLs may point (ENVIRONMENT_ALLOWED_NETWORKS; empty: anywhere).
+    environment_allowed_networks: AllowedNetworks
     metrics_token: str
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
@@ -100,6 +104,8 @@ class Config:
     login_failure_limit: int = 10
     login_lockout_seconds: float = 900.0
     https: bool = False
+    # Per-app origins: app crm at crm.<apps_domain> ('' = path mode only, /apps/<name>/).
+    apps_domain: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -179,10 +185,10 @@ class _Reader:
             parts = urlsplit(value)
             port = parts.port  # raises ValueError on a non-numeric port
         except ValueError:
-            raise ConfigError(f"{name} is not a valid URL (got {value!r})") from None
+            raise ConfigError(f"{name} is not a valid URL (got {masked(value)!r})") from None
         if parts.scheme not in schemes or not parts.hostname:
             expected = " or ".join(f"{s}://host[:port]" for s in schemes)
-            raise ConfigError(f"{name} must look like {expected} (got {value!r})")
+            raise ConfigError(f"{name} must look like {expected} (got {masked(value)!r})")
         del port
         return value.rstrip("/") if parts.scheme in ("http", "https") else value
 
@@ -260,6 +266,35 @@ def _key_text(read: _Reader, name: str, *, public: bool) -> str:
         what = "a base64 Ed25519 public key (32 bytes)" if public else "base64 of a 32-byte Ed25519 seed"
         raise ConfigError(f"{name} must be {what}: {error}") from None
     return value
+
+
+def _allowed_networks(read: _Reader, name: str) -> AllowedNetworks:
+    try:
+        return AllowedNetworks.parse(read.csv(name, ""))
+    except ValueError as error:
+        raise ConfigError(
+            f"{name} must be a comma-separated list of CIDR networks, addresses and host names (got {str(error)!r})"
+        ) from None
+
+
+def _apps_domain(read: _Reader) -> str:
+    value = normalise_host(read.raw("APPS_DOMAIN"))
+    if not value:
+        return ""
+    # ``localhost`` has one label, but ``apps.localhost`` is what ``make run`` uses.
+    problem = host_problem(value)
+    if problem:
+        raise ConfigError(f"APPS_DOMAIN {problem} (got {value!r})")
+    return value
+
+
+def _allowed_hosts(read: _Reader, apps_domain: str) -> list[str]:
+    hosts = read.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+    # Every app host under APPS_DOMAIN (Django's leading-dot pattern: the domain and its
+    # sub-domains); the host router answers for them before anything else reads the Host.
+    if apps_domain and f".{apps_domain}" not in hosts:
+        hosts.append(f".{apps_domain}")
+    return hosts
 
 
 def _time_zone(read: _Reader) -> str:
@@ -343,6 +378,13 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             f"got {offline_after:g}"
         )
 
+    apps_domain = _apps_domain(read)
+    if apps_domain and mode == "standalone":
+        # Only the supervisor's proxy routes by Host; standalone would serve its own admin there.
+        raise ConfigError(
+            "APPS_DOMAIN needs APP_MODE=supervisor (its proxy serves apps by host name); "
+            "standalone serves apps at /apps/<name>/ only"
+        )
     return Config(
         mode=mode,
         discovery_adapter=discovery,
@@ -359,7 +401,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         app_db_prefix=app_db_prefix,
         secret_key=secret_key,
         debug=debug,
-        allowed_hosts=read.csv("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]"),
+        allowed_hosts=_allowed_hosts(read, apps_domain),
         time_zone=_time_zone(read),
         heartbeat_interval=read.seconds("APP_HEARTBEAT_INTERVAL", 120.0),
         lease_interval=lease_interval,
@@ -383,6 +425,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             maximum=proxy_concurrency,
         ),
         trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
+        environment_allowed_networks=_allowed_networks(read, "ENVIRONMENT_ALLOWED_NETWORKS"),
         metrics_token=read.raw("METRICS_TOKEN"),
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
@@ -394,4 +437,5 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         login_failure_limit=read.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000),
         login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
         https=read.boolean("APP_HTTPS", False),
+        apps_domain=apps_domain,
     )

@@ -23,6 +23,9 @@ from django.http import HttpRequest, HttpResponse
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PEER_ADDR = "appsup.peer_addr"
+# Set (True) when the connection came from a trusted proxy: what else such a proxy may say
+# (the app-root header, worker_agent/web/middleware.py) is believed only then.
+FROM_TRUSTED_PROXY = "appsup.from_trusted_proxy"
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
@@ -56,6 +59,7 @@ class ForwardedHeadersMiddleware:
         meta = request.META
         meta[PEER_ADDR] = meta.get("REMOTE_ADDR", "")
         if self.networks and _is_trusted(meta.get("REMOTE_ADDR", ""), self.networks):
+            meta[FROM_TRUSTED_PROXY] = True
             self._apply(meta)
         return self.get_response(request)
 

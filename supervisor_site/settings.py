@@ -12,6 +12,7 @@ from pathlib import Path
 from supervisor_site import private_files
 from supervisor_site.config import Config, ConfigError, load
 from supervisor_site.https import https_settings
+from supervisor_site.vouched_hosts import VouchedHosts
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,8 @@ except ConfigError as error:
 APP_MODE = APP_CONFIG.mode
 SECRET_KEY = APP_CONFIG.secret_key
 DEBUG = APP_CONFIG.debug
-ALLOWED_HOSTS = APP_CONFIG.allowed_hosts
+# The configured hosts, plus, on a worker, the app host a trusted proxy vouched for (per request).
+ALLOWED_HOSTS = VouchedHosts(APP_CONFIG.allowed_hosts)
 TIME_ZONE = APP_CONFIG.time_zone
 USE_TZ = True
 LANGUAGE_CODE = "en-us"
@@ -55,10 +57,14 @@ INSTALLED_APPS += list(BUSINESS_MODULES)
 MIDDLEWARE = [
     # First: X-Forwarded-Host/-Proto/-For are believed only from TRUSTED_PROXY_IPS.
     "supervisor_site.forwarded.ForwardedHeadersMiddleware",
+    # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
+    # Before the host router, so that app hosts' traffic (most of it) keeps the check going.
+    "apps_registry.control.discovery.EnsureConfigCacheMiddleware",
+    # Supervisor: a Host that names an app (APPS_DOMAIN, custom domains) is that app's, served
+    # through the proxy before anything below reads the Host (apps_registry/proxy/hosts.py).
+    "apps_registry.proxy.hosts.AppHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    # Supervisor with the Redis config cache: rebuilds it when Redis lost it (throttled EXISTS).
-    "apps_registry.control.discovery.EnsureConfigCacheMiddleware",
     # Serves /apps/<name>/ from this process when it hosts apps (standalone, worker).
     "worker_agent.web.middleware.HostedAppMiddleware",
     "worker_agent.web.sessions.PerAppSessionMiddleware",
@@ -223,6 +229,7 @@ LOGGING = {
     "filters": {
         # A client's broken request body: one INFO line, no traceback (client_input.py).
         "client_input": {"()": "supervisor_site.client_input.QuietClientInputErrors"},
+        "disallowed_host": {"()": "supervisor_site.client_input.QuietDisallowedHost"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": APP_CONFIG.log_format},
@@ -231,6 +238,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django.request": {"filters": ["client_input"]},
+        "django.security.DisallowedHost": {"filters": ["disallowed_host"]},
         "rq.worker": {"level": "WARNING"},
     },
 }

@@ -26,6 +26,11 @@ if settings.APP_MODE != "worker":
 if settings.APP_MODE == "supervisor":
     # Everything under /apps/ goes to the proxy, which validates the path and the app name
     # itself (a stricter check than a URL pattern can express).
+    from apps_registry.proxy.hosts import domain_check
     from apps_registry.proxy.view import AppProxyView
 
-    urlpatterns += [re_path(r"^apps(?:/|$)", AppProxyView.as_view(), name="app_proxy")]
+    urlpatterns += [
+        re_path(r"^apps(?:/|$)", AppProxyView.as_view(), name="app_proxy"),
+        # Caddy's on-demand TLS asks here before it obtains a certificate (docs/operations.md).
+        path("internal/domain-check", domain_check, name="domain_check"),
+    ]

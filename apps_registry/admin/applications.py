@@ -71,12 +71,15 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     Media = SupervisorMedia
 
     _add_fieldsets = [
-        (None, {"fields": ["name", "display_name", "description", "target_environments"]}),
+        (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
-        (None, {"fields": ["name", "display_name", "description", "target_environments", "confirm_takedown"]}),
+        (
+            None,
+            {"fields": ["name", "display_name", "description", "domain", "target_environments", "confirm_takedown"]},
+        ),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("Recent history", {"fields": ["recent_history"]}),
     ]
@@ -223,6 +226,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
             display_name=obj.display_name,
             description=obj.description,
             options=options,
+            domain=obj.domain,
         )
         # The admin goes on with obj (log entry, redirect): make it the saved row.
         obj.pk = app.pk

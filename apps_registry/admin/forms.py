@@ -8,7 +8,12 @@ from django import forms
 from django.db.models import Q
 
 from apps_registry.models import Application, Environment, StartMode
-from apps_registry.names import ADMIN_USERNAME_MAX_LENGTH, check_first_admin_password, clean_admin_username
+from apps_registry.names import (
+    ADMIN_USERNAME_MAX_LENGTH,
+    check_first_admin_password,
+    clean_admin_username,
+    normalise_host,
+)
 from apps_registry.registry import actions
 from supervisor_site import catalogue
 
@@ -57,7 +62,7 @@ class ApplicationForm(forms.ModelForm):
 
     class Meta:
         model = Application
-        fields = ["name", "display_name", "description"]
+        fields = ["name", "display_name", "description", "domain"]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +74,11 @@ class ApplicationForm(forms.ModelForm):
             self.fields["target_environments"].initial = placed
             self.fields["modules"].initial = app.modules
             self.fields["start_mode"].initial = app.start_mode
+
+    def clean_domain(self) -> str | None:
+        # Typed as people type host names; stored lower-case, None when blank (unique only
+        # between real domains). The model's validator checks the rest.
+        return normalise_host(self.cleaned_data.get("domain") or "") or None
 
     def clean_admin_username(self) -> str:
         # Blank means the default here; the API's rule is the same function (apps_registry.names).

@@ -69,6 +69,18 @@ def _name_taken(error: ValidationError) -> bool:
     return any(detail.code == "unique" for detail in details)
 
 
+def _domain_taken(error: ValidationError) -> bool:
+    details = getattr(error, "error_dict", {}).get("domain", [])
+    return any(detail.code == "unique" for detail in details)
+
+
+def _conflict(name: str, domain: str | None) -> str:
+    """A unique constraint hit at commit: the name's, or the domain's (whichever is taken)."""
+    if domain and Application.objects.filter(domain=domain).exists():
+        return f"another application already has the domain {domain!r}"
+    return f"an application named {name!r} already exists"
+
+
 @router.get(
     "/apps",
     auth=TokenAuth("apps_registry.view_application"),
@@ -127,15 +139,18 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
             display_name=payload.display_name,
             description=payload.description,
             options=options,
+            domain=payload.domain or None,
             via="api",
         )
     except IntegrityError:
-        raise ApiError(409, f"an application named {payload.name!r} already exists") from None
+        raise ApiError(409, _conflict(payload.name, payload.domain)) from None
     except ValidationError as error:
         # A concurrent create of the same name that committed after our exists() check is
         # seen by full_clean's unique check: still a conflict, not bad input.
         if _name_taken(error):
             raise ApiError(409, f"an application named {payload.name!r} already exists") from None
+        if _domain_taken(error):
+            raise ApiError(409, f"another application already has the domain {payload.domain!r}") from None
         raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
     result: dict[str, Any] = {}
     if payload.start:
@@ -161,7 +176,7 @@ def get_app(request: HttpRequest, name: AppPath = Path(..., example="sales_eu"))
 @router.patch(
     "/apps/{name}",
     auth=TokenAuth("apps_registry.change_application"),
-    summary="Edit an application: display name, description, environments",
+    summary="Edit an application: display name, description, custom domain, environments",
     description=(
         "Only the fields given change. A change of environments converges: removed environments get a "
         "remove (stopped and unloaded there, data kept); if the app runs, added ones get a start through "
@@ -188,14 +203,21 @@ def edit_app(
     # One transaction: a refused placement edit (409) leaves the descriptive fields unchanged too.
     with transaction.atomic():
         app = _get_app(name)
-        if payload.display_name is not None or payload.description is not None:
+        if payload.display_name is not None or payload.description is not None or payload.domain is not None:
             if payload.display_name is not None:
                 app.display_name = payload.display_name or app.name
             if payload.description is not None:
                 app.description = payload.description
+            if payload.domain is not None:
+                app.domain = payload.domain or None
             try:
-                actions.update_application(app, user, via="api")
+                with transaction.atomic():
+                    actions.update_application(app, user, via="api")
+            except IntegrityError:
+                raise ApiError(409, f"another application already has the domain {payload.domain!r}") from None
             except ValidationError as error:
+                if _domain_taken(error):
+                    raise ApiError(409, f"another application already has the domain {payload.domain!r}") from None
                 raise ApiError(400, errors={k: list(v) for k, v in error.message_dict.items()}) from None
         change = None
         if payload.environments is not None:

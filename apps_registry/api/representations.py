@@ -81,13 +81,14 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
         if error:
             parts[3][env] = error
     result = []
-    for pk, name, display_name, options in apps.values_list("pk", "name", "display_name", "options"):
+    for pk, name, display_name, domain, options in apps.values_list("pk", "name", "display_name", "domain", "options"):
         placed, statuses, observed, errors = by_app.get(pk) or ([], {}, {}, {})
         options = options or {}
         result.append(
             {
                 "name": name,
                 "display_name": display_name,
+                "domain": domain,
                 "environments": placed,
                 "statuses": statuses,
                 "observed": observed,

@@ -26,9 +26,12 @@ from pydantic_core import PydanticCustomError
 from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
 from apps_registry.names import (
     ADMIN_USERNAME_MAX_LENGTH,
+    MAX_HOST_LENGTH,
     MAX_NAME_LENGTH,
     NAME_RE,
     clean_admin_username,
+    normalise_host,
+    validate_app_domain,
     validate_app_name,
 )
 from supervisor_site import catalogue
@@ -110,6 +113,26 @@ def _optional_list(schema: dict[str, Any]) -> None:
 
 # The name as the request gives it (validated like the admin does) and as responses carry it.
 AppNameIn = Annotated[StrictStr, AfterValidator(_valid_app_name), WithJsonSchema(NAME_SCHEMA)]
+
+
+def _valid_domain(value: str) -> str:
+    # The model's rule (apps_registry.names), after the same normalising the admin form does.
+    domain = normalise_host(value)
+    if not domain:
+        return ""
+    try:
+        validate_app_domain(domain)
+    except DjangoValidationError as error:
+        raise _refuse("domain", error.messages[0]) from None
+    return domain
+
+
+# A host name, lower-cased; "" means none. Uniqueness is the registry's to check (409).
+DomainIn = Annotated[StrictStr, Field(max_length=MAX_HOST_LENGTH + 10), AfterValidator(_valid_domain)]
+_DOMAIN_DESCRIPTION = (
+    "custom host name serving the app at / (e.g. crm.example.com): not under APPS_DOMAIN, not the "
+    "supervisor's own host, unique; point its DNS at the supervisor"
+)
 AppName = Annotated[str, WithJsonSchema(NAME_SCHEMA)]
 # Timestamps in the representation Python gives them (as before: microseconds, "+00:00").
 Timestamp = Annotated[
@@ -169,6 +192,7 @@ class Observed(_Out):
 class App(_Out):
     name: AppName
     display_name: str
+    domain: str | None = Field(description="custom domain serving the app at / (null: none)")
     environments: list[str]
     statuses: dict[str, ShownStatus] = Field(
         description="status shown per environment: never running on an environment that is not online"
@@ -215,6 +239,7 @@ class AppCreate(_Body):
     name: AppNameIn
     display_name: StrictStr = Field("", max_length=200)
     description: StrictStr = Field("", max_length=5000)
+    domain: DomainIn | None = Field(None, description=_DOMAIN_DESCRIPTION, json_schema_extra=_optional)
     environments: Annotated[
         list[StrictStr],
         Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
@@ -239,7 +264,7 @@ class AppCreate(_Body):
     )
 
 
-_EDITABLE = ("display_name", "description", "environments")
+_EDITABLE = ("display_name", "description", "domain", "environments")
 
 
 class AppPatch(_Body):
@@ -254,6 +279,9 @@ class AppPatch(_Body):
         None, description="empty: the app's name", json_schema_extra=_optional
     )
     description: Annotated[StrictStr, Field(max_length=5000)] | None = Field(None, json_schema_extra=_optional)
+    domain: DomainIn | None = Field(
+        None, description=_DOMAIN_DESCRIPTION + "; an empty string removes it", json_schema_extra=_optional
+    )
     environments: (
         Annotated[
             list[StrictStr],

@@ -104,6 +104,18 @@ class FutureEvent(ValueError):
     """An entry timed beyond the Redis server's clock: it would pin a heartbeat or a status."""
 
 
+class OutsideAllowedNetworks(ValueError):
+    """A registration whose URL or proxy URL points outside ENVIRONMENT_ALLOWED_NETWORKS."""
+
+
+def _check_allowed(event: protocol.Registration) -> None:
+    allowed = settings.APP_CONFIG.environment_allowed_networks
+    for name, url in (("url", event.url), ("proxy_url", event.proxy_url)):
+        problem = allowed.url_problem(url) if url else ""
+        if problem:
+            raise OutsideAllowedNetworks(f"registration of {event.env}: its {name} {problem}")
+
+
 def event_seconds(entry_id: str, at: float | None, redis_now: float) -> float:
     """The entry's time in Redis server seconds, never after ``redis_now``; raises FutureEvent.
 
@@ -213,6 +225,8 @@ class Batch:
         if verdict is not None:
             self.refuse(event.env, verdict[0], verdict[1], key=verdict[2], host=host)
             return
+        if isinstance(event, protocol.Registration):
+            _check_allowed(event)  # before anything of it is kept
         seconds = event_seconds(entry_id, event.at, redis_now) + offset
         if identity.replayed(event.at, seconds):
             self.refuse(event.env, "stale", f"{event.type} for {event.env} signed at {event.at}: an old message copied")
@@ -378,6 +392,10 @@ def apply_entries(
             batch.refused += 1
             metrics.count_refused_event("future")
             log.warning("event ingest: refusing %s: %s", error, fields)
+        except OutsideAllowedNetworks as error:
+            batch.refused += 1
+            metrics.count_refused_event("network")
+            log.warning("event ingest: refusing %s", error)
         except Exception:
             log.exception("event ingest: dropping event %s %r", entry_id, fields)
     batch.bindings = keyring.new_bindings

@@ -1,7 +1,7 @@
 """The JSON documents workers receive: AppSpec and EnvSpec, built from the registry.
 
-AppSpec: ``{"name", "display_name", "options", "generation", "incarnation",
-"environments": {"<env>": {"desired_running": bool}}}``.
+AppSpec: ``{"name", "display_name", "domain", "options", "generation", "incarnation",
+"environments": {"<env>": {"desired_running": bool}}}`` (``domain``: the custom domain or null).
 EnvSpec: ``{"name", "url", "proxy_url", "enabled"}``.
 Both adapters of ``apps_registry.control.discovery`` serve exactly these shapes.
 """
@@ -26,6 +26,8 @@ def app_spec(app: Application) -> dict:
     return {
         "name": app.name,
         "display_name": app.display_name or app.name,
+        # The custom domain the app is also served at (null: none); the supervisor routes by it.
+        "domain": app.domain or None,
         "options": dict(app.options or {}),
         "generation": app.generation,
         # Which app of this name: a worker keys its generations and local state by it.

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 from django.http import HttpRequest, HttpResponse
 from revproxy.utils import cookie_from_string, is_hop_by_hop
 
-from apps_registry.proxy.routing import Placement
+from apps_registry.proxy.routing import Mount, Placement
 
 log = logging.getLogger("apps_registry.proxy.view")  # the proxy's one logger
 
@@ -47,36 +47,45 @@ def refresh_target(value: str) -> str:
     return rest.strip().strip("'\"")
 
 
-def foreign(request: HttpRequest, url: str, placement: Placement) -> bool:
-    """Whether ``url`` leads off the app: to a host that is neither its worker nor this site
-    (or a scheme-relative ``//host`` one)."""
+def foreign(mount: Mount, url: str, placement: Placement) -> bool:
+    """Whether ``url`` leads off the app: to a host that is neither its worker nor the host the
+    browser sees it on (or a scheme-relative ``//host`` one)."""
     parts = urlsplit(url)
     if not parts.netloc:
         return False
     worker_hosts = {urlsplit(placement.target_url).netloc.lower(), urlsplit(placement.url).netloc.lower()}
-    return parts.netloc.lower() not in worker_hosts | {request.get_host().lower()}
+    return parts.netloc.lower() not in worker_hosts | {mount.host.lower()}
 
 
-def public_location(request: HttpRequest, location: str, placement: Placement) -> str:
-    """An absolute redirect to the worker becomes one to the supervisor; others pass unchanged."""
+def public_location(request: HttpRequest, mount: Mount, location: str, placement: Placement) -> str:
+    """A redirect as the browser must follow it: an absolute one to the worker points at the
+    host the browser used instead, and on an app's own host a path under the worker's
+    ``/apps/<name>/`` loses that prefix (the worker roots its URLs at "/" there already; this
+    covers one that does not). Others pass unchanged."""
     parts = urlsplit(location)
     if not parts.netloc:
-        return location
+        if parts.scheme or not parts.path.startswith("/"):
+            return location  # relative to the current page: the same on either host
+        return urlunsplit(("", "", mount.public_path(parts.path), parts.query, parts.fragment))
     worker_hosts = {urlsplit(placement.target_url).netloc.lower(), urlsplit(placement.url).netloc.lower()}
-    if parts.netloc.lower() not in worker_hosts:
+    if parts.netloc.lower() not in worker_hosts | {mount.host.lower()}:
         return location
-    return urlunsplit((request.scheme or "http", request.get_host(), parts.path, parts.query, parts.fragment))
+    path = mount.public_path(parts.path)
+    return urlunsplit((request.scheme or "http", mount.host, path, parts.query, parts.fragment))
 
 
-def pass_cookie(response: HttpResponse, raw: str, name: str) -> None:
-    """Let through only the app's own cookies, and only for the app's own path."""
+def pass_cookie(response: HttpResponse, raw: str, mount: Mount) -> None:
+    """Let through only the app's own cookies, only for the app's own path (on its own host:
+    any path, those under ``/apps/<name>/`` moved to "/"), never with a Domain: a cookie is
+    the host's alone, so an app host's cookie never reaches the supervisor or another app."""
+    name = mount.name
     cookie = cookie_from_string(raw)
     if not cookie or not cookie["key"].startswith(app_cookie_prefix(name)):
         if cookie:
             log.info("proxy %s: dropped Set-Cookie for %r (not the app's own)", name, cookie["key"])
         return
-    scope = f"/apps/{name}/"
-    path = cookie.get("path") or scope
+    scope = mount.prefix
+    path = mount.public_path(cookie.get("path") or scope)
     if not (path == scope.rstrip("/") or path.startswith(scope)):
         path = scope
     cookie["path"] = path

@@ -10,6 +10,7 @@ trip.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import string
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from django.db.models import F
 from apps_registry.control import liveness
 from apps_registry.models import Application, AppStatus, Environment, EnvironmentStatus
 from apps_registry.names import is_valid_name
+
+log = logging.getLogger(__name__)
 
 # The cookie that remembers the chosen environment; its path is /apps/<name>/.
 ENV_COOKIE = "appsup_env"
@@ -128,6 +131,46 @@ def alternative(route: AppRoute, failed: str) -> Placement | None:
     return (reachable or others or [None])[0]
 
 
+@dataclass(frozen=True)
+class Mount:
+    """Where the browser sees an app: ``/apps/<name>/`` on the supervisor's host (path mode)
+    or ``/`` on a host of its own (``<label>.<APPS_DOMAIN>`` or its custom domain). ``rest``
+    is the path below that root; ``host`` is the Host the browser sent (validated by then)."""
+
+    name: str
+    rest: str
+    host: str
+    prefix: str
+
+    @property
+    def own_host(self) -> bool:
+        return self.prefix == "/"
+
+    def public_path(self, worker_path: str) -> str:
+        """A path under the worker's ``/apps/<name>/`` as the browser must see it."""
+        inner = f"/apps/{self.name}/"
+        if not self.own_host or not (worker_path.startswith(inner) or worker_path == inner.rstrip("/")):
+            return worker_path
+        return "/" + worker_path[len(inner) :]
+
+
+def _safe_path(path_info: str, raw_path: str | None) -> bool:
+    """Whether a request path may be forwarded: no encoded slashes, dots, backslashes or NULs
+    in the raw path (nor in the decoded one, so double encoding is refused too), no control
+    characters."""
+    raw = (raw_path if raw_path is not None else path_info).split("?", 1)[0]
+    for candidate in (raw.lower(), path_info.lower()):
+        if any(encoded in candidate for encoded in _FORBIDDEN_ENCODINGS):
+            return False
+    return not any(ch in _CONTROL for ch in path_info)
+
+
+def _safe_rest(rest: str) -> bool:
+    segments = rest.split("/")
+    # A trailing slash yields one empty last segment; any other empty or dot segment is refused.
+    return not (any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1] in (".", ".."))
+
+
 def split_app_path(path_info: str, raw_path: str | None) -> tuple[str, str] | None:
     """``("crm", "admin/x/")`` for ``/apps/crm/admin/x/``, or None when the path must be refused.
 
@@ -135,21 +178,41 @@ def split_app_path(path_info: str, raw_path: str | None) -> tuple[str, str] | No
     empty segments, control characters. The remainder is re-quoted by the proxy, so what the
     worker sees is exactly the normalised path under ``/apps/<name>/``.
     """
-    raw = (raw_path if raw_path is not None else path_info).split("?", 1)[0]
-    # Checked on the raw path and on the decoded one, so double encoding is refused too.
-    for candidate in (raw.lower(), path_info.lower()):
-        if any(encoded in candidate for encoded in _FORBIDDEN_ENCODINGS):
-            return None
-    if not path_info.startswith("/apps/") or any(ch in _CONTROL for ch in path_info):
+    if not path_info.startswith("/apps/") or not _safe_path(path_info, raw_path):
         return None
     name, _, rest = path_info[len("/apps/") :].partition("/")
-    if not is_valid_name(name):
-        return None
-    segments = rest.split("/")
-    # A trailing slash yields one empty last segment; any other empty or dot segment is refused.
-    if any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1] in (".", ".."):
+    if not is_valid_name(name) or not _safe_rest(rest):
         return None
     return name, rest
+
+
+def split_host_path(path_info: str, raw_path: str | None) -> str | None:
+    """``"admin/x/"`` for ``/admin/x/`` on an app's own host, or None when refused (the same
+    rules as ``split_app_path``): the worker then sees ``/apps/<name>/admin/x/``."""
+    if not path_info.startswith("/") or not _safe_path(path_info, raw_path):
+        return None
+    rest = path_info[1:]
+    return rest if _safe_rest(rest) else None
+
+
+# custom domain -> (expires at, app name or None). Bounded like _cache: unknown hosts are
+# remembered too (a scan of random Host headers costs one query per host per TTL at most).
+_domains: dict[str, tuple[float, str | None]] = {}
+
+
+def app_for_domain(domain: str) -> str | None:
+    """The app whose custom domain is ``domain`` (lower-case, no port), or None."""
+    ttl = settings.APP_CONFIG.proxy_route_cache_seconds
+    now = time.monotonic()
+    cached = _domains.get(domain)
+    if ttl > 0 and cached is not None and cached[0] > now:
+        return cached[1]
+    name = Application.objects.filter(domain=domain).values_list("name", flat=True).first()
+    if ttl > 0:
+        if len(_domains) >= _CACHE_MAX:
+            _domains.clear()
+        _domains[domain] = (now + ttl, name)
+    return name
 
 
 def safe_query(query_string: str) -> str:
@@ -244,7 +307,7 @@ def load_route(name: str) -> AppRoute | None:
                     environment=row[5],
                     target_url=(row[7] or row[6]).rstrip("/"),
                     url=row[6].rstrip("/"),
-                    enabled=row[8],
+                    enabled=row[8] and _target_allowed(row[5], (row[7] or row[6]).rstrip("/")),
                     env_status=statuses[row[5]][0],
                     last_seen=statuses[row[5]][1],
                     app_status=row[4],
@@ -258,6 +321,15 @@ def load_route(name: str) -> AppRoute | None:
     return AppRoute(
         pk=first[0], name=first[1], display_name=first[2] or first[1], options=first[3] or {}, placements=placements
     )
+
+
+def _target_allowed(env: str, target: str) -> bool:
+    """Defence in depth behind ingest's check: a URL registered before ENVIRONMENT_ALLOWED_NETWORKS
+    was set (or narrowed) is never connected to; its placement is treated as disabled."""
+    problem = settings.APP_CONFIG.environment_allowed_networks.url_problem(target)
+    if problem:
+        log.warning("proxy: not connecting to %s: its URL %s", env, problem)
+    return not problem
 
 
 def decide(route: AppRoute, requested: str | None, remembered: str | None) -> Decision:

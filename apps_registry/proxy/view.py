@@ -3,6 +3,9 @@ environment running the app, with the gaps of revproxy 0.13 closed.
 
 What this adds to ``revproxy.views.ProxyView``:
 - routing by app name from the registry (``proxy_routing``), never a host from the request;
+- an app at ``/apps/<name>/`` here or at ``/`` of its own host (a ``Mount`` from ``hosts.py``):
+  the worker always sees ``/apps/<name>/…``, told ``X-Forwarded-App-Root: /`` in the second
+  case; with ``APPS_DOMAIN`` set, ``/apps/<name>/…`` here answers 307 to the app's host;
 - one urllib3 PoolManager per environment sized ``PROXY_POOL_SIZE``, connect and read
   timeouts, no retries of non-idempotent requests, and upstream failures turned into 502/504
   pages instead of a 500 with a traceback;
@@ -35,6 +38,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http.request import split_domain_port
 from django.views.generic import View
 from revproxy.response import get_streaming_amt
 from revproxy.utils import MIN_STREAMING_LENGTH
@@ -49,11 +53,12 @@ from urllib3.exceptions import (
 )
 
 from apps_registry.models import AppStatus
+from apps_registry.names import host_label
 from apps_registry.observability import metrics
 from apps_registry.proxy import pages, routing
 from apps_registry.proxy import response_rules as rules
 from apps_registry.proxy.admission import GATE, Ticket
-from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute, Placement
+from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute, Mount, Placement
 from supervisor_site.client_input import ClientInputError
 from supervisor_site.forwarded import PEER_ADDR
 from supervisor_site.unavailable import retry_after
@@ -76,6 +81,7 @@ _DROPPED_REQUEST_HEADERS = frozenset(
         "HTTP_X_FORWARDED_HOST",
         "HTTP_X_FORWARDED_PROTO",
         "HTTP_X_REAL_IP",
+        "HTTP_X_FORWARDED_APP_ROOT",  # the proxy's own word to the worker, never a client's
         "HTTP_FORWARDED",
         "HTTP_EXPECT",  # the supervisor's server already answered any "100-continue"
     }
@@ -87,6 +93,9 @@ _RETRIED_ELSEWHERE = frozenset({"GET", "HEAD", "OPTIONS"})
 # The response header that says a request was moved off an unreachable environment.
 FAILOVER_HEADER = "X-App-Supervisor-Failover"
 _STREAM_CHUNK = 64 * 1024
+# Tells the worker the app is served at "/" of its own host (worker_agent/web/middleware.py
+# believes it from TRUSTED_PROXY_IPS only).
+APP_ROOT_HEADER = "X-Forwarded-App-Root"
 
 
 class _Pools:
@@ -156,14 +165,25 @@ class AppProxyView(ProxyView):
         View.__init__(self, **kwargs)
         self.log = log
 
-    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        parsed = routing.split_app_path(request.path_info, request.META.get("RAW_URI"))
-        if parsed is None:
-            return pages.not_found(request, None)
-        name, rest = parsed
-        if request.path_info == f"/apps/{name}":
+    def dispatch(self, request: HttpRequest, *args, mount: Mount | None = None, **kwargs) -> HttpResponse:
+        """``mount`` is given by the host router (``hosts.py``) for an app on its own host;
+        without it the request is ``/apps/<name>/…`` on the supervisor's host."""
+        if mount is None:
+            parsed = routing.split_app_path(request.path_info, request.META.get("RAW_URI"))
+            if parsed is None:
+                return pages.not_found(request, None)
+            name, rest = parsed
             query = request.META.get("QUERY_STRING", "")
-            return HttpResponseRedirect(f"/apps/{name}/" + (f"?{routing.safe_query(query)}" if query else ""))
+            suffix = f"?{routing.safe_query(query)}" if query else ""
+            apps_domain = settings.APP_CONFIG.apps_domain
+            if apps_domain:
+                # Per-app origins are on: the app is not served on the supervisor's origin
+                # (its scripts would run beside the operator's admin), old links lead to its host.
+                return _to_own_host(request, name, rest, suffix, apps_domain)
+            if request.path_info == f"/apps/{name}":
+                return HttpResponseRedirect(f"/apps/{name}/" + suffix)
+            mount = Mount(name=name, rest=rest, host=request.get_host(), prefix=f"/apps/{name}/")
+        name, rest = mount.name, mount.rest
         route = routing.route_for(name)
         if route is None:
             return pages.not_found(request, name)
@@ -189,7 +209,7 @@ class AppProxyView(ProxyView):
             # Remember the choice, then show the same page without the supervisor's parameter.
             clean = routing.query_without_env(query)
             response = HttpResponseRedirect(request.path + (f"?{routing.safe_query(clean)}" if clean else ""))
-            self._remember(response, name, placement.environment)
+            self._remember(response, mount, placement.environment)
             return response
         config = settings.APP_CONFIG
         ticket = GATE.enter(name, config.proxy_app_concurrency, config.proxy_concurrency)
@@ -197,7 +217,7 @@ class AppProxyView(ProxyView):
             metrics.observe_proxy_request(name, placement.environment, 503, 0.0)
             return pages.busy(request, route, retry_after("busy"))
         try:
-            response, served_by = self._forward(request, route, rest, placement, ticket)
+            response, served_by = self._forward(request, route, mount, placement, ticket)
         except BaseException:
             ticket.release()
             raise
@@ -207,18 +227,19 @@ class AppProxyView(ProxyView):
         # choice follows, and the answer says so.
         moved_from = decision.moved_from or (placement.environment if served_by != placement.environment else "")
         if decision.remember or moved_from:
-            self._remember(response, name, served_by)
+            self._remember(response, mount, served_by)
         if moved_from:
             response[FAILOVER_HEADER] = f"{moved_from} unreachable; served by {served_by}"
         return response
 
     @staticmethod
-    def _remember(response: HttpResponse, name: str, environment: str) -> None:
+    def _remember(response: HttpResponse, mount: Mount, environment: str) -> None:
+        # Host-only (no Domain): on an app's own host it reaches that host alone.
         response.set_cookie(
             ENV_COOKIE,
             environment,
             max_age=30 * 86400,
-            path=f"/apps/{name}/",
+            path=mount.prefix,
             httponly=True,
             samesite="Lax",
             secure=settings.SESSION_COOKIE_SECURE,
@@ -226,7 +247,8 @@ class AppProxyView(ProxyView):
 
     # --- the upstream request ------------------------------------------------------------
 
-    def _upstream_headers(self, request: HttpRequest, name: str, placement: Placement) -> dict[str, str]:
+    def _upstream_headers(self, request: HttpRequest, mount: Mount, placement: Placement) -> dict[str, str]:
+        name = mount.name
         meta = request.META
         listed = {
             "HTTP_" + token.strip().upper().replace("-", "_")
@@ -250,12 +272,15 @@ class AppProxyView(ProxyView):
         prior = meta.get("HTTP_X_FORWARDED_FOR", "").strip()
         client = _peer_address(request)
         headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-        headers["X-Forwarded-Host"] = request.get_host()
+        headers["X-Forwarded-Host"] = mount.host
         headers["X-Forwarded-Proto"] = request.scheme or "http"
+        if mount.own_host:
+            # The worker then builds the app's URLs and cookies rooted at "/" (worker_agent/web).
+            headers[APP_ROOT_HEADER] = "/"
         return headers
 
     def _forward(
-        self, request: HttpRequest, route: AppRoute, rest: str, placement: Placement, ticket: Ticket
+        self, request: HttpRequest, route: AppRoute, mount: Mount, placement: Placement, ticket: Ticket
     ) -> tuple[HttpResponse, str]:
         """The worker's answer, and the environment that gave it ('' when none did). The
         ticket is released when the answer has been sent (streamed ones: when they close)."""
@@ -274,10 +299,10 @@ class AppProxyView(ProxyView):
             ticket.release()
             return pages.simple(request, 400, "Bad request", "The Content-Length header is negative."), ""
 
-        path = quote(f"/apps/{name}/{rest}".encode(), QUOTE_SAFE)
+        path = quote(f"/apps/{name}/{mount.rest}".encode(), QUOTE_SAFE)
         query = routing.safe_query(routing.query_without_env(request.META.get("QUERY_STRING", "")))
         target = path + (f"?{query}" if query else "")
-        headers = self._upstream_headers(request, name, placement)
+        headers = self._upstream_headers(request, mount, placement)
         body: HttpRequest | bytes | None = request if length else None
         method = request.method or "GET"
         try:
@@ -306,7 +331,7 @@ class AppProxyView(ProxyView):
                     other.environment,
                 )
                 placement = other
-                headers = self._upstream_headers(request, name, placement)
+                headers = self._upstream_headers(request, mount, placement)
                 upstream = self._open(method, placement, target, body, headers)
         except ClientInputError as error:
             # The client's body broke while it was read here or sent on: nobody to answer.
@@ -321,7 +346,7 @@ class AppProxyView(ProxyView):
             _observe(name, placement, response.status_code, started)
             return response, ""
         routing.note_reachable(placement.environment)
-        response = self._response(request, name, placement, upstream, ticket)
+        response = self._response(request, mount, placement, upstream, ticket)
         _observe(name, placement, response.status_code, started)
         return response, placement.environment
 
@@ -368,8 +393,14 @@ class AppProxyView(ProxyView):
     # --- the response -----------------------------------------------------------------------
 
     def _response(
-        self, request: HttpRequest, name: str, placement: Placement, upstream: urllib3.BaseHTTPResponse, ticket: Ticket
+        self,
+        request: HttpRequest,
+        mount: Mount,
+        placement: Placement,
+        upstream: urllib3.BaseHTTPResponse,
+        ticket: Ticket,
     ) -> HttpResponse:
+        name = mount.name
         upstream_headers = upstream.headers
         set_cookies = upstream_headers.getlist("set-cookie")
         upstream_headers.discard("set-cookie")
@@ -399,11 +430,11 @@ class AppProxyView(ProxyView):
                 continue
             response[header] = ", ".join(upstream_headers.getlist(header))
         refresh = upstream_headers.get("Refresh")
-        if refresh and rules.foreign(request, rules.refresh_target(refresh), placement):
+        if refresh and rules.foreign(mount, rules.refresh_target(refresh), placement):
             del response["Refresh"]
         location = upstream_headers.get("Location")
         if location:
-            if rules.foreign(request, location, placement):
+            if rules.foreign(mount, location, placement):
                 log.info("proxy %s: redirect to %s refused (another site)", name, urlsplit(location).netloc)
                 response.close()  # a streamed body gives back its connection and ticket
                 return pages.simple(
@@ -412,10 +443,20 @@ class AppProxyView(ProxyView):
                     "Redirect refused",
                     "The application tried to send you to another site; the supervisor does not relay that.",
                 )
-            response["Location"] = rules.public_location(request, location, placement)
+            response["Location"] = rules.public_location(request, mount, location, placement)
         for raw in set_cookies:
-            rules.pass_cookie(response, raw, name)
+            rules.pass_cookie(response, raw, mount)
         return response
+
+
+def _to_own_host(request: HttpRequest, name: str, rest: str, suffix: str, apps_domain: str) -> HttpResponse:
+    """A 307 (the method and body kept) from ``/apps/<name>/rest`` here to ``/rest`` on the
+    app's own host, on the port this request came to."""
+    _host, port = split_domain_port(request.get_host())
+    host = f"{host_label(name)}.{apps_domain}" + (f":{port}" if port else "")
+    response = HttpResponseRedirect(f"{request.scheme}://{host}/{quote(rest, QUOTE_SAFE)}{suffix}")
+    response.status_code = 307
+    return response
 
 
 def _streamed(upstream: urllib3.BaseHTTPResponse) -> bool:

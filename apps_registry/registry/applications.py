@@ -103,6 +103,7 @@ def create_application(
     display_name: str = "",
     description: str = "",
     options: dict | None = None,
+    domain: str | None = None,
     via: str = "admin",
 ) -> Application:
     app = Application(
@@ -110,6 +111,7 @@ def create_application(
         display_name=display_name or name,
         description=description,
         options=options or {},
+        domain=domain or None,
         created_by=acting_user(user),
         updated_by=acting_user(user),
     )
@@ -217,13 +219,15 @@ def set_application_environments(
 
 @transaction.atomic
 def update_application(app: Application, user: AbstractBaseUser | None = None, via: str = "admin") -> None:
-    """Save edited descriptive fields (display name, description, options)."""
+    """Save edited descriptive fields (display name, description, options, custom domain)."""
     app.updated_by = acting_user(user)
+    app.domain = app.domain or None
     app.full_clean()
     Application.objects.filter(pk=app.pk).update(
         display_name=app.display_name,
         description=app.description,
         options=app.options,
+        domain=app.domain,
         updated_by=app.updated_by,
         updated_at=timezone.now(),
     )

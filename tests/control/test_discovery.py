@@ -54,6 +54,7 @@ def test_get_app_returns_the_spec(adapter, envs, django_capture_on_commit_callba
     assert spec == {
         "name": "sales_eu",
         "display_name": "SALES_EU",
+        "domain": None,
         "options": {"modules": ["contacts"], "start_mode": "on_first_visit"},
         "generation": 0,
         "incarnation": str(app.incarnation),

@@ -40,9 +40,21 @@ def redis_server_binary() -> str:
 class PrivateRedis:
     """A redis-server that keeps nothing on disk: restarting it means starting empty."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(
+        self,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        credentials: tuple[str, str] | None = None,
+        binary: str | None = None,
+    ):
+        """``extra_args``: more redis-server options (``--aclfile``); ``credentials``: the user
+        ``client()`` logs in as by default (the server's default user may be turned off);
+        ``binary``: another redis-server than ``redis_server_binary()``."""
+        self.binary = binary
         self.port = free_port()
         self.log_dir = log_dir
+        self.extra_args = extra_args
+        self.credentials = credentials
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dbfilename = "empty.rdb"  # never written: a start loads nothing …
         self.restarts = 0
@@ -50,7 +62,7 @@ class PrivateRedis:
 
     def _process(self) -> Process:
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port",
             str(self.port),
             "--bind",
@@ -63,11 +75,21 @@ class PrivateRedis:
             str(self.log_dir),
             "--dbfilename",
             self.dbfilename,  # … unless restart() names a snapshot taken earlier
+            *self.extra_args,
         ]
         return Process("private-redis", args, {}, self.log_dir)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=2)
+    def client(self, username: str | None = None, password: str | None = None) -> redis.Redis:
+        if username is None and self.credentials:
+            username, password = self.credentials
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            username=username,
+            password=password,
+            decode_responses=True,
+            socket_timeout=2,
+        )
 
     def start(self) -> None:
         if not self.process.alive():

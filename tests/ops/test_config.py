@@ -304,3 +304,24 @@ def test_secret_key_required_outside_debug(tmp_path):
     with pytest.raises(ConfigError, match="^SECRET_KEY"):
         load({}, tmp_path)
     assert load({"DEBUG": "true"}, tmp_path).secret_key
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://worker-env_a:s3cret-pass-word@redis:6379x/0", "http://supervisor:s3cret-pass-word@redis:6379/0"],
+)
+def test_a_bad_redis_url_is_named_without_its_password(tmp_path, url):
+    with pytest.raises(ConfigError) as raised:
+        cfg(tmp_path, **{**SUPERVISOR, "APP_SUPERVISOR_REDIS_URL": url})
+    message = str(raised.value)
+    assert message.startswith("APP_SUPERVISOR_REDIS_URL") and "s3cret-pass-word" not in message, message
+    assert ":***@redis" in message
+
+
+def test_masked_urls():
+    from supervisor_site.secret_urls import masked
+
+    assert masked("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+    assert masked("redis://:pw@h/0") == "redis://:***@h/0"
+    assert masked("redis://h:1/0") == "redis://h:1/0"
+    assert masked("redis://u:p@w@[bad/0") == "redis://u:***@[bad/0"

@@ -9,6 +9,8 @@ machine without ``redis-server`` gets.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -25,7 +27,25 @@ from tests.support.processes import ROOT, free_port, http_ok, wait_until
 
 pytestmark = pytest.mark.cluster
 
-URL_RE = re.compile(r"https?://127\.0\.0\.1:\d+/\S*")
+URL_RE = re.compile(r"https?://(?:127\.0\.0\.1|[a-z0-9-]+\.apps\.localhost):\d+/\S*")
+
+
+class _LoopbackConnection(http.client.HTTPConnection):
+    """``*.localhost`` to loopback, as browsers do (this machine's resolver does not); the
+    Host header stays the URL's."""
+
+    def connect(self) -> None:
+        host = "127.0.0.1" if self.host.endswith(".localhost") else self.host
+        self.sock = socket.create_connection((host, self.port), self.timeout)
+
+
+class _LoopbackHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_LoopbackConnection, req)
+
+
+def _browser() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_LoopbackHandler(), urllib.request.HTTPCookieProcessor())
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -69,12 +89,13 @@ def _readable_by_others(root: Path) -> list[tuple[str, str]]:
 PASSWORD_HASH_RE = re.compile(rb"pbkdf2_sha256\$\d+\$[^$\s\"]+\$[A-Za-z0-9+/=]+")
 
 
-def _password_hashes_in_redis(port: int) -> set[str]:
+def _password_hashes_in_redis(port: int, password: str) -> set[str]:
     """Every Django password hash held anywhere in the cluster's Redis: strings, hashes,
-    lists, sets, sorted sets and streams, values and field names alike."""
+    lists, sets, sorted sets and streams, values and field names alike (as the supervisor's
+    user, which reads every key the cluster writes)."""
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, username="supervisor", password=password)
     blobs: list[bytes] = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key).decode()
@@ -121,7 +142,9 @@ def _app_login(browser: urllib.request.OpenerDirector, url: str, username: str, 
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode()).group(1)
     data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": username, "password": password})
     opener = urllib.request.build_opener(
-        _NoRedirect(), *[h for h in browser.handlers if isinstance(h, urllib.request.HTTPCookieProcessor)]
+        _NoRedirect(),
+        _LoopbackHandler(),
+        *[h for h in browser.handlers if isinstance(h, urllib.request.HTTPCookieProcessor)],
     )
     try:
         with opener.open(urllib.request.Request(url, data=data.encode(), method="POST"), timeout=10) as response:
@@ -187,9 +210,15 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
         assert f"{sup}/metrics" in urls
         assert f"http://127.0.0.1:{ports['ENV_A']}/healthz" in urls
         assert f"http://127.0.0.1:{ports['ENV_B']}/healthz" in urls
-        assert f"{sup}/apps/demo/admin/" in urls, text[-4000:]
+        # make run gives every app its own origin (APPS_DOMAIN=apps.localhost).
+        demo = f"http://demo.apps.localhost:{ports['SUPERVISOR']}"
+        assert f"{demo}/admin/" in urls, text[-4000:]
         for url in urls:
-            assert http_ok(url), f"{url} does not answer"
+            if ".apps.localhost" in url:
+                with _browser().open(url, timeout=10) as response:
+                    assert response.status == 200, url
+            else:
+                assert http_ok(url), f"{url} does not answer"
 
         with urllib.request.urlopen(f"{sup}/admin/login/", timeout=5) as response:
             assert b'name="password"' in response.read()
@@ -198,23 +227,39 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
         assert 'appsup_environment_status{environment="env_a",status="online"} 1.0' in body
         assert 'appsup_apps{environment="env_b",status="running"} 1.0' in body
         # The demo runs on both environments: the proxy first lets the user choose one...
-        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        # (The old path-mode address leads there.)
+        browser = _browser()
         with browser.open(f"{sup}/apps/demo/admin/", timeout=10) as response:
+            assert response.url == f"{demo}/admin/"
             page = response.read().decode()
         assert "env_a" in page and "env_b" in page
         # ...then serves the demo app's own admin from that worker, through the supervisor.
         for env_name in ("env_a", "env_b"):
-            with browser.open(f"{sup}/apps/demo/admin/?env={env_name}", timeout=10) as response:
-                assert "/apps/demo/admin/login/" in response.url
+            with browser.open(f"{demo}/admin/?env={env_name}", timeout=10) as response:
+                assert response.url == f"{demo}/admin/login/?next=/admin/"
                 assert b'name="password"' in response.read()
         # The demo's first admin is its own user: its password works there, the supervisor's does not.
-        assert _app_login(browser, f"{sup}/apps/demo/admin/login/", "demo_admin", demo_admin.group(2)) == 302
-        assert _app_login(browser, f"{sup}/apps/demo/admin/login/", "operator", "cluster-test-password") == 200
+        assert _app_login(browser, f"{demo}/admin/login/", "demo_admin", demo_admin.group(2)) == 302
+        assert _app_login(browser, f"{demo}/admin/login/", "operator", "cluster-test-password") == 200
         # No password hash in Redis is one of the supervisor user's password, and the demo
         # admin's is there (the scan reads what the specs carry).
-        hashes = _password_hashes_in_redis(ports["REDIS"])
+        passwords = json.loads((cluster_dir / "redis" / "passwords.json").read_text())
+        hashes = _password_hashes_in_redis(ports["REDIS"], passwords["supervisor"])
         assert any(_pbkdf2_matches(demo_admin.group(2), h) for h in hashes), hashes
         assert not [h for h in hashes if _pbkdf2_matches("cluster-test-password", h)]
+        # Redis asks every client for a password (no default user) and each worker has its own
+        # user, which may not write the configuration cache; no password is in the output.
+        import redis
+
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=ports["REDIS"], socket_timeout=2).ping()
+        worker = redis.Redis(
+            host="127.0.0.1", port=ports["REDIS"], username="worker-env_a", password=passwords["env_a"]
+        )
+        assert worker.ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            worker.xadd("appsup:cmd:env_b", {"json": "{}"})
+        assert not [p for p in passwords.values() if p in output.text()]
         # Secrets at rest: the cluster's folders 0700, its files (databases, Redis's dump,
         # the secret key) readable by this account only.
         loose = _readable_by_others(cluster_dir)

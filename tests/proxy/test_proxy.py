@@ -387,6 +387,8 @@ def test_supervisor_credentials_and_hop_by_hop_headers_stay_behind(stack):
         "X-App-Thing": "kept",
         "X-Forwarded-For": "203.0.113.9",
         "X-Forwarded-Host": "evil.example",
+        # The proxy's own word to the worker (the app is at "/" of its host): never a client's.
+        "X-Forwarded-App-Root": "/",
         "Host": "sup.example:8443",
     }
     received = call(stack, "GET", "/apps/echoapp/echo", headers).received
@@ -400,6 +402,7 @@ def test_supervisor_credentials_and_hop_by_hop_headers_stay_behind(stack):
         "proxy-authorization",
         "upgrade",
         "expect",
+        "x-forwarded-app-root",
     ):
         assert name not in received, name
     assert received["x-app-thing"] == "kept"

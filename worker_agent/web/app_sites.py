@@ -1,9 +1,10 @@
 """Each hosted app's own admin site and URLs, used as ``request.urlconf`` under ``/apps/<name>/``.
 
-An app's URL table holds only its own pages: ``apps/<name>/admin/`` (auth plus the modules the
-app enables), ``apps/<name>/`` (redirects to the admin) and ``apps/<name>/files/<path>`` (the
-app's uploads, for signed-in staff). The supervisor's admin and API are not reachable through
-it, whatever the process's mode.
+An app's URL table holds only its own pages: ``<root>admin/`` (auth plus the modules the
+app enables), ``<root>`` (redirects to the admin) and ``<root>files/<path>`` (the app's
+uploads, for signed-in staff), where the root is ``/apps/<name>/`` (path mode) or ``/`` (the
+app on its own host, ``middleware.py``). The supervisor's admin and API are not reachable
+through it, whatever the process's mode.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class AppUrlConf:
         self.urlpatterns = urlpatterns
 
 
-def _download_view(app_name: str):
-    login_url = f"/apps/{app_name}/admin/login/"
+def _download_view(app_name: str, root: str):
+    login_url = f"{root}admin/login/"
 
     def download(request: HttpRequest, path: str) -> FileResponse:
         if not (request.user.is_active and request.user.is_staff):
@@ -64,33 +65,36 @@ def _download_view(app_name: str):
     return download
 
 
-def build_urlconf(app_name: str, title: str, modules: frozenset[str]) -> AppUrlConf:
+def build_urlconf(app_name: str, title: str, modules: frozenset[str], root: str = "") -> AppUrlConf:
+    """The app's URLs under ``root`` (``/apps/<name>/`` by default, or ``/``)."""
+    root = root or f"/apps/{app_name}/"
     site = HostedAdminSite(app_name, title, modules)
-    prefix = f"apps/{app_name}/"
+    prefix = root.lstrip("/")
     return AppUrlConf(
         app_name,
         [
             path(f"{prefix}admin/", site.urls),
-            path(f"{prefix}files/<path:path>", _download_view(app_name), name="app_file"),
-            path(prefix, RedirectView.as_view(url=f"/{prefix}admin/", permanent=False), name="app_home"),
+            path(f"{prefix}files/<path:path>", _download_view(app_name, root), name="app_file"),
+            path(prefix, RedirectView.as_view(url=f"{root}admin/", permanent=False), name="app_home"),
         ],
     )
 
 
-_cache: dict[str, tuple[tuple, AppUrlConf]] = {}
+_cache: dict[tuple[str, str], tuple[tuple, AppUrlConf]] = {}
 _cache_lock = threading.Lock()
 
 
-def urlconf_for(app_name: str, title: str, modules: frozenset[str]) -> AppUrlConf:
-    """The app's URL configuration, rebuilt only when its title or modules change."""
+def urlconf_for(app_name: str, title: str, modules: frozenset[str], root: str = "") -> AppUrlConf:
+    """The app's URL configuration under ``root``, rebuilt only when its title or modules change."""
     key = (title, modules)
-    cached = _cache.get(app_name)
+    slot = (app_name, root)
+    cached = _cache.get(slot)
     if cached and cached[0] == key:
         return cached[1]
     with _cache_lock:
-        cached = _cache.get(app_name)
+        cached = _cache.get(slot)
         if cached and cached[0] == key:
             return cached[1]
-        urlconf = build_urlconf(app_name, title, modules)
-        _cache[app_name] = (key, urlconf)
+        urlconf = build_urlconf(app_name, title, modules, root)
+        _cache[slot] = (key, urlconf)
         return urlconf

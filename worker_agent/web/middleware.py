@@ -6,6 +6,14 @@ file is re-read only when it changed), answer 404/503 unless the app runs here, 
 route the request to the app: its database alias for every ORM query (``current_app_alias``),
 its own URL table (``request.urlconf``) and, further down, its own session cookie. In
 supervisor mode this middleware removes itself; ``/apps/`` is the proxy's there.
+
+On its own host (``APPS_DOMAIN`` or a custom domain) the browser sees the app at ``/``; the
+supervisor's proxy still sends ``/apps/<name>/x`` and adds ``X-Forwarded-App-Root: /``.
+Believed from ``TRUSTED_PROXY_IPS`` only, it makes this request ``/x`` to Django
+(``path_info``), with the app's URL table rooted at ``/``: ``reverse()``, the admin's links and
+``?next=``, redirects and the session cookie's path all come out ``/``-rooted, with nothing
+to rewrite in HTML. The forwarded host, which the supervisor validated, is vouched for
+(``supervisor_site.vouched_hosts``) so Django's host and CSRF origin checks accept it.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ import threading
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
 
 from apps_registry.names import is_valid_name
+from supervisor_site.forwarded import FROM_TRUSTED_PROXY
+from supervisor_site.vouched_hosts import vouch
 from worker_agent.hosting import app_databases, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
@@ -27,6 +38,8 @@ from worker_agent.web import app_sites, error_pages
 log = logging.getLogger(__name__)
 
 APPS_PREFIX = "/apps/"
+# The supervisor's proxy: "this app is served at / of the forwarded host".
+APP_ROOT_META = "HTTP_X_FORWARDED_APP_ROOT"
 HOSTING_MODES = ("standalone", "worker")
 
 
@@ -44,13 +57,19 @@ def on_stopped_app_visit(name: str) -> str | None:
     return import_string(settings.APP_FIRST_VISIT_HANDLER)(name)
 
 
-class _Route:
-    __slots__ = ("alias", "stamp", "urlconf")
+def _served_at_root(request: HttpRequest) -> bool:
+    meta = request.META
+    return bool(meta.get(FROM_TRUSTED_PROXY)) and meta.get(APP_ROOT_META) == "/"
 
-    def __init__(self, stamp: tuple, alias: str, urlconf: app_sites.AppUrlConf):
+
+class _Route:
+    __slots__ = ("alias", "root_urlconf", "stamp", "urlconf")
+
+    def __init__(self, stamp: tuple, alias: str, urlconf: app_sites.AppUrlConf, root_urlconf: app_sites.AppUrlConf):
         self.stamp = stamp
         self.alias = alias
         self.urlconf = urlconf
+        self.root_urlconf = root_urlconf
 
 
 class HostedAppMiddleware:
@@ -91,8 +110,16 @@ class HostedAppMiddleware:
                 log.exception("cannot serve app %s", name)
                 return error_pages.unavailable(request, name, "error")
             token = current_app_alias.set(route.alias)
-            request.urlconf = route.urlconf
             request.hosted_app = name
+            if _served_at_root(request):
+                domain, _port = split_domain_port(request.META.get("HTTP_HOST", ""))
+                in_flight.enter_context(vouch(domain))
+                request.path_info = request.path = "/" + path[len(APPS_PREFIX) + len(name) + 1 :]
+                request.urlconf = route.root_urlconf
+                request.hosted_app_root = "/"
+            else:
+                request.urlconf = route.urlconf
+                request.hosted_app_root = f"{APPS_PREFIX}{name}/"
             try:
                 return self.get_response(request)
             finally:
@@ -116,6 +143,11 @@ class HostedAppMiddleware:
             # The app may have been dropped and created again since: its ids are new.
             app_databases.forget_cached_ids(db.alias)
             title = str(spec.get("display_name") or name)
-            route = _Route(stamp, db.alias, app_sites.urlconf_for(name, title, modules))
+            route = _Route(
+                stamp,
+                db.alias,
+                app_sites.urlconf_for(name, title, modules, f"{APPS_PREFIX}{name}/"),
+                app_sites.urlconf_for(name, title, modules, "/"),
+            )
             self._routes[name] = route
             return route

@@ -1,8 +1,9 @@
 """Session cookies: one per hosted app, the supervisor's defaults everywhere else.
 
 Under ``/apps/<name>/`` the session lives in that app's database and its cookie is named
-``app_<name>_sessionid`` with path ``/apps/<name>/``: a browser never sends it to another app
-or to the supervisor, and a key copied to another app finds no session there.
+``app_<name>_sessionid`` with path ``/apps/<name>/`` (``/`` when the app is served on its own
+host, where the cookie has no Domain and so stays on that host): a browser never sends it to
+another app or to the supervisor, and a key copied to another app finds no session there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from django.contrib.sessions.backends.base import UpdateError
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.contrib.sessions.exceptions import SessionInterrupted
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.http import HttpRequest
 from django.utils.cache import patch_vary_headers
 from django.utils.http import http_date
 
@@ -22,8 +24,9 @@ def cookie_name(app_name: str) -> str:
     return f"app_{app_name}_sessionid"
 
 
-def cookie_path(app_name: str) -> str:
-    return f"/apps/{app_name}/"
+def cookie_path(request: HttpRequest, app_name: str) -> str:
+    """The app's root as the browser sees it (``middleware.py`` sets ``hosted_app_root``)."""
+    return getattr(request, "hosted_app_root", None) or f"/apps/{app_name}/"
 
 
 class PerAppSessionMiddleware(SessionMiddleware):
@@ -43,7 +46,7 @@ class PerAppSessionMiddleware(SessionMiddleware):
             accessed, modified, empty = session.accessed, session.modified, session.is_empty()
         except AttributeError:
             return response
-        name, path = cookie_name(app_name), cookie_path(app_name)
+        name, path = cookie_name(app_name), cookie_path(request, app_name)
         if name in request.COOKIES and empty:
             response.delete_cookie(
                 name, path=path, domain=settings.SESSION_COOKIE_DOMAIN, samesite=settings.SESSION_COOKIE_SAMESITE

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('apps_registry', '0004_audit_outcomes'),
+        ('apps_registry', '0005_application_domain'),
     ]
 
     operations = [
