@@ -55,9 +55,26 @@ class Environment(models.Model):
     enabled = models.BooleanField(
         default=True, help_text="A disabled environment gets no new apps and no proxied requests."
     )
+    # Identity (docs/security.md): the public key the name is bound to (base64 Ed25519; empty
+    # for a row from before identities, bound by its next signed message), and whether an
+    # operator approved it (ENVIRONMENT_APPROVAL: new names wait, disabled, until approved).
+    public_key = models.CharField(max_length=60, blank=True)
+    key_bound_at = models.DateTimeField(null=True, blank=True)
+    approved = models.BooleanField(default=True)
+    # The last message refused for this name (another key, a bad signature): shown in the admin,
+    # audited at most once per IDENTITY_AUDIT_EVERY, and offered to the operator's re-bind.
+    refused_key = models.CharField(max_length=60, blank=True)
+    refused_host = models.CharField(max_length=255, blank=True)
+    refused_reason = models.CharField(max_length=200, blank=True)
+    refused_at = models.DateTimeField(null=True, blank=True)
+    refused_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("approve_environment", "Can approve a pending environment"),
+            ("rebind_environment", "Can re-bind an environment to a new key"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -279,3 +296,16 @@ class ConfigEpoch(models.Model):
                 cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {EPOCH_SEQUENCE}")  # noqa: S608
                 return int(cursor.fetchone()[0])
         return cls.objects.filter(pk=1).values_list("value", flat=True).first() or 0
+
+
+class SigningKey(models.Model):
+    """The supervisor's own signing key (``supervisor``: signs every command), when
+    SUPERVISOR_KEY does not give one: generated once, kept here so every supervisor process
+    of the registry signs with the same key. The seed is a secret, like the sessions beside it."""
+
+    name = models.CharField(max_length=40, unique=True)
+    seed = models.CharField(max_length=60)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name

@@ -149,7 +149,7 @@ def main() -> None:
 
         agent = Process("agent", [PYTHON, "manage.py", "run_worker"], worker_env, work).start()
         wait_until(
-            lambda: redis_client.commands().zscore(keys.seen(), ENV) is not None,
+            lambda: redis_client.commands().keys(keys.lease(ENV, "*")),
             timeout=30,
             message="agent lease",
         )

@@ -5,7 +5,7 @@
 What it does: starts a private redis-server and a supervisor gunicorn (2 processes ×
 4 threads) on its own PostgreSQL registry. Then, for ``--seconds``, this process plays N
 worker agents, each beating once a second exactly as ``run_worker`` does (one pipeline per
-beat: the info hash, the lease in ``P:env:seen``, a ``heartbeat`` event on ``P:events``),
+beat: the info hash, the signed lease in ``P:lease:<env>:<key>``, a ``heartbeat`` event on ``P:events``),
 while an operator's open Environments page polls the live status endpoint every 2 s (which
 applies the waiting events to the registry and derives every environment's liveness). It
 reports the CPU used by the supervisor's processes and by redis-server (from /proc, as a share
@@ -91,12 +91,16 @@ def main() -> None:
         django.setup()
         from django.db import connections
 
+        from apps_registry import signing
         from apps_registry.control import keys, protocol
         from apps_registry.models import Environment
         from bench.admin_list import login
 
         client = private.client()
         names = [f"hb_{i:03d}" for i in range(args.environments)]
+        # Each environment signs as its agent would (docs/security.md).
+        env_keys = {name: signing.generate() for name in names}
+        publics = {name: signing.public_text(key) for name, key in env_keys.items()}
 
         def beat(event_type: str) -> None:
             now = time.time()
@@ -113,10 +117,11 @@ def main() -> None:
                     at=now,
                     heartbeat=event_type == "heartbeat",
                 )
-                pipe.zadd(keys.seen(), {name: now})
+                lease = protocol.Lease(env=name, at=now).encode(env_keys[name])
+                pipe.set(keys.lease(name, signing.fingerprint(publics[name])), lease)
                 pipe.xadd(
                     keys.events_stream(),
-                    registration.encode(),
+                    protocol.sign_event(registration, env_keys[name], publics[name]),
                     maxlen=protocol.EVENTS_MAXLEN,
                     approximate=True,
                 )

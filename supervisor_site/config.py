@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from apps_registry import signing
 from apps_registry.names import host_problem, is_valid_name, normalise_host
 from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.origins import origin_problem
@@ -94,6 +95,12 @@ class Config:
     metrics_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     log_format: str
     log_level: str
+    # Identity (docs/security.md): this worker's signing key, the supervisor's, and whether new
+    # environments wait for an operator's approval.
+    environment_key: str = ""
+    supervisor_key: str = ""
+    supervisor_public_key: str = ""
+    environment_approval: bool = False
     login_failure_limit: int = 10
     login_lockout_seconds: float = 900.0
     https: bool = False
@@ -245,6 +252,20 @@ def _networks(read: _Reader, name: str, default: str = "") -> tuple[ipaddress.IP
                 f"{name} must be a comma-separated list of IP addresses or CIDR networks (got {item!r})"
             ) from None
     return tuple(networks)
+
+
+def _key_text(read: _Reader, name: str, *, public: bool) -> str:
+    """A base64 Ed25519 key (a private key's 32-byte seed, or a public key), checked now so a
+    wrong one stops start-up with one line instead of every message failing to verify."""
+    value = read.raw(name)
+    if not value:
+        return ""
+    try:
+        signing.public_key(value) if public else signing.private_key(value)
+    except signing.BadKey as error:
+        what = "a base64 Ed25519 public key (32 bytes)" if public else "base64 of a 32-byte Ed25519 seed"
+        raise ConfigError(f"{name} must be {what}: {error}") from None
+    return value
 
 
 def _allowed_networks(read: _Reader, name: str) -> AllowedNetworks:
@@ -409,6 +430,10 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         metrics_allowed_networks=_networks(read, "METRICS_ALLOWED_IPS"),
         log_format=read.choice("LOG_FORMAT", LOG_FORMATS, "text"),
         log_level=read.choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        environment_key=_key_text(read, "ENVIRONMENT_KEY", public=False),
+        supervisor_key=_key_text(read, "SUPERVISOR_KEY", public=False),
+        supervisor_public_key=_key_text(read, "SUPERVISOR_PUBLIC_KEY", public=True),
+        environment_approval=read.boolean("ENVIRONMENT_APPROVAL", False),
         login_failure_limit=read.integer("LOGIN_FAILURE_LIMIT", 10, minimum=1, maximum=1000),
         login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
         https=read.boolean("APP_HTTPS", False),

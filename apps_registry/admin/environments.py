@@ -15,18 +15,36 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from apps_registry import signing
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
+from apps_registry.control.identity import forget as forget_remembered_key
 from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry import actions
 
 
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
-    list_display = ["name", "version", "url", "proxy_url", "status", "last_heartbeat_age", "running", "enabled"]
-    list_filter = ["enabled"]
+    list_display = [
+        "name",
+        "version",
+        "url",
+        "proxy_url",
+        "status",
+        "last_heartbeat_age",
+        "running",
+        "enabled",
+        "identity",
+    ]
+    list_filter = ["enabled", "approved"]
     search_fields = ["name", "url"]
-    actions = ["disable_environments", "enable_environments", "forget_environments"]
+    actions = [
+        "disable_environments",
+        "enable_environments",
+        "forget_environments",
+        "approve_environments",
+        "rebind_environments",
+    ]
     readonly_fields = [
         "name",
         "url",
@@ -39,7 +57,12 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "last_heartbeat",
         "stopped_at",
         "enabled",
+        "approved",
+        "key_fingerprint",
+        "key_bound_at",
+        "refused",
     ]
+    exclude = ["public_key", "refused_key", "refused_host", "refused_reason", "refused_at", "refused_count"]
     Media = SupervisorMedia
 
     # Workers register themselves: nobody types an environment in.
@@ -91,6 +114,36 @@ class EnvironmentAdmin(admin.ModelAdmin):
             return f"{', '.join(names[:8])} … (+{len(names) - 8})"
         return ", ".join(names) or "—"
 
+    @admin.display(description="identity")
+    def identity(self, env: Environment) -> str:
+        """The bound key's fingerprint, whether it waits for approval, and the last refused
+        claim on the name (docs/security.md)."""
+        parts = [f"key {signing.fingerprint(env.public_key)}" if env.public_key else "no key bound yet"]
+        if not env.approved:
+            parts.append("pending approval")
+        if env.refused_at:
+            parts.append(f"refused: {self.refused(env)}")
+        return "; ".join(parts)
+
+    @admin.display(description="key")
+    def key_fingerprint(self, env: Environment) -> str:
+        return signing.fingerprint(env.public_key) if env.public_key else "—"
+
+    @admin.display(description="last refused message")
+    def refused(self, env: Environment) -> str:
+        if not env.refused_at:
+            return "—"
+        offered = f"; re-bind would bind key {signing.fingerprint(env.refused_key)}" if env.refused_key else ""
+        return (
+            f"{env.refused_reason} ({env.refused_count} in all, last {liveness.describe_age(env.refused_at)}){offered}"
+        )
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("apps_registry.approve_environment")
+
+    def has_rebind_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("apps_registry.rebind_environment")
+
     # --- Disable, enable, forget: each behind a confirmation page listing what it affects -------
 
     confirmation_template = "admin/apps_registry/environment/confirm_action.html"
@@ -116,6 +169,14 @@ class EnvironmentAdmin(admin.ModelAdmin):
     )
     def forget_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         return self._confirm_then_perform(request, "forget", queryset)
+
+    @admin.action(description="Approve selected environments (pending approval)", permissions=["approve"])
+    def approve_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "approve", queryset)
+
+    @admin.action(description="Re-bind selected environments to the key last refused", permissions=["rebind"])
+    def rebind_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "rebind", queryset)
 
     def _confirm_then_perform(self, request: HttpRequest, verb: str, queryset: QuerySet) -> HttpResponse | None:
         envs = list(queryset.order_by("name"))
@@ -149,11 +210,25 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
     def _perform(self, request: HttpRequest, verb: str, envs: list[Environment]) -> None:
         lost: list[str] = []
+        done: list[Environment] = []
         for env in envs:
-            if verb == "forget":
-                lost += actions.forget_environment(env, request.user)
-            else:
-                actions.set_environment_enabled(env, verb == "enable", request.user)
+            try:
+                if verb == "forget":
+                    lost += actions.forget_environment(env, request.user)
+                elif verb == "approve":
+                    actions.approve_environment(env, request.user)
+                elif verb == "rebind":
+                    actions.rebind_environment(env, request.user)
+                    forget_remembered_key(env.name)  # this process believes only the new key at once
+                else:
+                    actions.set_environment_enabled(env, verb == "enable", request.user)
+            except (actions.NotApproved, actions.NothingToRebind) as error:
+                self.message_user(request, f"{env.name}: {error}", messages.ERROR)
+                continue
+            done.append(env)
+        if not done:
+            return
+        envs = done
         message = f"{ENV_ACTIONS[verb].done} {len(envs)} environment(s): {', '.join(env.name for env in envs)}."
         if lost:
             message += f" Placements removed: {', '.join(sorted(set(lost)))}."
@@ -176,6 +251,19 @@ ENV_ACTIONS = {
     ),
     "enable": EnvAction(
         "Enable", "Enabled", "The environment takes apps and traffic again; the apps placed on it are listed below."
+    ),
+    "approve": EnvAction(
+        "Approve",
+        "Approved",
+        "The environment, bound to the key it registered with, is enabled: apps may be placed on it and the proxy "
+        "sends it traffic.",
+    ),
+    "rebind": EnvAction(
+        "Re-bind",
+        "Re-bound",
+        "Each environment is bound to the key its last refused message was signed with (shown in its identity "
+        "column): only the worker holding that key is believed from now on, and the old key's messages are "
+        "refused. Do this only for a worker you replaced yourself.",
     ),
     "forget": EnvAction(
         "Forget",

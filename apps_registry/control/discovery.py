@@ -34,7 +34,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps_registry import backends
-from apps_registry.control import keys, redis_client, specs
+from apps_registry.control import authority, keys, redis_client, specs
 from apps_registry.models import ConfigEpoch
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,8 @@ class RemoteDiscovery:
                     built = json.dumps({"at": timezone.now().isoformat(), "apps": len(apps), "envs": len(envs)})
                     pipe.set(self._built, built)
                     pipe.set(keys.cfg_epoch(), epoch)  # the registry's, even if Redis held a higher one
+                    # Redis may have come back empty: agents that have not pinned it need it.
+                    pipe.set(keys.cfg_supervisor_key(), authority.public())
                     pipe.incr(self._rev)
                     pipe.execute()
                     self._behind = None

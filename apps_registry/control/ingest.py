@@ -18,7 +18,7 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
-from apps_registry.control import keys, protocol, redis_client
+from apps_registry.control import identity, keys, protocol, redis_client
 from apps_registry.models import Application, AuditEntry, Environment
 from apps_registry.names import is_valid_name
 from apps_registry.observability import metrics
@@ -136,9 +136,11 @@ def event_seconds(entry_id: str, at: float | None, redis_now: float) -> float:
     raise FutureEvent(f"entry {entry_id} is timed in the future (id {seconds}, at {at}; Redis now {redis_now:.3f})")
 
 
-def _registration(event: protocol.Registration, at: dt.datetime) -> dict:
-    """``register_environment``'s arguments from a register/heartbeat event."""
+def _registration(event: protocol.Registration, at: dt.datetime, public_key: str) -> dict:
+    """``register_environment``'s arguments from a register/heartbeat event (signed with
+    ``public_key``, already checked)."""
     return {
+        "public_key": public_key,
         "name": event.env,
         "url": event.url,
         "proxy_url": event.proxy_url,
@@ -194,16 +196,44 @@ class Batch:
         self.acks: list[tuple[str, protocol.Ack]] = []
         self.events = 0
         self.refused = 0
+        # Identity (control.identity): keys bound by trust on first use, and refused messages
+        # to note on their environments' rows.
+        self.bindings: dict[str, str] = {}
+        self.refusals: list[dict] = []
 
-    def add(self, fields: dict[str, str], entry_id: str, *, offset: float, redis_now: float) -> None:
-        """Decode one event and keep it if it matters; raises ProtocolError for a bad one and
-        FutureEvent for one timed beyond the Redis server's clock."""
-        event = protocol.decode_event(fields)
+    def refuse(self, env: str, reason: str, detail: str, key: str = "", host: str = "") -> None:
+        self.refused += 1
+        identity.refused(reason, env, detail)
+        if is_valid_name(env):
+            self.refusals.append({"name": env, "reason": detail, "key": key, "host": host})
+
+    def add(
+        self,
+        event: protocol.Event,
+        fields: dict[str, str],
+        entry_id: str,
+        *,
+        offset: float,
+        redis_now: float,
+        keyring: identity.Keyring,
+    ) -> None:
+        """Keep one decoded event if it is genuine and matters; a message not signed with its
+        environment's key, or replayed, is refused (``refuse``). Raises FutureEvent for one
+        timed beyond the Redis server's clock."""
+        host = event.host if isinstance(event, protocol.Registration) else ""
+        verdict = keyring.check(fields, event.env, host=host)
+        if verdict is not None:
+            self.refuse(event.env, verdict[0], verdict[1], key=verdict[2], host=host)
+            return
         if isinstance(event, protocol.Registration):
             _check_allowed(event)  # before anything of it is kept
-        at = dt.datetime.fromtimestamp(event_seconds(entry_id, event.at, redis_now) + offset, tz=dt.UTC)
+        seconds = event_seconds(entry_id, event.at, redis_now) + offset
+        if identity.replayed(event.at, seconds):
+            self.refuse(event.env, "stale", f"{event.type} for {event.env} signed at {event.at}: an old message copied")
+            return
+        at = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
         if isinstance(event, protocol.Registration):
-            report = _registration(event, at)
+            report = _registration(event, at, fields["key"])
             previous = self.registrations.get(report["name"])
             announce = not event.heartbeat or bool(previous and previous["announce"])
             if previous is None or previous["at"] <= at:
@@ -226,6 +256,10 @@ class Batch:
     def apply(self) -> None:
         """Apply the batch (inside the caller's transaction). Each group runs in a savepoint;
         if a bulk step fails, its items are applied one by one so one bad item drops alone."""
+        if self.bindings:
+            _guarded(lambda: actions.bind_environment_keys(self.bindings), "environment key bindings")
+        if self.refusals:
+            _guarded(lambda: actions.record_identity_refusals(self.refusals), "identity refusals")
         # An environment that deregistered in this batch: its newest registration and its
         # deregistration, in their own order (rare: an agent stopping or restarting).
         for name, gone_at in self.deregistrations.items():
@@ -341,11 +375,19 @@ def apply_entries(
     clock (default: this host's); no event is timed after it (``event_seconds``)."""
     batch = Batch()
     now = time.time() if redis_now is None else redis_now
+    decoded: list[tuple[str, dict[str, str], protocol.Event]] = []
     for entry_id, fields in entries:
         if fields is None:  # trimmed away while pending
             continue
         try:
-            batch.add(fields, entry_id, offset=offset, redis_now=now)
+            decoded.append((entry_id, fields, protocol.decode_event(fields)))
+        except Exception:
+            log.exception("event ingest: dropping event %s %r", entry_id, fields)
+    # One read of the keys of every environment the batch speaks for.
+    keyring = identity.Keyring.load(event.env for _id, _fields, event in decoded if is_valid_name(event.env))
+    for entry_id, fields, event in decoded:
+        try:
+            batch.add(event, fields, entry_id, offset=offset, redis_now=now, keyring=keyring)
         except FutureEvent as error:
             batch.refused += 1
             metrics.count_refused_event("future")
@@ -356,6 +398,7 @@ def apply_entries(
             log.warning("event ingest: refusing %s", error)
         except Exception:
             log.exception("event ingest: dropping event %s %r", entry_id, fields)
+    batch.bindings = keyring.new_bindings
     with transaction.atomic():
         batch.apply()
     return batch

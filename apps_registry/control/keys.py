@@ -49,9 +49,11 @@ def events_stream() -> str:
 # --- liveness -------------------------------------------------------------------------------
 
 
-def seen() -> str:
-    """``P:env:seen``: sorted set env -> Redis server time of its agent's last lease beat."""
-    return _key("env", "seen")
+def lease(env: str, fingerprint: str) -> str:
+    """``P:lease:<env>:<key fingerprint>``: the signed lease of the agent holding that key
+    (``protocol.Lease``). One key per environment *and* key, so a second agent claiming the
+    name cannot overwrite the real one's lease, only write one nobody believes."""
+    return _key("lease", env, fingerprint)
 
 
 # --- configuration cache ----------------------------------------------------------------------
@@ -86,6 +88,12 @@ def cfg_epoch() -> str:
     """``P:cfg:epoch``: the registry's configuration epoch the cache holds (never lowered by a
     publish; set to the registry's by a rebuild)."""
     return _key("cfg", "epoch")
+
+
+def cfg_supervisor_key() -> str:
+    """``P:cfg:supervisor-key``: the supervisor's public key (base64), for agents that have not
+    pinned one (docs/security.md)."""
+    return _key("cfg", "supervisor-key")
 
 
 def cfg_rev() -> str:

@@ -1,7 +1,10 @@
 """Environment status, derived from when its agent was last seen: no sweeper process.
 
-Agents beat a lease every ``APP_LEASE_INTERVAL`` seconds into the sorted set ``P:env:seen``
-(member = environment name, score = unix time). The status is computed when someone looks:
+Agents beat a lease every ``APP_LEASE_INTERVAL`` seconds: a signed ``protocol.Lease`` (the
+Redis server's time of the beat) at ``P:lease:<env>:<key fingerprint>``. Only a lease signed
+with the key the environment is bound to counts, and only its signed time: a lease written by
+anyone else, or copied from an old one, is not a sighting. The status is computed when someone
+looks:
 
 - ``stopped``  the agent deregistered (``stopped_at``) and has not been seen since;
 - ``online``   seen within 2 × lease interval;
@@ -26,7 +29,8 @@ from collections.abc import Sequence
 import redis
 from django.conf import settings
 
-from apps_registry.control import ingest, keys, redis_client
+from apps_registry import signing
+from apps_registry.control import ingest, keys, protocol, redis_client
 from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry.environments import CLOCK_TOLERANCE
 
@@ -54,23 +58,52 @@ def classify(
     return EnvironmentStatus.OFFLINE
 
 
-def _seen_in_redis(names: Sequence[str]) -> dict[str, dt.datetime] | None:
-    """Last lease beat per environment, in one round trip; None if Redis cannot be reached."""
+# Verified leases, by environment: (raw value, key) -> Redis time. A lease changes every beat
+# but is read by every status poll in between: verifying it once per beat keeps the ~0.1 ms
+# of an Ed25519 check off the admin's and the proxy's paths.
+_verified: dict[str, tuple[str, str, float | None]] = {}
+
+
+def _lease_time(name: str, public_key: str, raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    cached = _verified.get(name)
+    if cached is not None and cached[0] == raw and cached[1] == public_key:
+        return cached[2]
+    lease = protocol.Lease.verified(raw, name, public_key)
+    seconds = lease.at if lease is not None else None
+    if len(_verified) > 10_000:
+        _verified.clear()
+    _verified[name] = (raw, public_key, seconds)
+    return seconds
+
+
+def lease_seconds(bound: dict[str, str]) -> dict[str, float] | None:
+    """The Redis server time of the last genuine lease beat per environment (``bound``: name ->
+    the key it is bound to), in one round trip; None if Redis cannot be reached. An environment
+    with no bound key has no lease anyone can check (the database's heartbeat stands in)."""
+    names = [name for name, public_key in bound.items() if public_key]
     if not names or not redis_client.configured():
         return {}
     try:
-        scores = redis_client.commands().zmscore(keys.seen(), list(names))
+        values = redis_client.commands().mget([keys.lease(name, signing.fingerprint(bound[name])) for name in names])
     except redis.RedisError as error:
         log.warning("liveness: Redis unavailable, environment statuses unknown (%s)", error)
         return None
-    # Lease scores are the Redis server's time: moved onto this process's clock with the offset
+    found = {name: _lease_time(name, bound[name], raw) for name, raw in zip(names, values, strict=True)}
+    return {name: seconds for name, seconds in found.items() if seconds is not None}
+
+
+def _seen_in_redis(envs: Sequence[Environment]) -> dict[str, dt.datetime] | None:
+    """Last genuine lease beat per environment, on this process's clock; None if Redis cannot
+    be reached."""
+    seconds = lease_seconds({env.name: env.public_key for env in envs})
+    if seconds is None:
+        return None
+    # Leases carry the Redis server's time: moved onto this process's clock with the offset
     # ingest measured, so a Redis clock ahead of ours is not taken for a sighting in the future.
     offset = ingest.last_clock_offset()
-    return {
-        name: dt.datetime.fromtimestamp(float(score) + offset, tz=dt.UTC)
-        for name, score in zip(names, scores, strict=True)
-        if score is not None
-    }
+    return {name: dt.datetime.fromtimestamp(value + offset, tz=dt.UTC) for name, value in seconds.items()}
 
 
 def environment_statuses(
@@ -79,7 +112,7 @@ def environment_statuses(
     """``{env name: (status, last seen)}`` for these environments, with one Redis round trip."""
     config = settings.APP_CONFIG
     now = now or dt.datetime.fromtimestamp(time.time(), tz=dt.UTC)
-    seen = _seen_in_redis([env.name for env in envs])
+    seen = _seen_in_redis(envs)
     result: dict[str, tuple[str, dt.datetime | None]] = {}
     for env in envs:
         if config.mode == "standalone" and env.name == config.environment_name:

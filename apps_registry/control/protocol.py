@@ -8,6 +8,12 @@ place, used by both sides (docs/protocol.md, "Command channel" and "Events").
 
 Everything read from Redis is input: ``decode`` checks types and bounds and raises
 ``ProtocolError`` with a message that says what is wrong; it never trusts a field.
+
+Every message is signed (``apps_registry.signing``; docs/security.md): an event entry
+carries two more fields, ``key`` (the agent's public key) and ``sig``; a command carries
+``sig`` (the supervisor's); an acknowledgement's copy on ``P:ack:<id>`` is the same envelope
+as JSON; a lease is a signed JSON object of its own (``Lease``). Whether a signature is the
+*right* one (the key bound to the environment) is for the receiver to decide.
 """
 
 from __future__ import annotations
@@ -19,11 +25,15 @@ import time
 import uuid
 from typing import Any, Self
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from apps_registry import signing
 from apps_registry.names import RESERVED_APP_NAMES, is_valid_name
 from supervisor_site.origins import origin_problem
 
 ACTIONS = ("start", "stop", "restart", "remove")
-RESULTS = ("ok", "error", "expired", "superseded")
+# ``refused``: the command did not carry the supervisor's signature; nothing was done.
+RESULTS = ("ok", "error", "expired", "superseded", "refused")
 EVENT_TYPES = ("register", "heartbeat", "deregister", "status", "ack")
 # The statuses a report may carry: the registry's AppStatus values.
 STATUSES = ("stopped", "queued", "starting", "running", "stopping", "error")
@@ -65,7 +75,8 @@ def same_incarnation(a: str, b: str) -> bool:
 
 
 def _dumps(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), default=str)
+    # Sorted keys: the data string is what is signed, and equal data should be equal bytes.
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _number(value: object) -> float | None:
@@ -397,3 +408,87 @@ def decode_event(fields: dict[str, str]) -> Event:
     if decoder is None:
         raise ProtocolError(f"unknown event type {str(fields.get('type'))[:40]!r}")
     return decoder.decode(fields)
+
+
+# --- signed envelopes ---------------------------------------------------------------------------
+
+
+def sign_event(message: Event, key: Ed25519PrivateKey, public: str) -> dict[str, str]:
+    """The stream fields of an event, signed: ``type``, ``data``, ``key`` (the signer's public
+    key, so the first registration can bind it) and ``sig`` over the type, the environment and
+    the data exactly as written."""
+    fields = message.encode()
+    fields["key"] = public
+    fields["sig"] = signing.sign(key, fields["type"], message.env, fields["data"])
+    return fields
+
+
+def event_signed_by(fields: dict[str, str], env: str, public: str) -> bool:
+    """True if the event entry's ``sig`` is ``public``'s signature of its type, ``env`` and data."""
+    return signing.verify(public, str(fields.get("type")), env, str(fields.get("data") or ""), fields.get("sig"))
+
+
+def signed_ack_json(fields: dict[str, str]) -> str:
+    """The value pushed to ``P:ack:<id>``: the signed ack event's fields as one JSON object."""
+    return _dumps({name: fields[name] for name in ("type", "data", "key", "sig")})
+
+
+def signed_ack_fields(raw: str) -> dict[str, str]:
+    """The fields of a ``P:ack:<id>`` value (``signed_ack_json``); ProtocolError if it is not one."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError, TypeError) as error:
+        raise ProtocolError(f"bad acknowledgement: {error}") from None
+    if not isinstance(value, dict) or not all(isinstance(value.get(name), str) for name in ("data", "key", "sig")):
+        raise ProtocolError("bad acknowledgement: not a signed envelope")
+    return {"type": "ack", "data": value["data"], "key": value["key"], "sig": value["sig"]}
+
+
+def command_body(fields: dict[str, str]) -> str:
+    """What a command's signature covers: its ``json`` field as written, or the sorted-key JSON
+    of its flat fields without ``sig``."""
+    if "json" in fields:
+        return str(fields["json"])
+    return signing.canonical({name: value for name, value in fields.items() if name != "sig"})
+
+
+def sign_command(fields: dict[str, str], env: str, key: Ed25519PrivateKey) -> dict[str, str]:
+    """A command's stream fields with the supervisor's signature for the environment ``env``
+    (a command copied onto another environment's stream does not verify there)."""
+    return {**fields, "sig": signing.sign(key, "command", env, command_body(fields))}
+
+
+def command_signed_by(fields: dict[str, str], env: str, public: str) -> bool:
+    return signing.verify(public, "command", env, command_body(fields), fields.get("sig"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """A lease beat: the environment and the Redis server's time of the beat, signed. Stored
+    at ``P:lease:<env>:<fingerprint>``; liveness believes it only with the bound key's
+    signature, and only its signed time (so a copy of an old lease is an old sighting)."""
+
+    env: str
+    at: float
+
+    def body(self) -> str:
+        return signing.canonical({"at": f"{self.at:.6f}", "env": self.env})
+
+    def encode(self, key: Ed25519PrivateKey) -> str:
+        return _dumps(
+            {"at": f"{self.at:.6f}", "env": self.env, "sig": signing.sign(key, "lease", self.env, self.body())}
+        )
+
+    @classmethod
+    def verified(cls, raw: str | bytes | None, env: str, public: str) -> Self | None:
+        """The lease in ``raw`` if it is ``env``'s, signed by ``public``; None otherwise."""
+        if not raw or not public:
+            return None
+        try:
+            value = json.loads(raw)
+            lease = cls(env=str(value["env"]), at=float(value["at"]))
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return None
+        if lease.env != env or not signing.verify(public, "lease", env, lease.body(), value.get("sig")):
+            return None
+        return lease

@@ -107,8 +107,9 @@ def _worker_grants(prefix: str, env: str) -> list[tuple[str, str]]:
         # Its own de-duplication results and generations.
         (f"~{p}:done:{env}:*", "+get +set +exists +mget"),
         (f"~{p}:gen:{env}", "+hget +hmget +hgetall +hset +hsetnx +exists"),
-        # The lease: one shared sorted set (a member per environment), stamped by a Lua script.
-        (f"~{p}:env:seen", "+zadd +zrem +zscore +eval +evalsha"),
+        # Its leases: one key per environment and signing key, signed (docs/security.md), stamped
+        # with the server's TIME read just before.
+        (f"~{p}:lease:{env}:*", "+set +get +del +time"),
         # Acknowledgements for the supervisor's blocking wait: push only.
         (f"%W~{p}:ack:*", "+lpush +rpush +expire"),
         # The apps' login throttle (django-axes through Django's Redis cache).

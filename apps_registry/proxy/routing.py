@@ -246,6 +246,7 @@ _ROW_FIELDS = (
     "e_enabled",
     "e_last_heartbeat",
     "e_stopped_at",
+    "e_public_key",
 )
 
 
@@ -285,13 +286,19 @@ def load_route(name: str) -> AppRoute | None:
             e_enabled=F("placements__environment__enabled"),
             e_last_heartbeat=F("placements__environment__last_heartbeat"),
             e_stopped_at=F("placements__environment__stopped_at"),
+            # Liveness believes only leases signed with the bound key.
+            e_public_key=F("placements__environment__public_key"),
         )
         .values_list(*_ROW_FIELDS)
     )
     if not rows:
         return None
     first = rows[0]
-    envs = [Environment(name=row[5], last_heartbeat=row[9], stopped_at=row[10]) for row in rows if row[5] is not None]
+    envs = [
+        Environment(name=row[5], last_heartbeat=row[9], stopped_at=row[10], public_key=row[11] or "")
+        for row in rows
+        if row[5] is not None
+    ]
     statuses = liveness.environment_statuses(envs) if envs else {}
     placements = tuple(
         sorted(

@@ -26,12 +26,21 @@ from apps_registry.registry.applications import (
 )
 from apps_registry.registry.environments import (
     HEARTBEAT_RESOLUTION,
+    NotApproved,
     deregister_environment,
     forget_environment,
     placements_on,
     refresh_environments,
     register_environment,
     set_environment_enabled,
+)
+from apps_registry.registry.identities import (
+    IDENTITY_AUDIT_EVERY,
+    NothingToRebind,
+    approve_environment,
+    bind_environment_keys,
+    rebind_environment,
+    record_identity_refusals,
 )
 from apps_registry.registry.reports import record_app_status, record_app_statuses
 from apps_registry.registry.requests import audit, close_request, new_request_id, note_converged, record_outcome
@@ -46,13 +55,18 @@ from apps_registry.registry.tokens import issue_api_token, revoke_api_tokens
 __all__ = [
     "ACTIVE",
     "HEARTBEAT_RESOLUTION",
+    "IDENTITY_AUDIT_EVERY",
+    "NotApproved",
+    "NothingToRebind",
     "STARTABLE",
     "ApplicationGone",
     "PlacementChange",
     "PlacementWouldStop",
     "START_INTERRUPTED",
+    "approve_environment",
     "audit",
     "begin_environment_start",
+    "bind_environment_keys",
     "close_request",
     "create_application",
     "delete_application",
@@ -65,7 +79,9 @@ __all__ = [
     "placements_on",
     "record_app_status",
     "record_app_statuses",
+    "record_identity_refusals",
     "record_outcome",
+    "rebind_environment",
     "refresh_environments",
     "register_environment",
     "request_remove",

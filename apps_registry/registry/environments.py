@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
+from apps_registry import signing
 from apps_registry.models import AppEnvironment, Environment
 from apps_registry.registry import outbox
 from apps_registry.registry.bulk import chunks, per_row
@@ -26,8 +28,15 @@ def register_environment(
     pid: int | None = None,
     apps_running: Sequence[str] = (),
     at: dt.datetime | None = None,
+    public_key: str = "",
 ) -> Environment:
-    """A worker announced itself (start-up or heartbeat): create or refresh its record."""
+    """A worker announced itself (start-up or heartbeat): create or refresh its record.
+
+    ``public_key`` is the key its message was signed with, already checked by the caller
+    (``control.identity``). A new name is bound to it (trust on first use) and, with
+    ENVIRONMENT_APPROVAL, created disabled and pending approval; a row without a key (from
+    before identities) is bound to it; a bound key is never replaced here (only
+    ``rebind_environment`` does)."""
     at = at or timezone.now()
     fields = {
         "url": url,
@@ -39,15 +48,34 @@ def register_environment(
         "last_heartbeat": at,
         "stopped_at": None,
     }
-    env, created = Environment.objects.get_or_create(name=name, defaults={**fields, "first_seen": at})
+    approved = not settings.APP_CONFIG.environment_approval
+    created_fields = {**fields, "first_seen": at, "approved": approved, "enabled": approved}
+    if public_key:
+        created_fields.update(public_key=public_key, key_bound_at=at)
+    env, created = Environment.objects.get_or_create(name=name, defaults=created_fields)
     if created:
-        audit("environment_registered", app_name="", environments=[name], via="worker")
+        audit(
+            "environment_registered",
+            app_name="",
+            environments=[name],
+            via="worker",
+            error=_bound_text(public_key, host) + ("" if approved else "; pending approval"),
+        )
     else:
+        if public_key and not env.public_key:
+            fields.update(public_key=public_key, key_bound_at=at)
+            audit("environment_key_bound", environments=[name], via="worker", error=_bound_text(public_key, host))
         Environment.objects.filter(pk=env.pk).update(**fields)
         for key, value in fields.items():
             setattr(env, key, value)
     outbox.publish_environment(env)
     return env
+
+
+def _bound_text(public_key: str, host: str) -> str:
+    if not public_key:
+        return ""
+    return f"bound to key {signing.fingerprint(public_key)}" + (f" of host {host}" if host else "")
 
 
 # A heartbeat that changes nothing but ``last_heartbeat``, by less than this, is not written:
@@ -83,6 +111,7 @@ def refresh_environments(reports: Sequence[dict]) -> int:
     future = timezone.now() + CLOCK_TOLERANCE
     for name, report in latest.items():
         fields = {key: value for key, value in report.items() if key != "announce"}
+        fields.setdefault("public_key", "")
         fields["apps_running"] = sorted(fields.get("apps_running") or ())
         at = fields["at"]
         env = existing.get(name)
@@ -93,6 +122,8 @@ def refresh_environments(reports: Sequence[dict]) -> int:
             and env.stopped_at is None
             and not report.get("announce")
             and all(getattr(env, key) == fields[key] for key in _DESCRIPTIVE)
+            # A row from before identities binds its key at the first signed beat.
+            and (env.public_key or not fields["public_key"])
         )
         if not unchanged:
             register_environment(**fields)
@@ -124,7 +155,15 @@ def deregister_environment(name: str, *, at: dt.datetime | None = None) -> bool:
     return bool(updated)
 
 
+class NotApproved(ValueError):
+    """An environment pending approval cannot be enabled; approve it instead."""
+
+
 def set_environment_enabled(env: Environment, enabled: bool, user: AbstractBaseUser | None = None) -> None:
+    """Enable or disable; an environment pending approval is enabled by approving it
+    (``identities.approve_environment``), never here."""
+    if enabled and not env.approved:
+        raise NotApproved(f"{env.name} is pending approval: approve it instead")
     Environment.objects.filter(pk=env.pk).update(enabled=enabled)
     env.enabled = enabled
     audit("environment_enabled" if enabled else "environment_disabled", user=user, environments=[env.name])

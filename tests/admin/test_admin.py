@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps_registry.models import AppEnvironment, Application, AppStatus, AuditEntry, Environment
+from tests.support import identity
 
 pytestmark = pytest.mark.django_db
 
@@ -80,8 +81,6 @@ def test_application_list_shows_one_badge_per_environment_sorted(admin_client):
 
 
 def test_environment_list_shows_status_age_and_apps(admin_client, redis_conn):
-    from apps_registry.control import redis_client
-
     now = timezone.now()
     Environment.objects.create(
         name="env_on", url="http://h:1", version="2.1", last_heartbeat=now - dt.timedelta(hours=1)
@@ -91,7 +90,8 @@ def test_environment_list_shows_status_age_and_apps(admin_client, redis_conn):
         name="env_gone", url="http://h:3", last_heartbeat=now - dt.timedelta(seconds=5), stopped_at=now
     )
     # The lease in Redis is fresher than the database's heartbeat and wins.
-    redis_conn.zadd(redis_client.key("env", "seen"), {"env_on": now.timestamp() - 1})
+    identity.bind("env_on")
+    identity.write_lease("env_on", now.timestamp() - 1, client=redis_conn)
     page = admin_client.get(ENVS_URL).content.decode()
     assert re.search(r"env_on.*appsup-online.*1 s ago", page, re.S)
     assert re.search(r"env_off.*appsup-offline.*40 s ago", page, re.S)
@@ -324,7 +324,7 @@ def test_list_applies_waiting_worker_events_first(admin_client, redis_conn):
     )
     ingest._group_ready.clear()  # the stream was emptied by an earlier test's clean-up
     report = protocol.StatusReport(app="fresh", env=env.name, status="running", error="", at=time.time())
-    redis_conn.xadd(keys.events_stream(), report.encode())
+    redis_conn.xadd(keys.events_stream(), identity.signed_event(report))
     page = admin_client.get(APPS_URL).content.decode()
     assert 'appsup-running" title="env_0000: running"' in page
 

@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from apps_registry.control import ingest, keys, liveness, redis_client
+from apps_registry.control import ingest, liveness
 from apps_registry.models import Environment
 from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER
+from tests.support.identity import lease_at
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -61,5 +62,5 @@ def test_sigterm_deregisters_within_a_second(cluster_logs, short_liveness):
     wait_until(lambda: env_status("env_a") == "stopped", timeout=2, interval=0.02, message="env_a stopped")
     assert time.monotonic() - sent <= 1.0
     assert worker.agent.popen.wait(timeout=30) == 0
-    assert redis_client.commands().zscore(keys.seen(), "env_a") is None
+    assert lease_at("env_a", worker.key()) is None
     assert "deregistered environment env_a" in worker.agent.log()

@@ -19,7 +19,7 @@ from apps_registry.control.discovery import get_discovery
 from apps_registry.control.runners import remote
 from apps_registry.models import AppEnvironment, Application, AuditEntry, Environment
 from apps_registry.registry import actions, outbox
-from tests.support import services
+from tests.support import identity, services
 from tests.support.cluster import RECONCILE_INTERVAL
 from tests.support.processes import wait_until
 
@@ -166,8 +166,8 @@ def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_log
         "drop_data": "0",
     }
     stream = keys.command_stream("env_b")
-    client.xadd(stream, fields)
-    client.xadd(stream, fields)
+    client.xadd(stream, identity.signed_command(fields, "env_b"))
+    client.xadd(stream, identity.signed_command(fields, "env_b"))
     assert channel.wait_for_ack(fields["id"], 10)["result"] == "ok"
     wait_until(
         lambda: client.xpending(stream, protocol.AGENT_GROUP)["pending"] == 0,
@@ -282,7 +282,8 @@ def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, clu
     stream = keys.command_stream("env_a")
     future = str(time.time() + 60)
     base = {"generation": "1", "request_id": "m", "issued_at": str(time.time()), "expires_at": future}
-    bad_json = client.xadd(stream, {"json": "{not json"})
+    # Signed by the supervisor, yet malformed: refused by validation, not by the signature.
+    bad_json = client.xadd(stream, identity.signed_command({"json": "{not json"}, "env_a"))
     cases = {
         "m-action": ({**base, "id": "m-action", "action": "explode", "app": "crm"}, "unknown action"),
         "m-name": ({**base, "id": "m-name", "action": "start", "app": "../etc"}, "invalid app name"),
@@ -290,7 +291,7 @@ def test_malformed_messages_are_acked_as_errors_and_the_agent_survives(envs, clu
         "m-fields": ({"id": "m-fields", "action": "stop", "app": "crm"}, "must be numbers"),
     }
     for fields, _ in cases.values():
-        client.xadd(stream, fields)
+        client.xadd(stream, identity.signed_command(fields, "env_a"))
     for command_id, (_, message) in cases.items():
         ack = channel.wait_for_ack(command_id, 10)
         assert ack["result"] == "error" and message in ack["error"], ack

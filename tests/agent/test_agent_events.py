@@ -16,14 +16,18 @@ from prometheus_client import REGISTRY
 from apps_registry.control import ingest, keys, protocol, redis_client
 from apps_registry.models import AppEnvironment, AuditEntry, Environment
 from apps_registry.registry import actions
+from tests.support import identity
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def emit(event_type: str, **payload) -> str:
-    """Any event, well-formed or not, as a worker (or a forger) would append it."""
-    return redis_client.commands().xadd(keys.events_stream(), {"type": event_type, "data": json.dumps(payload)})
+    """Any event, well-formed or not, as a worker would append it: signed with the key of the
+    environment it names (tests/support/identity.py), timed now unless it says otherwise."""
+    payload.setdefault("at", time.time())
+    fields = identity.signed_fields(event_type, payload, str(payload.get("env", "")))
+    return redis_client.commands().xadd(keys.events_stream(), fields)
 
 
 def ingest_newer_first(redis_conn, monkeypatch, older: Callable[[], str], newer: Callable[[], str]) -> None:
@@ -143,8 +147,9 @@ def updates_of(context: CaptureQueriesContext, table: str) -> int:
 
 def test_heartbeats_are_coalesced_per_environment(redis_conn):
     names = [f"hb_{i:02d}" for i in range(50)]
-    for name in names:
-        actions.register_environment(name=name, url="http://127.0.0.1:9", version="v0", pid=1)
+    for name in names:  # registered as their agents' first registration would: bound to their keys
+        public_key = identity.public(identity.env_key(name))
+        actions.register_environment(name=name, url="http://127.0.0.1:9", version="v0", pid=1, public_key=public_key)
 
     def beats(version: str) -> list[tuple[str, dict]]:
         return take(
@@ -174,7 +179,9 @@ def test_heartbeats_are_coalesced_per_environment(redis_conn):
     with CaptureQueriesContext(connection) as context:
         ingest.apply_entries(entries, offset=5.0)
     assert updates_of(context, "apps_registry_environment") == 1
-    assert len(context.captured_queries) <= 6  # begin, savepoint, read, update, release, commit
+    # The keys' read (identity; remembered for 2 s, so often none), begin, savepoint, read, update,
+    # release, commit.
+    assert len(context.captured_queries) <= 7
     found = {e.name: e for e in Environment.objects.filter(name__in=names)}
     assert all((found[n].last_heartbeat - last[n]).total_seconds() >= 5.0 for n in names)
     # Less than a second newer, or older (another ingester was ahead): nothing written.

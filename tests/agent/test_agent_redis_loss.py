@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import services
+from apps_registry.control import authority
+from tests.support import identity, services
 from tests.support.cluster import worker_environ
 from tests.support.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
 from worker_agent.hosting import local_state
@@ -55,6 +56,8 @@ def private_worker(tmp_path):
         "APP_COMMAND_REDIS_URL": f"redis://127.0.0.1:{port}/0",
         "DB_DATABASE": f"{services.RUN_ID}_worker_r",
         "APP_STORAGE_DIR": str(tmp_path / "storage"),
+        # No supervisor publishes its key in this Redis: the worker is given it.
+        "SUPERVISOR_PUBLIC_KEY": identity.public(authority.key()),
     }
     from tests.support.cluster import _create_database
 
@@ -77,8 +80,8 @@ def test_redis_loss_keeps_apps_serving_and_logs_once(private_worker):
     hosted = manage(["host_app", app, "--modules", "contacts"], env)
     assert hosted.returncode == 0, hosted.stderr
     agent.start()
-    seen_key = f"{env['APP_REDIS_PREFIX']}:env:seen"
-    wait_until(lambda: client.zscore(seen_key, ENV), timeout=30, message="agent registered")
+    lease_keys = f"{env['APP_REDIS_PREFIX']}:lease:{ENV}:*"
+    wait_until(lambda: client.keys(lease_keys), timeout=30, message="agent registered (its lease)")
     wait_until(lambda: http_ok(f"{url}/healthz"), timeout=30, message="worker web")
     page = f"{url}/apps/{app}/admin/login/"
     assert _status(page) == 200
@@ -103,7 +106,7 @@ def test_redis_loss_keeps_apps_serving_and_logs_once(private_worker):
     assert "Traceback" not in agent.log()
 
     state["server"] = _redis_server(state["port"], state["tmp"])  # back, and empty
-    wait_until(lambda: client.zscore(seen_key, ENV), timeout=20, interval=0.1, message="registered again")
+    wait_until(lambda: client.keys(lease_keys), timeout=20, interval=0.1, message="registered again")
     wait_until(lambda: "Redis connection restored" in agent.log(), timeout=10, message="restore logged")
     assert agent.log().split("agent for environment env_r starting")[-1].count("Redis connection restored") == 1
     registrations = [
@@ -123,9 +126,9 @@ def test_redis_loss_keeps_apps_serving_and_logs_once(private_worker):
         "issued_at": str(time.time()),
         "expires_at": str(time.time() + 60),
     }
-    client.xadd(f"{env['APP_REDIS_PREFIX']}:cmd:{ENV}", fields)
+    client.xadd(f"{env['APP_REDIS_PREFIX']}:cmd:{ENV}", identity.signed_command(fields, ENV))
     ack_key = f"{env['APP_REDIS_PREFIX']}:ack:after-loss"
     popped = client.blpop([ack_key], timeout=10)
-    assert popped and json.loads(popped[1])["result"] == "ok"
+    assert popped and json.loads(json.loads(popped[1])["data"])["result"] == "ok"
     wait_until(lambda: _status(page) == 503, timeout=5, message="app stopped by the command")
     assert agent.alive()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import time
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from apps_registry.control import ingest, keys, liveness
 from apps_registry.models import Environment
 from apps_registry.observability import metrics
+from tests.support import identity
 from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER, _create_database, worker_environ
 from tests.support.processes import PYTHON, Process, free_port, wait_until
 
@@ -43,9 +43,10 @@ def test_future_entries_and_scores_do_not_pin_liveness(redis_conn, settings, tmp
         # appends after it inherits the future id (stream ids only grow).
         future = time.time() + HOUR
         forged = {"env": ENV, "url": env["ENVIRONMENT_URL"], "version": "x", "pid": 1, "at": future}
-        redis_conn.xadd(
-            keys.events_stream(), {"type": "heartbeat", "data": json.dumps(forged)}, id=f"{int(future * 1000)}-0"
-        )
+        # Signed with the agent's own key: the clock rules hold for genuine entries too.
+        key = identity.worker_key(env["APP_STORAGE_DIR"], ENV)
+        signed = identity.signed_fields("heartbeat", forged, ENV, key=key)
+        redis_conn.xadd(keys.events_stream(), signed, id=f"{int(future * 1000)}-0")
         caplog.clear()
         refused = metrics.EVENTS_REFUSED.labels(reason="future")._value.get()
         wait_until(lambda: ingest.ingest() == 0, timeout=10, interval=0.1, message="stream drained")
@@ -60,7 +61,7 @@ def test_future_entries_and_scores_do_not_pin_liveness(redis_conn, settings, tmp
         agent.kill()
         # A lease score and a database heartbeat from the future (as a jump of the Redis clock
         # or a restore of a pinned registry would leave them) are not signs of life either.
-        redis_conn.zadd(keys.seen(), {ENV: time.time() + HOUR})
+        identity.write_lease(ENV, time.time() + HOUR, key=key, client=redis_conn)
         Environment.objects.filter(name=ENV).update(last_heartbeat=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
         started = time.monotonic()
         wait_until(lambda: _status(ENV) == "offline", timeout=OFFLINE_AFTER + 5, interval=0.2, message="offline")

@@ -11,9 +11,11 @@ from django.utils import timezone
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from apps_registry.control import liveness, redis_client
+from apps_registry import signing
+from apps_registry.control import keys, liveness, redis_client
 from apps_registry.control.liveness import classify, describe_age, environment_statuses
 from apps_registry.models import Environment
+from tests.support import identity
 from tests.support.processes import free_port
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, 0, tzinfo=dt.UTC)
@@ -63,22 +65,37 @@ def test_describe_age_never():
 def test_statuses_from_redis_with_one_round_trip(redis_conn, monkeypatch):
     now = timezone.now()
     old = now - dt.timedelta(hours=1)
-    envs = [Environment.objects.create(name=f"env_{i:02d}", url="http://h:1", last_heartbeat=old) for i in range(40)]
-    seen_key = redis_client.key("env", "seen")
-    redis_conn.zadd(seen_key, {"env_00": now.timestamp() - 1, "env_01": now.timestamp() - 9})
+    envs = [
+        Environment.objects.create(
+            name=f"env_{i:02d}",
+            url="http://h:1",
+            last_heartbeat=old,
+            public_key=identity.public(identity.env_key(f"env_{i:02d}")),
+        )
+        for i in range(40)
+    ]
+    identity.write_lease("env_00", now.timestamp() - 1, client=redis_conn)
+    identity.write_lease("env_01", now.timestamp() - 9, client=redis_conn)
+    # Signed by someone else, or unsigned: not a sighting.
+    identity.write_lease("env_02", now.timestamp(), key=identity.env_key("impostor"), client=redis_conn)
+    redis_conn.set(
+        keys.lease("env_03", signing.fingerprint(envs[3].public_key)), f'{{"at":"{now.timestamp()}","env":"env_03"}}'
+    )
 
     client = redis_client.commands()
     calls: list[tuple] = []
     real = client.execute_command
     monkeypatch.setattr(client, "execute_command", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     statuses = environment_statuses(envs, now=now)
-    assert [c[0] for c in calls] == ["ZMSCORE"], "one Redis command for the whole page"
+    assert [c[0] for c in calls] == ["MGET"], "one Redis command for the whole page"
 
     assert statuses["env_00"][0] == "online"
     assert abs((statuses["env_00"][1] - now).total_seconds() + 1) < 0.01
     assert statuses["env_01"][0] == "unknown"
-    # No lease in Redis: the database heartbeat (an hour old) decides.
+    # No genuine lease in Redis: the database heartbeat (an hour old) decides.
     assert statuses["env_02"] == ("offline", old)
+    assert statuses["env_03"] == ("offline", old)
+    assert statuses["env_04"] == ("offline", old)
 
 
 @pytest.mark.django_db
@@ -113,8 +130,11 @@ def test_redis_unreachable_means_unknown_not_offline(monkeypatch):
     monkeypatch.setattr(liveness.redis_client, "commands", lambda: dead)
     now = timezone.now()
     old = now - dt.timedelta(seconds=100)
-    quiet = Environment.objects.create(name="env_a", url="http://h:1", last_heartbeat=old)
-    gone = Environment.objects.create(name="env_b", url="http://h:2", last_heartbeat=old, stopped_at=old)
+    bound = {name: identity.public(identity.env_key(name)) for name in ("env_a", "env_b")}
+    quiet = Environment.objects.create(name="env_a", url="http://h:1", last_heartbeat=old, public_key=bound["env_a"])
+    gone = Environment.objects.create(
+        name="env_b", url="http://h:2", last_heartbeat=old, stopped_at=old, public_key=bound["env_b"]
+    )
     assert environment_statuses([quiet, gone], now=now) == {"env_a": ("unknown", old), "env_b": ("stopped", old)}
 
 
@@ -122,7 +142,9 @@ def test_redis_unreachable_means_unknown_not_offline(monkeypatch):
 def test_the_fresher_of_redis_and_database_wins(redis_conn):
     now = timezone.now()
     env = Environment.objects.create(name="env_a", url="http://h:1", last_heartbeat=now - dt.timedelta(seconds=1))
-    redis_conn.zadd(redis_client.key("env", "seen"), {"env_a": now.timestamp() - 60})
+    identity.bind("env_a")
+    env.refresh_from_db()
+    identity.write_lease("env_a", now.timestamp() - 60, client=redis_conn)
     status, seen = environment_statuses([env], now=now)["env_a"]
     assert status == "online" and seen == env.last_heartbeat
 

@@ -182,3 +182,37 @@ def test_every_message_carries_the_incarnation():
     bad = json.dumps({"id": "c1", "env": "env_a", "result": "ok", "incarnation": "zz"})
     assert protocol.Ack.from_json(bad).incarnation is None  # lenient: the ack still counts
     assert protocol.same_incarnation("", incarnation) and not protocol.same_incarnation(incarnation, "x")
+
+
+# --- signatures (docs/protocol.md, "Signed envelope") ---------------------------------------
+
+
+def test_a_signature_binds_the_kind_the_environment_and_the_bytes():
+    from apps_registry import signing
+
+    key = signing.generate()
+    public = signing.public_text(key)
+    report = protocol.StatusReport("crm", "env_a", "running", "", 1.0)
+    fields = protocol.sign_event(report, key, public)
+    assert protocol.event_signed_by(fields, "env_a", public)
+    assert not protocol.event_signed_by(fields, "env_b", public), "another environment's message"
+    assert not protocol.event_signed_by({**fields, "type": "ack"}, "env_a", public), "another kind"
+    assert not protocol.event_signed_by({**fields, "data": fields["data"].replace("running", "error")}, "env_a", public)
+    assert not protocol.event_signed_by(fields, "env_a", signing.public_text(signing.generate())), "another key"
+    for junk in ("", "x" * 500, "not base64!", None, 7):
+        assert not protocol.event_signed_by({**fields, "sig": junk}, "env_a", public)
+    command = protocol.sign_command({"id": "c", "action": "stop", "app": "crm"}, "env_a", key)
+    assert protocol.command_signed_by(command, "env_a", public)
+    assert not protocol.command_signed_by(command, "env_b", public)
+    assert not protocol.command_signed_by({**command, "action": "remove"}, "env_a", public)
+
+
+def test_a_generated_key_is_kept_private_and_reused(tmp_path):
+    from apps_registry import signing
+
+    path = tmp_path / "identity" / "env_a.key"
+    first = signing.load_or_create(path)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert signing.public_text(signing.load_or_create(path)) == signing.public_text(first)
+    seed = signing.seed_text(first)
+    assert signing.public_text(signing.private_key(seed)) == signing.public_text(first)

@@ -2,7 +2,7 @@
 not delivered, converged later — never pending for ever (in-process, real Redis and PostgreSQL)."""
 
 import datetime as dt
-import json
+import time
 
 import pytest
 from django.conf import settings
@@ -11,12 +11,16 @@ from django.utils import timezone
 from apps_registry.control import ingest, keys, redis_client, undelivered
 from apps_registry.models import AuditEntry, Environment
 from apps_registry.registry import actions
+from tests.support import identity
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def emit(event_type: str, **payload) -> str:
-    return redis_client.commands().xadd(keys.events_stream(), {"type": event_type, "data": json.dumps(payload)})
+    """An event as the environment's agent would write it: signed (tests/support/identity.py)."""
+    payload.setdefault("at", time.time())
+    fields = identity.signed_fields(event_type, payload, str(payload.get("env", "")))
+    return redis_client.commands().xadd(keys.events_stream(), fields)
 
 
 def take(redis_conn, ids: list[str]) -> list:

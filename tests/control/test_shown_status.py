@@ -9,11 +9,11 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from apps_registry.control import keys
 from apps_registry.control.shown_status import UNKNOWN, explain, shown_status
 from apps_registry.models import AppEnvironment, AppStatus, EnvironmentStatus
 from apps_registry.models import Environment as EnvironmentRow
 from apps_registry.registry import actions
+from tests.support import identity
 from tests.support.api import ApiClient
 from tests.support.users import create_user
 
@@ -48,11 +48,16 @@ def test_shown_status(observed, environment, shown):
 def running_on_online_and_offline(redis_conn):
     """`shop` reported running on env_a (its lease is fresh) and on env_b (not seen for 10 min)."""
     now = timezone.now()
-    online = EnvironmentRow.objects.create(name="env_a", url="http://127.0.0.1:9", last_heartbeat=now)
+    online = EnvironmentRow.objects.create(
+        name="env_a",
+        url="http://127.0.0.1:9",
+        last_heartbeat=now,
+        public_key=identity.public(identity.env_key("env_a")),
+    )
     offline = EnvironmentRow.objects.create(
         name="env_b", url="http://127.0.0.1:9", last_heartbeat=now - dt.timedelta(minutes=10)
     )
-    redis_conn.zadd(keys.seen(), {"env_a": now.timestamp()})
+    identity.write_lease("env_a", now.timestamp(), client=redis_conn)
     app = actions.create_application(name="shop", environments=[online, offline])
     AppEnvironment.objects.filter(application=app).update(status=AppStatus.RUNNING, status_changed_at=now)
     return app

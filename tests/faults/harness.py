@@ -118,10 +118,18 @@ class PrivateRedis:
 
 def _wait_registered_private(worker: Worker, timeout: float = 30.0) -> None:
     """Worker.wait_registered, but reading the lease from the private Redis."""
+    from tests.support.identity import lease_at
+
     client = worker.private.client()
-    key = f"{services.RUN_ID}:env:seen"
+
+    def leased() -> bool:
+        try:
+            return (lease_at(worker.name, worker.key(), client) or 0) > time.time() - 3
+        except FileNotFoundError:  # the agent has not made its key yet
+            return False
+
     wait_until(
-        lambda: (client.zscore(key, worker.name) or 0) > time.time() - 3,
+        leased,
         timeout=timeout,
         interval=0.05,
         message=f"{worker.name} agent lease in the private Redis",

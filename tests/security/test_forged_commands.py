@@ -1,6 +1,8 @@
 """Malformed and forged command messages XADDed straight into a real worker's command stream
-(tests/support/cluster.py): the agent logs each, acknowledges it as an error, keeps serving, and
-still carries out the ordinary commands that arrive with and after them."""
+(tests/support/cluster.py). Forged ones (not signed by the supervisor) are acknowledged
+``refused`` under their entry's id and never carried out; malformed ones that do carry the
+supervisor's signature are acknowledged as errors. The agent keeps serving, and still carries
+out the ordinary commands that arrive with and after them."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import pytest
 import redis
 
 from apps_registry.control import channel, keys, protocol, redis_client
-from tests.support import services
+from tests.support import identity, services
 from tests.support.processes import wait_until
 
-pytestmark = pytest.mark.cluster
+# The acknowledgements are checked against the registry's bound keys.
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
 
 def _base(command_id: str, **fields: str) -> dict[str, str]:
@@ -65,10 +68,14 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
     log_start = len(worker.agent.log())
     cases = forged()
     entries: dict[str, str] = {}
+    unsigned: dict[str, str] = {}
     for command_id, (fields, _phrase) in cases.items():
-        entries[command_id] = client.xadd(stream, fields)
+        # Signed by the supervisor but malformed: refused by validation, with the reason.
+        entries[command_id] = client.xadd(stream, identity.signed_command(fields, "env_a"))
+        # The same without the signature: refused before it is even decoded.
+        unsigned[command_id] = client.xadd(stream, fields)
     for bad_id in BAD_IDS:
-        entries[f"bad-id {bad_id[:10]!r}"] = client.xadd(stream, _base(bad_id))
+        entries[f"bad-id {bad_id[:10]!r}"] = client.xadd(stream, identity.signed_command(_base(bad_id), "env_a"))
     # Bytes that are not UTF-8, in the value and in the field name.
     entries["binary"] = raw.xadd(stream, {b"id": b"\xff\xfe\x00bin", b"action": b"\xc3\x28", b"\xfa": b"\xfb"}).decode()
     # An ordinary command sent right behind the junk (same batch) is still carried out.
@@ -83,9 +90,14 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
     for label, entry_id in entries.items():
         if label.startswith("bad-id") or label == "binary":
             ack = channel.wait_for_ack(f"entry-{entry_id}", 15)
-            assert ack is not None and ack["result"] == "error", (label, ack)
+            expected = "refused" if label == "binary" else "error"  # binary junk carries no signature
+            assert ack is not None and ack["result"] == expected, (label, ack)
     ack = channel.wait_for_ack(valid_id, 15)
     assert ack is not None and ack["result"] == "error" and "unknown app" in ack["error"], ack
+    for command_id, entry_id in unsigned.items():
+        ack = channel.wait_for_ack(f"entry-{entry_id}", 15)
+        assert ack is not None and ack["result"] == "refused", (command_id, ack)
+        assert "request_id" not in ack and "app" not in ack, "a refused command echoes nothing"
 
     # Nothing left pending in the agent's group: every entry was acknowledged.
     wait_until(
@@ -100,6 +112,8 @@ def test_forged_and_malformed_commands_are_acked_as_errors_and_the_agent_survive
     assert worker.agent.alive(), worker.agent.log()[-3000:]
     log = worker.agent.log()[log_start:]
     assert "malformed command" in log and "Traceback" not in log, log[-4000:]
+    # Refusals are logged once, not once per entry.
+    assert log.count("refusing command entry") == 1, log[-4000:]
     # Still registered and answering commands.
     worker.wait_registered(timeout=10)
     after = channel.send_command("env_a", "stop", "ghost_later", generation=1, request_id="later")

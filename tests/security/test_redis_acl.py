@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from apps_registry.control import keys, protocol, redis_acl
+from apps_registry.control import authority, keys, protocol, redis_acl
 from tests.faults.harness import PrivateRedis, redis_server_binary
-from tests.support import services
+from tests.support import identity, services
 from tests.support.cluster import worker_environ
 from tests.support.processes import PYTHON, Process, free_port, manage, wait_until
 
@@ -85,8 +85,9 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
         keys.events_stream(),
         keys.done("env_a", "c1"),
         keys.generations("env_a"),
-        keys.seen(),
+        keys.lease("env_a", "0123456789abcdef"),
         keys.ack("c1"),
+        keys.cfg_supervisor_key(),
         keys.cfg_app("crm"),
         keys.cfg_apps(),
         keys.cfg_env("env_a"),
@@ -99,6 +100,7 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
     assert [k for k in own if not covered(k)] == []
     foreign = [
         keys.command_stream("env_b"),
+        keys.lease("env_b", "0123456789abcdef"),
         keys.done("env_b", "c1"),
         keys.generations("env_b"),
         keys.start_lock("crm"),
@@ -137,6 +139,8 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
         "DB_DIALECT": "sqlite",
         "DB_STORAGE": str(tmp_path / "env_a.sqlite3"),
         "APP_STORAGE_DIR": str(tmp_path / "env_a"),
+        # No supervisor publishes its key in this Redis: the worker is given it.
+        "SUPERVISOR_PUBLIC_KEY": identity.public(authority.key()),
     }
     Path(env["APP_STORAGE_DIR"]).mkdir()
     assert manage(["migrate", "--no-input", "-v", "0"], env).returncode == 0
@@ -151,16 +155,19 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
 
         registered = wait_until(registration, timeout=30, message="env_a's register event")
         assert registered["env"] == "env_a"
-        first = wait_until(lambda: probe.zscore(keys.seen(), "env_a"), timeout=10, message="env_a's lease")
-        wait_until(lambda: probe.zscore(keys.seen(), "env_a") > first, timeout=10, message="a second lease beat")
+        key = identity.worker_key(env["APP_STORAGE_DIR"], "env_a")
+        first = wait_until(lambda: identity.lease_at("env_a", key, probe), timeout=10, message="env_a's lease")
+        wait_until(
+            lambda: (identity.lease_at("env_a", key, probe) or 0) > first, timeout=10, message="a second lease beat"
+        )
 
         # Takes commands: the supervisor's user sends one, the agent acknowledges it.
         supervisor = acl_redis.client("supervisor")
         command = protocol.Command.new("stop", "ghost", generation=1, request_id="r1", ttl=60)
-        supervisor.xadd(keys.command_stream("env_a"), command.encode())
+        supervisor.xadd(keys.command_stream("env_a"), identity.signed_command(command.encode(), "env_a"))
         popped = supervisor.blpop([keys.ack(command.id)], timeout=20)
         assert popped is not None, agent.log()[-3000:]
-        ack = json.loads(popped[1])
+        ack = json.loads(json.loads(popped[1])["data"])  # the signed envelope's data
         assert ack["env"] == "env_a" and ack["result"] == "error"  # "ghost" is known nowhere: still an answer
         wait_until(lambda: probe.exists(keys.done("env_a", command.id)), timeout=10, message="done key")
 
@@ -181,6 +188,7 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
         "delete the cache marker": lambda: worker.delete(keys.cfg_built()),
         "env_b's generations": lambda: worker.hset(keys.generations("env_b"), "crm", 99),
         "env_b's results": lambda: worker.set(keys.done("env_b", "c1"), "x"),
+        "env_b's lease": lambda: worker.set(keys.lease("env_b", "0123456789abcdef"), "x"),
         "read acknowledgements": lambda: worker.lrange(keys.ack("c1"), 0, -1),
         "RQ's queue": lambda: worker.lpush("rq:queue:app_starts", "x"),
         "the start locks": lambda: worker.set(keys.start_lock("crm"), "x"),

@@ -85,6 +85,8 @@ def worker_environ(name: str, port: int) -> dict[str, str]:
         "APP_RECONCILE_INTERVAL": str(RECONCILE_INTERVAL),
         "APP_COMMAND_CONCURRENCY": "4",
     }
+    # A worker never holds the supervisor's private key: it pins the published public key.
+    env.pop("SUPERVISOR_KEY", None)
     return env
 
 
@@ -133,12 +135,23 @@ class Worker:
     def wait_web(self, timeout: float = 30.0) -> None:
         wait_until(lambda: http_ok(f"{self.url}/healthz"), timeout=timeout, interval=0.1, message=f"{self.name} web")
 
-    def wait_registered(self, timeout: float = 30.0) -> None:
-        from apps_registry.control import keys, redis_client
+    def key(self):
+        """The key this worker's agent generated on its first start (its identity)."""
+        from tests.support.identity import worker_key
 
-        client = redis_client.commands()
+        return worker_key(self.env["APP_STORAGE_DIR"], self.name)
+
+    def wait_registered(self, timeout: float = 30.0) -> None:
+        from tests.support.identity import lease_at
+
+        def leased() -> bool:
+            try:
+                return (lease_at(self.name, self.key()) or 0) > time.time() - OFFLINE_AFTER
+            except FileNotFoundError:  # not started far enough to have its key yet
+                return False
+
         wait_until(
-            lambda: (client.zscore(keys.seen(), self.name) or 0) > time.time() - OFFLINE_AFTER,
+            leased,
             timeout=timeout,
             interval=0.05,
             message=f"{self.name} agent lease",

@@ -47,6 +47,9 @@ def supervisor_test_environ() -> dict[str, str]:
         "APP_REDIS_PREFIX": RUN_ID,
         "APP_DB_PREFIX": f"{RUN_ID}_",
         "APP_STORAGE_DIR": str(storage_dir()),
+        # One supervisor key for the test process and the cluster's supervisor: both send
+        # commands to the same workers (tests/support/identity.py).
+        "SUPERVISOR_KEY": "dGVzdC1zdXBlcnZpc29yLWtleS0zMi1ieXRlcy0hISE=",
     }
 
 

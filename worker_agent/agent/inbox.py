@@ -4,7 +4,9 @@ expiry and generations, up to handing each command over and acknowledging it whe
 The consumer name is the environment name, so a restarted agent first re-reads its own
 pending entries (id ``0``), then takes over what another consumer name left pending for a
 long time, then reads new entries (``>``). Nothing read can kill the agent: a bad entry is
-acknowledged as an error.
+acknowledged as an error. A command without the supervisor's signature (``identity``) is
+not even decoded: it is acknowledged ``refused`` under its stream entry's id (so it cannot mark
+a real command's id done, nor close a request), logged at most once a minute, and dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import redis
 from apps_registry.control import keys, protocol
 from apps_registry.names import is_valid_name
 from worker_agent.agent.commands import Delivery
+from worker_agent.agent.identity import Identity
 from worker_agent.agent.link import RedisLink
 from worker_agent.agent.reporter import Reporter
 
@@ -31,6 +34,7 @@ READ_COUNT = 100
 CLAIM_IDLE_MS = 60_000
 # Processed command ids remembered in memory (Redis remembers them longer).
 DONE_MEMORY = 10_000
+_REFUSAL_LOG_EVERY = 60.0
 
 
 class Generations:
@@ -72,8 +76,12 @@ class Inbox:
         *,
         env: str,
         submit: Callable[[Delivery], None],
+        identity: Identity,
     ) -> None:
         self.link = link
+        self.identity = identity
+        self._refusals_logged_at = float("-inf")
+        self._refusals_unlogged = 0
         self.reporter = reporter
         self.generations = generations
         self.env = env
@@ -163,6 +171,10 @@ class Inbox:
         if fields is None:  # trimmed from the stream while pending
             self._xack(entry_id)
             return
+        supervisor_key = self.identity.supervisor_key()
+        if not supervisor_key or not protocol.command_signed_by(fields, self.env, supervisor_key):
+            self._refuse(entry_id, fields, "supervisor key not known yet" if not supervisor_key else "")
+            return
         try:
             command = protocol.Command.decode(fields)
         except protocol.ProtocolError as error:
@@ -186,6 +198,21 @@ class Inbox:
             self._inflight.add(command.id)
         self._submit(delivery)
 
+    def _refuse(self, entry_id: str, fields: dict[str, str], why: str) -> None:
+        """A command not signed by the supervisor: acknowledged ``refused`` under the entry's
+        id, echoing nothing of it, and never carried out."""
+        reason = why or "not signed by the supervisor's key"
+        now = time.monotonic()
+        if now - self._refusals_logged_at >= _REFUSAL_LOG_EVERY:
+            more = f" ({self._refusals_unlogged} more since the last line)" if self._refusals_unlogged else ""
+            log.warning("refusing command entry %s: %s%s", entry_id, reason, more)
+            self.identity.note_published()
+            self._refusals_logged_at, self._refusals_unlogged = now, 0
+        else:
+            self._refusals_unlogged += 1
+        ack = protocol.Ack(f"entry-{entry_id}", self.env, "refused", reason, at=time.time())
+        self._acknowledge(ack, entry_id, quiet=True)
+
     def _reject(self, entry_id: str, fields: dict[str, str], error: protocol.ProtocolError) -> None:
         """Acknowledge a malformed entry as an error, echoing what of it is safe to echo."""
         command_id = fields.get("id", "")
@@ -207,8 +234,9 @@ class Inbox:
 
     # --- acknowledging ------------------------------------------------------------------------
 
-    def _acknowledge(self, ack: protocol.Ack, entry_id: str) -> None:
-        """Write the acknowledgement, remember the id as done, then XACK (``Reporter``)."""
+    def _acknowledge(self, ack: protocol.Ack, entry_id: str, *, quiet: bool = False) -> None:
+        """Write the acknowledgement, remember the id as done, then XACK (``Reporter``);
+        ``quiet``: no log line (the caller logs, rate-limited)."""
         known = ack.app and ack.generation is not None
         generation = self.generations.get(ack.app, ack.incarnation or "") if known else None
         if not self.reporter.acknowledge(ack, entry_id, generation):
@@ -218,6 +246,8 @@ class Inbox:
             self._done[ack.id] = ack.result
             while len(self._done) > DONE_MEMORY:
                 self._done.popitem(last=False)
+        if quiet:
+            return
         log.info(
             "command %s %s %s: %s%s",
             ack.id,

@@ -31,6 +31,7 @@ from django.db import close_old_connections
 from worker_agent.agent.commands import Delivery
 from worker_agent.agent.epoch import EpochGuard
 from worker_agent.agent.executor import Executor, running_apps
+from worker_agent.agent.identity import Identity
 from worker_agent.agent.inbox import Generations, Inbox
 from worker_agent.agent.lanes import AppLanes
 from worker_agent.agent.lease import run_lease
@@ -65,6 +66,7 @@ class Agent:
         self.stopping = threading.Event()
         self.link = RedisLink(self.stopping)
         self.generations = Generations()
+        self.identity = Identity(config)
         self.reporter = Reporter(
             self.link,
             env=self.env,
@@ -72,9 +74,12 @@ class Agent:
             proxy_url=config.environment_proxy_url,
             version=self.version,
             running_apps=running_apps,
+            identity=self.identity,
         )
         self.lanes = AppLanes(config.command_concurrency, self._run_task)
-        self.inbox = Inbox(self.link, self.reporter, self.generations, env=self.env, submit=self._queue_command)
+        self.inbox = Inbox(
+            self.link, self.reporter, self.generations, env=self.env, submit=self._queue_command, identity=self.identity
+        )
         self.executor = Executor(
             env=self.env,
             reporter=self.reporter,
@@ -113,10 +118,11 @@ class Agent:
         signal.signal(signal.SIGTERM, self._handle_signal)
         signal.signal(signal.SIGINT, self._handle_signal)
         log.info(
-            "agent for environment %s starting (version %s, %d command lanes)",
+            "agent for environment %s starting (version %s, %d command lanes, key %s)",
             self.env,
             self.version,
             self.config.command_concurrency,
+            self.identity.fingerprint,
         )
         try:
             self.reconciler.resume_interrupted()

@@ -1,8 +1,10 @@
 """Everything the agent reports, and the one place that appends to ``P:events``: registration
-and heartbeat (with the lease), the lease alone, deregistration, statuses, acknowledgements."""
+and heartbeat (with the lease), the lease alone, deregistration, statuses, acknowledgements.
+Every one of them is signed with this environment's key (``identity``; docs/security.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -12,17 +14,14 @@ from collections.abc import Callable, Iterable
 import redis
 
 from apps_registry.control import keys, protocol
+from worker_agent.agent.identity import Identity
 from worker_agent.agent.link import RedisLink
 
 log = logging.getLogger("worker_agent.agent")
 
-# The lease is stamped with the Redis server's clock, not this host's: every environment's
-# age is then measured on one clock, and a worker whose clock drifts is not shown offline.
-_RENEW_LEASE = """
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] + t[2] / 1000000, ARGV[1])
-return t[1]
-"""
+# A lease outlives its beats by this much, so "offline since …" can still say when the agent
+# was last seen; liveness looks only at the signed time in it.
+LEASE_KEEP = 24 * 3600
 
 Target = redis.Redis | redis.client.Pipeline
 
@@ -37,24 +36,38 @@ class Reporter:
         proxy_url: str,
         version: str,
         running_apps: Callable[[], Iterable[str]],
+        identity: Identity,
     ) -> None:
         self.link = link
+        self.identity = identity
+        self._lease_key = keys.lease(env, identity.fingerprint)
         self.env = env
         self.url = url
         self.proxy_url = proxy_url
         self.version = version
         self.host = socket.gethostname()
         self._running_apps = running_apps
-        self._renew = link.client.register_script(_RENEW_LEASE)
 
-    def _xadd(self, target: Target, message: protocol.Event) -> None:
-        target.xadd(keys.events_stream(), message.encode(), maxlen=protocol.EVENTS_MAXLEN, approximate=True)
+    def _signed(self, message: protocol.Event) -> dict[str, str]:
+        return protocol.sign_event(message, self.identity.key, self.identity.public)
+
+    def _xadd(self, target: Target, message: protocol.Event) -> dict[str, str]:
+        fields = self._signed(message)
+        target.xadd(keys.events_stream(), fields, maxlen=protocol.EVENTS_MAXLEN, approximate=True)
+        return fields
 
     # --- liveness: raise RedisError, the lease thread retries ---------------------------------
 
     def renew_lease(self, target: Target | None = None) -> None:
+        """Write a lease signed with this environment's key, stamped with the Redis server's
+        clock (read first with TIME: a signature cannot be made inside Redis), so every
+        environment's age is measured on one clock and a worker whose clock drifts is not
+        shown offline."""
+        seconds, micros = self.link.client.time()
+        lease = protocol.Lease(env=self.env, at=seconds + micros / 1e6)
         # Not ``target or ...``: a pipeline with nothing queued yet is falsy.
-        self._renew(keys=[keys.seen()], args=[self.env], client=self.link.client if target is None else target)
+        client = self.link.client if target is None else target
+        client.set(self._lease_key, lease.encode(self.identity.key), ex=LEASE_KEEP)
 
     def announce(self, *, heartbeat: bool) -> None:
         """``register`` or ``heartbeat``: the whole description, with a lease beat."""
@@ -76,7 +89,7 @@ class Reporter:
 
     def deregister(self) -> None:
         pipe = self.link.client.pipeline(transaction=False)
-        pipe.zrem(keys.seen(), self.env)
+        pipe.delete(self._lease_key)
         self._xadd(pipe, protocol.Deregistration(env=self.env, at=time.time()))
         pipe.execute()
 
@@ -108,9 +121,11 @@ class Reporter:
         False if the agent stopped first (the entry stays pending and comes back)."""
 
         def write() -> None:
+            # Signed when written, with the time of writing: a retry after a long outage of
+            # Redis must not look like an old message copied again.
             pipe = self.link.client.pipeline(transaction=True)
-            self._xadd(pipe, ack)
-            pipe.lpush(keys.ack(ack.id), ack.to_json())
+            fields = self._xadd(pipe, dataclasses.replace(ack, at=time.time()))
+            pipe.lpush(keys.ack(ack.id), protocol.signed_ack_json(fields))
             pipe.expire(keys.ack(ack.id), protocol.ACK_TTL)
             pipe.set(keys.done(self.env, ack.id), ack.result, ex=protocol.DONE_TTL)
             if ack.app and generation is not None:

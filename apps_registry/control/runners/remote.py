@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from apps_registry.control import channel, keys, redis_client
+from apps_registry.control import channel, ingest, liveness, redis_client
 from apps_registry.control.start_queue.enqueue import enqueue_start
 from apps_registry.control.start_queue.job import Undelivered
-from apps_registry.models import Application
+from apps_registry.models import Application, Environment
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,17 @@ _ACK_POLL = 1.0
 
 def _environment_alive(env: str) -> bool:
     """True if the environment's agent renewed its lease recently (or Redis cannot tell)."""
+    bound = Environment.objects.filter(name=env).values_list("public_key", flat=True).first() or ""
+    if not bound:  # not bound to a key yet (its first signed message will): no lease to check
+        return True
     try:
-        seen = redis_client.commands().zscore(keys.seen(), env)
+        seen = liveness.lease_seconds({env: bound})
     except Exception:  # no answer is not evidence of death
         return True
-    return seen is not None and time.time() - seen <= settings.APP_CONFIG.offline_after
+    if seen is None:
+        return True
+    # Lease times are the Redis server's: compare on its clock.
+    return env in seen and time.time() - ingest.last_clock_offset() - seen[env] <= settings.APP_CONFIG.offline_after
 
 
 def start_on_environment(app_name: str, env: str, *, generation: int, request_id: str, timeout: float) -> str | None:
@@ -55,7 +61,7 @@ def start_on_environment(app_name: str, env: str, *, generation: int, request_id
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        ack = channel.wait_for_ack(command_id, min(remaining, _ACK_POLL))
+        ack = channel.wait_for_ack(command_id, min(remaining, _ACK_POLL), env=env)
         if ack is None and not _environment_alive(env):
             return Undelivered(
                 f"environment {env} is not responding; the start command stays queued there "
