@@ -3,7 +3,8 @@ with django-rq's own "Access admin page" permission only.
 
 django-rq lets every staff user in: its views check ``is_staff`` alone, and they can empty the
 queue and delete or requeue jobs, which leaves starts interrupted. Every one of its pages here
-answers 403 without the permission (superusers have it).
+answers 403 without the permission (superusers have it), and every change made from it (a POST)
+is in the audit trail as ``queue_dashboard_change`` with the page it was made on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from django.urls import URLPattern
 from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
 
+from apps_registry.registry import actions
+
 QUEUE_PERMISSION = "django_rq.admin"
 
 
@@ -27,7 +30,12 @@ def _guarded(view):
             return view(request, *args, **kwargs)
         if not request.user.has_perm(QUEUE_PERMISSION):
             raise PermissionDenied("the start queue's dashboard needs the django_rq 'Access admin page' permission")
-        return view(request, *args, **kwargs)
+        response = view(request, *args, **kwargs)
+        # What a POST here does (empty a queue, delete, requeue or enqueue jobs, stop workers)
+        # can leave starts interrupted: the audit trail names who did it, and where.
+        if request.method == "POST" and response.status_code < 400:
+            actions.audit("queue_dashboard_change", user=request.user, error=request.path[:500], via="admin")
+        return response
 
     return guarded
 

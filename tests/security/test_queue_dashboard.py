@@ -52,3 +52,20 @@ def test_the_permission_opens_the_dashboard(redis_conn):
     browser.force_login(user)
     assert browser.get(BASE).status_code == 200
     assert browser.get(f"{BASE}queues/0/").status_code == 200
+
+
+def test_changes_made_from_the_dashboard_are_audited(redis_conn):
+    from apps_registry.models import AuditEntry
+
+    enqueue.enqueue_start("audited_app", ["env_a"], generation=1, request_id="r-1")
+    user = create_user("queue_keeper")
+    user.user_permissions.add(Permission.objects.get(codename="admin", content_type__app_label="django_rq"))
+    browser = Client()
+    browser.force_login(user)
+    assert browser.post(f"{BASE}queues/0/empty/").status_code < 400
+    assert enqueue.get_queue().count == 0
+    entry = AuditEntry.objects.get(action="queue_dashboard_change")
+    assert (entry.user, entry.error) == (user, f"{BASE}queues/0/empty/")
+    assert not AuditEntry.objects.filter(action="queue_dashboard_change").exclude(pk=entry.pk).exists()
+    browser.get(f"{BASE}queues/0/")  # reading is not a change
+    assert AuditEntry.objects.filter(action="queue_dashboard_change").count() == 1
