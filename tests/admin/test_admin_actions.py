@@ -139,9 +139,11 @@ def test_tokens_are_revoked_in_the_admin_and_the_audit_names_who(operator):
     token, raw = ApiToken.issue(operator, name="ci")
     already, _ = ApiToken.issue(operator, name="old")
     ApiToken.objects.filter(pk=already.pk).update(revoked_at=timezone.now())
-    response = client.post(
-        "/admin/apps_registry/apitoken/", {"action": "revoke_tokens", "_selected_action": [token.pk, already.pk]}
-    )
+    selection = {"action": "revoke_tokens", "_selected_action": [token.pk, already.pk]}
+    asked = client.post("/admin/apps_registry/apitoken/", selection)
+    assert asked.status_code == 200 and "Yes, revoke" in asked.content.decode()
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None  # nothing before the confirmation
+    response = client.post("/admin/apps_registry/apitoken/", {**selection, "confirm": "yes"})
     assert response.status_code == 302
     token.refresh_from_db()
     assert token.revoked_at is not None
