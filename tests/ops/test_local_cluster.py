@@ -260,6 +260,20 @@ def test_make_run_starts_the_cluster_prints_working_urls_and_stops_on_ctrl_c(tmp
         with pytest.raises(redis.exceptions.NoPermissionError):
             worker.xadd("appsup:cmd:env_b", {"json": "{}"})
         assert not [p for p in passwords.values() if p in output.text()]
+        # One documented command runs manage.py against this cluster: a token for the API.
+        issued = subprocess.run(
+            ["make", "--no-print-directory", "-s", "manage", "ARGS=create_api_token operator"],
+            cwd=ROOT,
+            env={k: v for k, v in env.items() if not k.startswith("ADMIN_")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert issued.returncode == 0, issued.stderr
+        raw = issued.stdout.strip().splitlines()[-1]
+        api = urllib.request.Request(f"{sup}/api/v1/apps", headers={"Authorization": f"Bearer {raw}"})
+        with urllib.request.urlopen(api, timeout=10) as response:
+            assert "demo" in response.read().decode()
         # Secrets at rest: the cluster's folders 0700, its files (databases, Redis's dump,
         # the secret key) readable by this account only.
         loose = _readable_by_others(cluster_dir)
