@@ -23,6 +23,28 @@ STATUS_TEXT = {
 }
 
 
+# What the visitor can do, completing the sentence above: a transition ends by itself (and the
+# page reloads itself after Retry-After); a stopped or failed app waits for a person, so "try
+# again in a moment" would send them reloading for nothing.
+ADVICE = {
+    "stopped": "It was stopped by an operator and does not start by itself; an operator can start it "
+    "from the supervisor's admin.",
+    "error": "It will not start by itself.",
+}
+DEFAULT_ADVICE = "Try again in a moment: this page reloads itself."
+# Statuses that end without anyone acting: their pages refresh themselves as Retry-After says.
+SELF_ENDING = frozenset({"queued", "starting", "stopping", "busy"})
+
+
+def advice(status: str) -> str:
+    return ADVICE.get(status, DEFAULT_ADVICE)
+
+
+def refresh_after(status: str) -> int | None:
+    """Seconds after which a browser should reload the page (a meta refresh), or None."""
+    return retry_after(status) if status in SELF_ENDING else None
+
+
 def retry_after(status: str) -> int:
     """Seconds for the ``Retry-After`` header of a 503 for an app in ``status``."""
     return RETRY_AFTER.get(status, DEFAULT_RETRY_AFTER)

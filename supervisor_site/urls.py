@@ -22,6 +22,8 @@ if settings.APP_MODE != "worker":
         path("admin/", admin.site.urls),
         path("api/v1/", include("apps_registry.api.urls")),
     ]
+    # Unknown /admin/... URLs answer inside the admin rather than as a bare "Not Found".
+    handler404 = "apps_registry.admin.site.not_found"
 
 if settings.APP_MODE == "supervisor":
     # Everything under /apps/ goes to the proxy, which validates the path and the app name

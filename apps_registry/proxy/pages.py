@@ -14,7 +14,7 @@ from django.template.loader import render_to_string
 from apps_registry.control import liveness
 from apps_registry.control.shown_status import shown_status
 from apps_registry.proxy.routing import ENV_COOKIE, ENV_PARAM, AppRoute
-from supervisor_site.unavailable import status_text, wants_json
+from supervisor_site.unavailable import advice, refresh_after, status_text, wants_json
 
 
 def _page(
@@ -26,13 +26,15 @@ def _page(
     *,
     app: AppRoute | None = None,
     headers: dict[str, str] | None = None,
+    refresh: int | None = None,
 ) -> HttpResponse:
     if wants_json(request):
         body = json.dumps({"status": status, "error": title, "detail": message, **data})
         response = HttpResponse(body, status=status, content_type="application/json")
     else:
         html = render_to_string(
-            "apps_registry/proxy/error.html", {"status": status, "title": title, "message": message, "app": app}
+            "apps_registry/proxy/error.html",
+            {"status": status, "title": title, "message": message, "app": app, "refresh": refresh},
         )
         response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
     response["Cache-Control"] = "no-store"
@@ -56,10 +58,11 @@ def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: i
         request,
         503,
         "Application not running",
-        f"{app.display_name} {text}. Try again in a moment.",
+        f"{app.display_name} {text}. {advice(status)}",
         {"app": app.name, "app_status": status, "retry_after": retry_after},
         app=app,
         headers={"Retry-After": str(retry_after)},
+        refresh=retry_after if refresh_after(status) is not None else None,
     )
 
 
@@ -70,10 +73,11 @@ def busy(request: HttpRequest, app: AppRoute, retry_after: int) -> HttpResponse:
         request,
         503,
         "Application busy",
-        f"{app.display_name} {status_text('busy')}. Try again in a moment.",
+        f"{app.display_name} {status_text('busy')}. {advice('busy')}",
         {"app": app.name, "busy": True, "retry_after": retry_after},
         app=app,
         headers={"Retry-After": str(retry_after)},
+        refresh=retry_after,
     )
     # Not one ERROR line per refusal from django.request: an app at its cap refuses hundreds
     # a second, which the proxy's metrics count (status class 5xx) and the access log shows.

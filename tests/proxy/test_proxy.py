@@ -337,6 +337,11 @@ def test_app_not_running_is_503_with_status_and_retry_after(stack, app, status):
     assert int(data.headers["Retry-After"]) > 0
     page = call(stack, "GET", f"/apps/{app}/admin/")
     assert page.status == 503 and status.encode() in page.body
+    # A stopped app waits for an operator (so no reload); a queued one reloads itself.
+    if status == "stopped":
+        assert b"stopped by an operator" in page.body and b"http-equiv" not in page.body
+    else:
+        assert f'<meta http-equiv="refresh" content="{data.headers["Retry-After"]}">'.encode() in page.body
 
 
 def test_a_status_change_is_seen_once_the_route_cache_expires(stack):
