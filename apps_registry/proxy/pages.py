@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
+from django.urls import reverse
 
 from apps_registry.control import liveness
 from apps_registry.control.shown_status import shown_status
@@ -27,6 +29,7 @@ def _page(
     app: AppRoute | None = None,
     headers: dict[str, str] | None = None,
     refresh: int | None = None,
+    start_url: str = "",
 ) -> HttpResponse:
     if wants_json(request):
         body = json.dumps({"status": status, "error": title, "detail": message, **data})
@@ -34,7 +37,14 @@ def _page(
     else:
         html = render_to_string(
             "apps_registry/proxy/error.html",
-            {"status": status, "title": title, "message": message, "app": app, "refresh": refresh},
+            {
+                "status": status,
+                "title": title,
+                "message": message,
+                "app": app,
+                "refresh": refresh,
+                "start_url": start_url,
+            },
         )
         response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
     response["Cache-Control"] = "no-store"
@@ -52,6 +62,17 @@ def not_found(request: HttpRequest, name: str | None) -> HttpResponse:
     return _page(request, 404, "Application not found", message, {"app": name})
 
 
+def start_url_for(app: AppRoute, status: str) -> str:
+    """For a stopped app, the admin's start operation (its confirmation page, a POST with CSRF
+    behind the admin's sign-in and the start permission), or ''. The supervisor's session cookie
+    lives under /admin/ only, so this page cannot tell who is signed in: the link is for
+    operators, and the admin decides. Path mode only: on an app's own origin /admin/ is the
+    app's admin, and the supervisor's origin is not known here."""
+    if status != "stopped" or settings.APP_CONFIG.apps_domain:
+        return ""
+    return reverse("admin:apps_registry_application_operation", args=[app.pk, "start"])
+
+
 def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: int) -> HttpResponse:
     text = status_text(status)
     return _page(
@@ -63,6 +84,7 @@ def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: i
         app=app,
         headers={"Retry-After": str(retry_after)},
         refresh=retry_after if refresh_after(status) is not None else None,
+        start_url=start_url_for(app, status),
     )
 
 
