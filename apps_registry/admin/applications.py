@@ -15,6 +15,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.hashers import make_password
 from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -62,13 +63,18 @@ class EnvironmentFilter(admin.SimpleListFilter):
 @admin.register(Application)
 class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
-    list_display = ["name", "display_name", "statuses", "open_link"]  # + the operations column (the mixin)
+    list_display = ["name", "display_name_shown", "statuses", "open_link"]  # + the operations column (the mixin)
     list_display_links = ["name"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
-    search_fields = ["name", "display_name"]
+    # An environment's name finds the apps placed there (Django de-duplicates the join's rows).
+    search_fields = ["name", "display_name", "placements__environment__name"]
     list_per_page = 50
     actions = ["start_applications", "stop_applications", "restart_applications", "remove_applications"]
     Media = SupervisorMedia
+
+    @admin.display(description="display name", ordering=Lower("display_name"))
+    def display_name_shown(self, app: Application) -> str:
+        return app.display_name  # ordered case-insensitively: "apple" beside "Apple", not after "Zebra"
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),

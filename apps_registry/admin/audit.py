@@ -13,6 +13,20 @@ from apps_registry.models import Application, AuditEntry
 MAX_APP_CHOICES = 200
 HISTORY_ROWS = 10
 
+# Where the stored name (kept as is: filters, the API and old entries use it) reads badly
+# once its underscores become spaces.
+ACTION_LABELS = {
+    "set_environments": "Environments changed",
+    "remove_with_data": "Removed, with its data",
+    "api_token_issued": "API token issued",
+    "api_token_revoked": "API token revoked",
+}
+
+
+def action_label(action: str) -> str:
+    """A stored action name as people read it: ``environment_registered`` → "Environment registered"."""
+    return ACTION_LABELS.get(action) or action.replace("_", " ").capitalize()
+
 
 class AppNameFilter(admin.SimpleListFilter):
     title = "application"
@@ -31,14 +45,56 @@ class AppNameFilter(admin.SimpleListFilter):
         return queryset.filter(app_name=self.value()) if self.value() else queryset
 
 
+class ActionFilter(admin.SimpleListFilter):
+    """By action, labelled as the list shows them; the parameter is the stored name (``?action=``)."""
+
+    title = "action"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        names = AuditEntry.objects.order_by("action").values_list("action", flat=True).distinct()
+        return [(name, action_label(name)) for name in names]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["at", "user", "app_name", "action", "environments_list", "result", "error", "via", "request_id"]
-    list_filter = [AppNameFilter, ("user", admin.RelatedOnlyFieldListFilter), "action", "result", "via"]
+    list_display = [
+        "at",
+        "user",
+        "app_name",
+        "action_shown",
+        "environments_list",
+        "result",
+        "error",
+        "via",
+        "request_id",
+    ]
+    fields = [
+        "at",
+        "user",
+        "app_name",
+        "action_shown",
+        "environments_list",
+        "result",
+        "error",
+        "via",
+        "request_id",
+        "outcomes",
+        "awaiting_convergence",
+    ]
+    readonly_fields = ["action_shown", "environments_list"]
+    list_filter = [AppNameFilter, ("user", admin.RelatedOnlyFieldListFilter), ActionFilter, "result", "via"]
     search_fields = ["app_name", "action", "request_id", "error", "user__username"]
     date_hierarchy = "at"
     list_select_related = ["user"]
     list_per_page = 100
+
+    @admin.display(description="action", ordering="action")
+    def action_shown(self, entry: AuditEntry) -> str:
+        return action_label(entry.action)
 
     @admin.display(description="environments")
     def environments_list(self, entry: AuditEntry) -> str:
@@ -69,7 +125,7 @@ def recent_history(app: Application | None) -> str:
             (
                 f"{entry.at:%Y-%m-%d %H:%M:%S}",
                 entry.user or "—",
-                entry.action,
+                action_label(entry.action),
                 ", ".join(entry.environments) or "—",
                 entry.result,
                 entry.error or "",

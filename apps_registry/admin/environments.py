@@ -12,6 +12,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -197,7 +198,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
         rows = [(env, statuses[env.name][0], actions.placements_on(env)) for env in envs]
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{ENV_ACTIONS[verb].verb} {len(envs)} environment(s)?",
+            "title": f"{ENV_ACTIONS[verb].verb} {len(envs)} environment{pluralize(len(envs))}?",
             "opts": self.model._meta,
             "verb": ENV_ACTIONS[verb].verb,
             "explanation": ENV_ACTIONS[verb].explanation,
@@ -229,7 +230,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
         if not done:
             return
         envs = done
-        message = f"{ENV_ACTIONS[verb].done} {len(envs)} environment(s): {', '.join(env.name for env in envs)}."
+        names = ", ".join(env.name for env in envs)
+        message = f"{ENV_ACTIONS[verb].done} {len(envs)} environment{pluralize(len(envs))}: {names}."
         if lost:
             message += f" Placements removed: {', '.join(sorted(set(lost)))}."
         self.message_user(request, message, messages.SUCCESS)

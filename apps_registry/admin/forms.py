@@ -10,6 +10,7 @@ from django.db.models import Q
 from apps_registry.models import Application, Environment, StartMode
 from apps_registry.names import (
     ADMIN_USERNAME_MAX_LENGTH,
+    NAME_RULE,
     check_first_admin_password,
     clean_admin_username,
     normalise_host,
@@ -63,6 +64,8 @@ class ApplicationForm(forms.ModelForm):
     class Meta:
         model = Application
         fields = ["name", "display_name", "description", "domain"]
+        # The rule names.py enforces, said before the operator types, not only after a refusal.
+        help_texts = {"name": f"Part of the app's URL and database name: it {NAME_RULE}; it cannot change later."}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

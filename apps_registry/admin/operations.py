@@ -19,6 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html_join
@@ -180,12 +181,12 @@ class OperationsMixin:
     def confirmation(
         self, request: HttpRequest, operation: str, apps: list[Application], *, bulk: bool
     ) -> TemplateResponse:
-        """The page asking "<Verb> N application(s)?"; a bulk one posts the action back, a row one its own URL."""
+        """The page asking "<Verb> N applications?"; a bulk one posts the action back, a row one its own URL."""
         spec = OPERATIONS[operation]
         opts = self.model._meta
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{spec.verb} {len(apps)} application(s)?",
+            "title": f"{spec.verb} {len(apps)} application{pluralize(len(apps))}?",
             "opts": opts,
             "operation": operation,
             "verb": spec.verb,
@@ -216,7 +217,9 @@ class OperationsMixin:
                 if isinstance(error, outbox.NotDelivered):
                     outcomes.append(str(error).removeprefix(UNAVAILABLE))
         names = ", ".join(app.name for app in apps[:10]) + (" …" if len(apps) > 10 else "")
-        self.message_user(request, f"{spec.done} {len(apps)} application(s): {names}.", messages.SUCCESS)
+        self.message_user(
+            request, f"{spec.done} {len(apps)} application{pluralize(len(apps))}: {names}.", messages.SUCCESS
+        )
         if unsent:
             detail = (
                 " ".join(outcomes[:10])

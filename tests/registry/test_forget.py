@@ -79,7 +79,7 @@ def test_forget_of_an_environment_of_unknown_status_is_refused(admin_client, env
 def test_forget_records_the_placements_it_removed(admin_client, envs):
     on, off = envs
     page = _action(admin_client, "forget_environments", [off], confirm="yes").content.decode()
-    assert "Forgot 1 environment(s): env_off. Placements removed: crm, shop." in page
+    assert "Forgot 1 environment: env_off. Placements removed: crm, shop." in page
     assert not Environment.objects.filter(name="env_off").exists()
     entry = AuditEntry.objects.get(action="environment_forgotten")
     assert entry.environments == ["env_off"] and entry.user.username == "admin"
@@ -97,6 +97,6 @@ def test_forget_records_the_placements_it_removed(admin_client, envs):
 def test_disable_after_confirmation(admin_client, envs):
     on, _off = envs
     page = _action(admin_client, "disable_environments", [on], confirm="yes").content.decode()
-    assert "Disabled 1 environment(s): env_on." in page
+    assert "Disabled 1 environment: env_on." in page
     assert not Environment.objects.get(name="env_on").enabled
     assert AuditEntry.objects.filter(action="environment_disabled", environments=["env_on"]).exists()
