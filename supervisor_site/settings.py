@@ -30,6 +30,8 @@ ALLOWED_HOSTS = VouchedHosts(APP_CONFIG.allowed_hosts)
 TIME_ZONE = APP_CONFIG.time_zone
 USE_TZ = True
 LANGUAGE_CODE = "en-us"
+# One date format in every page (supervisor_site/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["supervisor_site.formats"]
 USE_I18N = True
 
 INSTALLED_APPS = [

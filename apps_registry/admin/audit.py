@@ -6,7 +6,9 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 
 from apps_registry.models import Application, AuditEntry
 
@@ -123,7 +125,7 @@ def recent_history(app: Application | None) -> str:
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
         (
             (
-                f"{entry.at:%Y-%m-%d %H:%M:%S}",
+                date_format(localtime(entry.at), "DATETIME_FORMAT"),  # as the lists show dates
                 entry.user or "—",
                 action_label(entry.action),
                 ", ".join(entry.environments) or "—",

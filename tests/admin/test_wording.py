@@ -75,3 +75,16 @@ def test_search_by_environment_and_case_insensitive_display_name_order(client, p
     listing = client.get(APPS, {"o": "2"}).content.decode()
     order = [name for name in re.findall(r">(apple|Banana|Zebra)<", listing)]
     assert order == ["apple", "Banana", "Zebra"]
+
+
+def test_one_date_format_and_the_audit_count_reads_well(client, placed):
+    import datetime as dt
+
+    from apps_registry.admin.audit import recent_history
+
+    AuditEntry.objects.update(at=dt.datetime(2026, 12, 1, 14, 55, 7, tzinfo=dt.UTC))
+    listing = client.get("/admin/apps_registry/auditentry/").content.decode()
+    count = AuditEntry.objects.count()
+    assert f"{count} audit entries" in listing and "audit trail<" not in listing
+    assert "2026-12-01 14:55:07" in listing and "Dec. 1, 2026" not in listing
+    assert "2026-12-01 14:55:07" in recent_history(placed[0])
