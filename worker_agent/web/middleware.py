@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
@@ -31,7 +32,7 @@ from django.utils.module_loading import import_string
 from apps_registry.names import is_valid_name
 from supervisor_site.forwarded import FROM_TRUSTED_PROXY
 from supervisor_site.vouched_hosts import vouch
-from worker_agent.hosting import app_databases, local_state, serving
+from worker_agent.hosting import app_databases, app_logs, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 APPS_PREFIX = "/apps/"
 # The supervisor's proxy: "this app is served at / of the forwarded host".
 APP_ROOT_META = "HTTP_X_FORWARDED_APP_ROOT"
+# Which environment served a hosted response (for operators and support, not for security).
+ENVIRONMENT_HEADER = "X-App-Environment"
 HOSTING_MODES = ("standalone", "worker")
 
 
@@ -120,10 +123,26 @@ class HostedAppMiddleware:
             else:
                 request.urlconf = route.urlconf
                 request.hosted_app_root = f"{APPS_PREFIX}{name}/"
+            started = time.monotonic()
             try:
-                return self.get_response(request)
+                response = self.get_response(request)
             finally:
                 current_app_alias.reset(token)
+            response[ENVIRONMENT_HEADER] = settings.APP_CONFIG.environment_name
+            elapsed_ms = (time.monotonic() - started) * 1000
+            level = "error" if response.status_code >= 500 else "warning" if response.status_code >= 400 else "info"
+            app_logs.record(name, level, f"{request.method} {request.path} {response.status_code} {elapsed_ms:.0f}ms")
+            return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """A hosted view raised: one line with the exception's type (the traceback stays in
+        this process's own log); Django still answers 500 as usual."""
+        name = getattr(request, "hosted_app", None)
+        if name:
+            text = str(exception).strip()
+            first = text.splitlines()[0] if text else ""
+            kind = type(exception).__name__
+            app_logs.record(name, "error", f"{request.method} {request.path} raised {kind}: {first}")
 
     def _route(self, name: str, entry: dict) -> _Route:
         """The app's alias and URLs, refreshed whenever its state entry was rewritten by a start."""
