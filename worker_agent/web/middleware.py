@@ -65,6 +65,24 @@ def _served_at_root(request: HttpRequest) -> bool:
     return bool(meta.get(FROM_TRUSTED_PROXY)) and meta.get(APP_ROOT_META) == "/"
 
 
+def _record_request(request: HttpRequest, name: str, status: int, started: float) -> None:
+    """The request's line: method, path (never the query string, which may hold secrets),
+    status and duration."""
+    elapsed_ms = (time.monotonic() - started) * 1000
+    level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+    app_logs.record(name, level, f"{request.method} {request.path} {status} {elapsed_ms:.0f}ms")
+
+
+def _record_exception(request: HttpRequest, name: str, error: Exception) -> None:
+    """One error line per request and exception: its type and first line, no traceback."""
+    if getattr(request, "_app_log_exception", None) is error:
+        return
+    request._app_log_exception = error
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    app_logs.record(name, "error", f"{request.method} {request.path} raised {type(error).__name__}: {first}")
+
+
 class _Route:
     __slots__ = ("alias", "root_urlconf", "stamp", "urlconf")
 
@@ -126,12 +144,16 @@ class HostedAppMiddleware:
             started = time.monotonic()
             try:
                 response = self.get_response(request)
+            except Exception as error:
+                # Raised past Django's own handling (a middleware, or the error page itself
+                # failing): the outer handler answers 500; the app's log still says why.
+                _record_exception(request, name, error)
+                _record_request(request, name, 500, started)
+                raise
             finally:
                 current_app_alias.reset(token)
             response[ENVIRONMENT_HEADER] = settings.APP_CONFIG.environment_name
-            elapsed_ms = (time.monotonic() - started) * 1000
-            level = "error" if response.status_code >= 500 else "warning" if response.status_code >= 400 else "info"
-            app_logs.record(name, level, f"{request.method} {request.path} {response.status_code} {elapsed_ms:.0f}ms")
+            _record_request(request, name, response.status_code, started)
             return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
@@ -139,10 +161,7 @@ class HostedAppMiddleware:
         this process's own log); Django still answers 500 as usual."""
         name = getattr(request, "hosted_app", None)
         if name:
-            text = str(exception).strip()
-            first = text.splitlines()[0] if text else ""
-            kind = type(exception).__name__
-            app_logs.record(name, "error", f"{request.method} {request.path} raised {kind}: {first}")
+            _record_exception(request, name, exception)
 
     def _route(self, name: str, entry: dict) -> _Route:
         """The app's alias and URLs, refreshed whenever its state entry was rewritten by a start."""
