@@ -41,6 +41,16 @@ def _get(base: str, path: str, headers: dict | None = None) -> http.client.HTTPR
         conn.close()
 
 
+def _body(base: str, path: str) -> str:
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def _lines(api: Api, name: str, query: str = "") -> list[dict]:
     status, body = api("GET", f"/apps/{name}/logs{query}")
     assert status == 200, body
@@ -59,6 +69,9 @@ def test_requests_errors_and_starts_reach_the_app_log_and_the_api(api: Api, queu
     # Which environment served: on the worker's answer, and through the supervisor's proxy.
     assert _get(cluster.env_a.url, page).getheader("X-App-Environment") == "env_a"
     assert _get(cluster.url, page).getheader("X-App-Environment") == "env_a"
+    # And the hosted admin says it, beside its title.
+    assert 'class="appsup-served-by"' in _body(cluster.url, page)
+    assert "on env_a</small>" in _body(cluster.url, page)
 
     # The agent's start, then the requests with their status and duration.
     lines = wait_until(
