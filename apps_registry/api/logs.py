@@ -18,13 +18,16 @@ from apps_registry.control import app_logs
 from apps_registry.models import Environment
 
 router = Router()
+_DOCUMENTED = documented(200, LogLines, "Log lines", 404, 503)
+# Not the commands' 503 ("after the change was committed"): here nothing changes.
+_DOCUMENTED["openapi_extra"]["responses"][503] = {"description": "Redis unavailable: the lines cannot be read"}
 
 
 @router.get(
     "/apps/{name}/logs",
     auth=TokenAuth("apps_registry.view_application"),
     summary="The application's recent log lines (requests, errors, starts), oldest first",
-    **documented(200, LogLines, "Log lines", 404, 503),
+    **_DOCUMENTED,
 )
 def app_log_lines(
     request: HttpRequest,
