@@ -13,15 +13,14 @@ import datetime as dt
 import http.client
 import json
 import re
-import threading
 from http.cookies import SimpleCookie
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from tests.support import services
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, in_a_browser_thread
 from tests.support.processes import free_port, gunicorn, http_ok, manage, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
@@ -32,16 +31,6 @@ LABEL_HOST = "sales-eu.apps.localhost"
 DOMAIN = "sales.example.test"
 APP_USER, APP_PASSWORD = "alice", "alice-app-pass"
 OPERATOR, OPERATOR_PASSWORD = "origins_operator", "origins-operator-pass"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _database(name: str) -> None:
@@ -290,22 +279,7 @@ def test_unknown_host_is_refused_and_domain_check_answers_for_app_hosts_only(ori
 def test_in_chromium_the_supervisors_cookies_never_reach_app_hosts(origins):
     if not CHROMIUM.exists():
         pytest.fail(f"no browser: {CHROMIUM} is missing (scripts/test.sh installs Debian's chromium)", False)
-    # Playwright's sync API runs an event loop in its thread, where pytest-django's database
-    # fixture refuses to work: the browser gets a thread of its own.
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            _cookie_story(origins["port"])
-        except BaseException as error:
-            failures.append(error)
-
-    browsing = threading.Thread(target=run, name="chromium")
-    browsing.start()
-    browsing.join(timeout=240)
-    assert not browsing.is_alive(), "the browser story did not finish within 240 s"
-    if failures:
-        raise failures[0]
+    in_a_browser_thread(_cookie_story, origins["port"])
 
 
 def _cookie_story(port: int) -> None:

@@ -14,12 +14,11 @@ proxy drops the worker's ``Service-Worker-Allowed``.
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from pathlib import Path
 
 import pytest
 
 from tests.support import services
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, in_a_browser_thread
 from tests.support.hostile import INTRUDER
 from tests.support.processes import PYTHON, Process, free_port, gunicorn, http_ok, manage, wait_until
 
@@ -27,8 +26,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.django_db]
 
 APP = "evil"
 OPERATOR, PASSWORD = "hostile_operator", "hostile-operator-pass"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +83,6 @@ def supervisors(django_db_setup, django_db_blocker, tmp_path_factory):
             get_discovery().unpublish_environment("env_hostile")
 
 
-def _in_a_browser_thread(story, *args) -> dict:
-    """Playwright's sync API runs an event loop in its thread, where pytest-django's database
-    access is refused: the browser gets a thread of its own."""
-    found: dict = {}
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            found.update(story(*args))
-        except BaseException as error:
-            failures.append(error)
-
-    browsing = threading.Thread(target=run, name="chromium")
-    browsing.start()
-    browsing.join(timeout=240)
-    assert not browsing.is_alive(), "the browser story did not finish within 240 s"
-    if failures:
-        raise failures[0]
-    return found
-
-
 def _attack(ports: dict) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -142,7 +118,7 @@ def test_a_hostile_page_cannot_create_a_supervisor_user_nor_a_service_worker_bey
 
     if not CHROMIUM.exists():
         pytest.fail(f"no browser: {CHROMIUM} is missing (scripts/test.sh installs Debian's chromium)", False)
-    results = _in_a_browser_thread(_attack, supervisors)
+    results = in_a_browser_thread(_attack, supervisors)
 
     # On its own origin the page cannot read the supervisor's form (no CORS), so its post has
     # no CSRF token and is refused; no user is created.
