@@ -74,19 +74,8 @@ class AuditEntryAdmin(admin.ModelAdmin):
         "via",
         "request_id",
     ]
-    fields = [
-        "at",
-        "user",
-        "app_name",
-        "action_shown",
-        "environments_list",
-        "result",
-        "error",
-        "via",
-        "request_id",
-        "outcomes",
-        "awaiting_convergence",
-    ]
+    # The entry's page: the list's columns, then how each environment's part of it ended.
+    fields = [*list_display, "outcomes", "awaiting_convergence"]
     readonly_fields = ["action_shown", "environments_list"]
     list_filter = [AppNameFilter, ("user", admin.RelatedOnlyFieldListFilter), ActionFilter, "result", "via"]
     search_fields = ["app_name", "action", "request_id", "error", "user__username"]
