@@ -106,6 +106,8 @@ class Config:
     https: bool = False
     # Per-app origins: app crm at crm.<apps_domain> ('' = path mode only, /apps/<name>/).
     apps_domain: str = ""
+    # Recent log lines kept per app and environment (worker_agent/hosting/app_logs.py).
+    app_log_lines: int = 500
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -418,6 +420,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         proxy_max_upload_bytes=read.integer("PROXY_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024),
         proxy_route_cache_seconds=read.seconds("PROXY_ROUTE_CACHE_SECONDS", 1.0, minimum=0.0),
         proxy_concurrency=proxy_concurrency,
+        app_log_lines=read.integer("APP_LOG_LINES", 500, minimum=10, maximum=100_000),
         proxy_app_concurrency=read.integer(
             "PROXY_APP_CONCURRENCY",
             min(proxy_concurrency, max(2, (proxy_concurrency + 1) // 2)),

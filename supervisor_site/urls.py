@@ -14,11 +14,12 @@ urlpatterns = [
 ]
 
 if settings.APP_MODE != "worker":
-    from apps_registry.admin import status
+    from apps_registry.admin import logs, status
 
     urlpatterns += [
         # Before the admin's own routes, which would answer 404 for it.
         path("admin/app-supervisor/status.json", status.status, name="appsup_status"),
+        path("admin/app-supervisor/logs.json", logs.logs, name="appsup_logs"),
         path("admin/", admin.site.urls),
         path("api/v1/", include("apps_registry.api.urls")),
     ]

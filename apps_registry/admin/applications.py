@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry.admin import audit
+from apps_registry.admin import audit, logs
 from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
@@ -88,6 +88,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         ),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("Recent history", {"fields": ["recent_history"]}),
+        ("Recent log lines", {"fields": ["recent_logs"]}),
     ]
     _start_fieldset = ("Start", {"fields": ["start_now"]})
 
@@ -100,7 +101,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name", "recent_history"] if obj is not None else []
+        return ["name", "recent_history", "recent_logs"] if obj is not None else []
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
@@ -150,6 +151,10 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.display(description="recent history")
     def recent_history(self, app: Application | None) -> str:
         return audit.recent_history(app)
+
+    @admin.display(description="per environment, live")
+    def recent_logs(self, app: Application | None) -> str:
+        return logs.recent_logs(app)
 
     def changeform_view(
         self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None

@@ -20,7 +20,9 @@ admin.site.site_url = None
 
 class SupervisorMedia:
     css = {"all": ("apps_registry/admin.css",)}
-    js = ("apps_registry/status.js",)  # live badges on the lists, polling apps_registry.admin.status
+    # Live badges on the lists (polling apps_registry.admin.status); the app page's log tail
+    # (polling apps_registry.admin.logs).
+    js = ("apps_registry/status.js", "apps_registry/logs.js")
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

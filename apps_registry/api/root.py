@@ -9,7 +9,7 @@ from ninja import NinjaAPI, Swagger
 from ninja.openapi.schema import OpenAPISchema
 from ninja.renderers import JSONRenderer
 
-from apps_registry.api import apps, environments, errors
+from apps_registry.api import apps, environments, errors, logs
 
 
 class CompactJSON(JSONRenderer):
@@ -43,3 +43,4 @@ api = SupervisorApi(
 errors.install(api)
 api.add_router("", environments.router)
 api.add_router("", apps.router)
+api.add_router("", logs.router)

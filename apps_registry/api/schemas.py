@@ -321,3 +321,15 @@ class Operation(_Body):
 class Accepted(_Out):
     request_id: str
     app: AppName
+
+
+class LogLine(_Out):
+    id: str = Field(description="the line's stream id; pass it as since to get the lines after it")
+    at: Timestamp = Field(description="when Redis received the line")
+    environment: str
+    level: Literal["info", "warning", "error"]
+    message: str = Field(description="one line written by the worker (untrusted text, at most 500 characters)")
+
+
+class LogLines(_Out):
+    lines: list[LogLine] = Field(description="oldest first")

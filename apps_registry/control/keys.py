@@ -46,6 +46,15 @@ def events_stream() -> str:
     return _key("events")
 
 
+# --- per-app logs (worker -> supervisor) ---------------------------------------------------
+
+
+def app_log(app: str, env: str) -> str:
+    """``P:log:<app>:<env>``: capped stream of the app's recent log lines on that environment
+    (``MAXLEN ~ APP_LOG_LINES``); ``app_log(app, "*")`` matches every environment's."""
+    return _key("log", app, env)
+
+
 # --- liveness -------------------------------------------------------------------------------
 
 

@@ -110,6 +110,9 @@ def _worker_grants(prefix: str, env: str) -> list[tuple[str, str]]:
         # Its leases: one key per environment and signing key, signed (docs/security.md), stamped
         # with the server's TIME read just before.
         (f"~{p}:lease:{env}:*", "+set +get +del +time"),
+        # Its apps' log lines (P:log:<app>:<env>): append only, to its own environment's
+        # streams; the supervisor reads them (every key under the prefix).
+        (f"%W~{p}:log:*:{env}", "+xadd"),
         # Acknowledgements for the supervisor's blocking wait: push only.
         (f"%W~{p}:ack:*", "+lpush +rpush +expire"),
         # The apps' login throttle (django-axes through Django's Redis cache).

@@ -268,6 +268,7 @@ def test_openapi_documents_every_route(document):
         "/apps/{name}/start",
         "/apps/{name}/stop",
         "/apps/{name}/restart",
+        "/apps/{name}/logs",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})

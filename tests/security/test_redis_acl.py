@@ -87,6 +87,7 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
         keys.generations("env_a"),
         keys.lease("env_a", "0123456789abcdef"),
         keys.ack("c1"),
+        keys.app_log("crm", "env_a"),
         keys.cfg_supervisor_key(),
         keys.cfg_app("crm"),
         keys.cfg_apps(),
@@ -103,6 +104,7 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
         keys.lease("env_b", "0123456789abcdef"),
         keys.done("env_b", "c1"),
         keys.generations("env_b"),
+        keys.app_log("crm", "env_b"),
         keys.start_lock("crm"),
         keys.start_pending(),
         keys.start_recovery_lock(),
@@ -190,6 +192,9 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
         "env_b's results": lambda: worker.set(keys.done("env_b", "c1"), "x"),
         "env_b's lease": lambda: worker.set(keys.lease("env_b", "0123456789abcdef"), "x"),
         "read acknowledgements": lambda: worker.lrange(keys.ack("c1"), 0, -1),
+        "env_b's app log": lambda: worker.xadd(keys.app_log("crm", "env_b"), {"message": "x"}),
+        "read its app log": lambda: worker.xrange(keys.app_log("crm", "env_a")),
+        "trim its app log": lambda: worker.xtrim(keys.app_log("crm", "env_a"), maxlen=0),
         "RQ's queue": lambda: worker.lpush("rq:queue:app_starts", "x"),
         "the start locks": lambda: worker.set(keys.start_lock("crm"), "x"),
         "FLUSHALL": lambda: worker.flushall(),
@@ -217,6 +222,8 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
     assert throttle.touch("axes-x", 60) and throttle.has_key("axes-x")
     throttle.set_many({"axes-z": 1}, timeout=30)
     assert throttle.delete("axes-x")
+    # Its apps' log lines, as worker_agent/hosting/app_logs.py writes them (capped XADD).
+    worker.xadd(keys.app_log("crm", "env_a"), {"at": "1", "level": "info", "message": "x"}, maxlen=50, approximate=True)
     assert acl_redis.denied("env_a") == []
 
     # The supervisor's user: everything under the prefix and RQ, no administration.
@@ -224,6 +231,7 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
     supervisor.set(keys.cfg_app("crm"), "{}")
     supervisor.lpush("rq:queue:app_starts", "x")
     assert supervisor.xrange(keys.events_stream())
+    assert supervisor.xrange(keys.app_log("crm", "env_a"))  # the API and the admin read the apps' logs
     for attempt in (supervisor.flushall, lambda: supervisor.config_set("appendonly", "yes"), supervisor.acl_list):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()

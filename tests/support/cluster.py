@@ -42,6 +42,8 @@ LEASE_INTERVAL = 0.5
 OFFLINE_AFTER = 3.0
 HEARTBEAT_INTERVAL = 5.0
 RECONCILE_INTERVAL = 2.0
+# Small, so that a test can overflow an app's log stream quickly.
+APP_LOG_LINES = 50
 WORKER_NAMES = ("env_a", "env_b")
 
 
@@ -84,6 +86,7 @@ def worker_environ(name: str, port: int) -> dict[str, str]:
         "APP_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
         "APP_RECONCILE_INTERVAL": str(RECONCILE_INTERVAL),
         "APP_COMMAND_CONCURRENCY": "4",
+        "APP_LOG_LINES": str(APP_LOG_LINES),
     }
     # A worker never holds the supervisor's private key: it pins the published public key.
     env.pop("SUPERVISOR_KEY", None)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from django.conf import settings
 
 from apps_registry.names import is_valid_name
-from worker_agent.hosting import app_databases, app_initialisation, local_state, serving
+from worker_agent.hosting import app_databases, app_initialisation, app_logs, local_state, serving
 from worker_agent.hosting.db_router import alias_for
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ def start_app(spec: dict) -> None:
             local_state.set_status(name, "running", spec=spec)
         else:
             _record(name, "starting", spec=spec)
+        app_logs.record(name, "info", "starting: initialising its database and applying migrations")
         try:
             options = spec.get("options") or {}
             modules = app_databases.modules_of(spec)
@@ -114,11 +115,13 @@ def start_app(spec: dict) -> None:
         except (app_databases.DatabaseError, AppStartError, OSError) as error:
             message = str(error) if not isinstance(error, OSError) else f"storage error: {error}"
             _record(name, "error", error=message)
+            app_logs.record(name, "error", f"start failed: {message}")
             raise AppStartError(message) from None
         except Exception as error:
             log.exception("starting app %s failed", name)
             message = f"unexpected error: {type(error).__name__}: {error}"
             _record(name, "error", error=message)
+            app_logs.record(name, "error", f"start failed: {message}")
             raise AppStartError(message) from None
         log.info(
             "app %s running (database %s, %d migration(s) applied%s)",
@@ -126,6 +129,13 @@ def start_app(spec: dict) -> None:
             db.name,
             result["migrations_applied"],
             ", first initialisation" if result["first"] else "",
+        )
+        app_logs.record(
+            name,
+            "info",
+            f"started: database {db.name}{' created' if result['created'] else ''}, "
+            f"{result['migrations_applied']} migration(s) applied"
+            f"{', first initialisation' if result['first'] else ''}",
         )
         _record(name, "running")
 
@@ -139,6 +149,7 @@ def stop_app(name: str) -> None:
         _record(name, "stopping")
         app_databases.close(alias_for(name))
         _record(name, "stopped")
+        app_logs.record(name, "info", "stopped")
 
 
 def remove_app(name: str, drop_data: bool = False) -> None:

@@ -13,12 +13,14 @@ import mimetypes
 import threading
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
 from django.contrib.auth.views import redirect_to_login
 from django.http import FileResponse, Http404, HttpRequest
 from django.urls import path
+from django.utils.html import format_html
 from django.views.generic import RedirectView
 
 from supervisor_site import catalogue
@@ -31,7 +33,14 @@ class HostedAdminSite(admin.AdminSite):
     def __init__(self, app_name: str, title: str, modules: frozenset[str]):
         super().__init__(name=f"app_{app_name}")
         self.app_name = app_name
-        self.site_header = title
+        # Which environment serves this admin, small beside the title (operators and support
+        # asking "which one am I on?"; the response's X-App-Environment says it too).
+        self.site_header = format_html(
+            '{} <small class="appsup-served-by" style="font-size:0.55em;opacity:0.7;font-weight:normal"'
+            ' title="environment serving this app">on {}</small>',
+            title,
+            settings.APP_CONFIG.environment_name,
+        )
         self.site_title = title
         self.index_title = f"{title}: administration"
         self.site_url = None  # no "view site" link: the admin is the app

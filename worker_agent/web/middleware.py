@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
@@ -31,7 +32,7 @@ from django.utils.module_loading import import_string
 from apps_registry.names import is_valid_name
 from supervisor_site.forwarded import FROM_TRUSTED_PROXY
 from supervisor_site.vouched_hosts import vouch
-from worker_agent.hosting import app_databases, local_state, serving
+from worker_agent.hosting import app_databases, app_logs, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 APPS_PREFIX = "/apps/"
 # The supervisor's proxy: "this app is served at / of the forwarded host".
 APP_ROOT_META = "HTTP_X_FORWARDED_APP_ROOT"
+# Which environment served a hosted response (for operators and support, not for security).
+ENVIRONMENT_HEADER = "X-App-Environment"
 HOSTING_MODES = ("standalone", "worker")
 
 
@@ -60,6 +63,24 @@ def on_stopped_app_visit(name: str) -> str | None:
 def _served_at_root(request: HttpRequest) -> bool:
     meta = request.META
     return bool(meta.get(FROM_TRUSTED_PROXY)) and meta.get(APP_ROOT_META) == "/"
+
+
+def _record_request(request: HttpRequest, name: str, status: int, started: float) -> None:
+    """The request's line: method, path (never the query string, which may hold secrets),
+    status and duration."""
+    elapsed_ms = (time.monotonic() - started) * 1000
+    level = "error" if status >= 500 else "warning" if status >= 400 else "info"
+    app_logs.record(name, level, f"{request.method} {request.path} {status} {elapsed_ms:.0f}ms")
+
+
+def _record_exception(request: HttpRequest, name: str, error: Exception) -> None:
+    """One error line per request and exception: its type and first line, no traceback."""
+    if getattr(request, "_app_log_exception", None) is error:
+        return
+    request._app_log_exception = error
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    app_logs.record(name, "error", f"{request.method} {request.path} raised {type(error).__name__}: {first}")
 
 
 class _Route:
@@ -120,10 +141,27 @@ class HostedAppMiddleware:
             else:
                 request.urlconf = route.urlconf
                 request.hosted_app_root = f"{APPS_PREFIX}{name}/"
+            started = time.monotonic()
             try:
-                return self.get_response(request)
+                response = self.get_response(request)
+            except Exception as error:
+                # Raised past Django's own handling (a middleware, or the error page itself
+                # failing): the outer handler answers 500; the app's log still says why.
+                _record_exception(request, name, error)
+                _record_request(request, name, 500, started)
+                raise
             finally:
                 current_app_alias.reset(token)
+            response[ENVIRONMENT_HEADER] = settings.APP_CONFIG.environment_name
+            _record_request(request, name, response.status_code, started)
+            return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """A hosted view raised: one line with the exception's type (the traceback stays in
+        this process's own log); Django still answers 500 as usual."""
+        name = getattr(request, "hosted_app", None)
+        if name:
+            _record_exception(request, name, exception)
 
     def _route(self, name: str, entry: dict) -> _Route:
         """The app's alias and URLs, refreshed whenever its state entry was rewritten by a start."""
