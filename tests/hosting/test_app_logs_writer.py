@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
 import time
 
 from apps_registry.control import keys
-from tests.support.processes import free_port, wait_until
+from tests.support import services
+from tests.support.processes import PYTHON, ROOT, free_port, wait_until
 from worker_agent.hosting import app_logs
 
 
@@ -44,3 +47,33 @@ def test_without_redis_nothing_is_recorded(settings):
     settings.APP_CONFIG = dataclasses.replace(settings.APP_CONFIG, mode="standalone")
     assert not app_logs.enabled()
     app_logs.record("wrt", "info", "ignored")  # returns, queues nothing
+
+
+RECORD_AND_EXIT = """
+import django
+django.setup()
+from worker_agent.hosting import app_logs
+app_logs.record("wrx", "info", "the last line before exit")
+"""
+
+
+def test_a_process_that_records_and_exits_at_once_exits_and_its_line_is_written(redis_conn):
+    # The writer is a daemon thread: frozen mid-write by the interpreter's finalization it held
+    # the Redis pool's lock and the pool's __del__ waited for it (host_app --stop hung at exit).
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
+        "APP_MODE": "worker",
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "APP_SUPERVISOR_REDIS_URL": services.redis_url(),
+        "APP_COMMAND_REDIS_URL": services.redis_url(),
+        "APP_REDIS_PREFIX": services.RUN_ID,
+        "ENVIRONMENT_NAME": "env_x",
+        "ENVIRONMENT_URL": "http://127.0.0.1:9",
+    }
+    stream = keys.app_log("wrx", "env_x")
+    redis_conn.delete(stream)
+    for attempt in range(1, 6):
+        done = subprocess.run([PYTHON, "-c", RECORD_AND_EXIT], cwd=ROOT, env=env, capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert redis_conn.xlen(stream) == attempt  # written before the exit, not lost with it
