@@ -55,6 +55,10 @@ class Environment(models.Model):
     enabled = models.BooleanField(
         default=True, help_text="A disabled environment gets no new apps and no proxied requests."
     )
+    # Draining (registry/moves.py): takes no new placements while its apps move elsewhere.
+    draining = models.BooleanField(
+        default=False, help_text="A draining environment takes no new apps; the apps it runs move elsewhere."
+    )
     # Identity (docs/security.md): the public key the name is bound to (base64 Ed25519; empty
     # for a row from before identities, bound by its next signed message), and whether an
     # operator approved it (ENVIRONMENT_APPROVAL: new names wait, disabled, until approved).
@@ -161,6 +165,10 @@ class AppEnvironment(models.Model):
     error = models.TextField(blank=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
     queued_at = models.DateTimeField(null=True, blank=True)
+    # Whether the proxy sends requests here. False while a move starts the app here (until its
+    # switch), and on the move's source after the switch (until it is unloaded): one UPDATE
+    # flips both, so every request goes to one side or the other (registry/moves.py).
+    serving = models.BooleanField(default=True)
 
     class Meta:
         constraints = [

@@ -22,6 +22,7 @@ from django.utils.html import format_html, format_html_join
 
 from apps_registry.admin import audit, logs
 from apps_registry.admin.forms import ApplicationForm
+from apps_registry.admin.moves import MoveActionMixin
 from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
@@ -61,7 +62,7 @@ class EnvironmentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Application)
-class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
+class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
     list_display = ["name", "display_name_shown", "statuses", "open_link"]  # + the operations column (the mixin)
     list_display_links = ["name"]
@@ -69,7 +70,13 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     # An environment's name finds the apps placed there (Django de-duplicates the join's rows).
     search_fields = ["name", "display_name", "placements__environment__name"]
     list_per_page = 50
-    actions = ["start_applications", "stop_applications", "restart_applications", "remove_applications"]
+    actions = [
+        "start_applications",
+        "stop_applications",
+        "restart_applications",
+        "remove_applications",
+        "move_applications",
+    ]
     Media = SupervisorMedia
 
     @admin.display(description="display name", ordering=Lower("display_name"))

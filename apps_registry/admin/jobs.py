@@ -3,13 +3,14 @@ Jobs are created and advanced by ``apps_registry.registry.jobs`` only."""
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localtime
 
 from apps_registry.admin.site import SupervisorMedia
+from apps_registry.control.lifecycle import requests as lifecycle
 from apps_registry.models import Job, JobStep
 
 
@@ -47,7 +48,20 @@ class JobAdmin(admin.ModelAdmin):
         "parent",
     ]
     readonly_fields = fields
+    actions = ["cancel_jobs"]
     Media = SupervisorMedia
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("apps_registry.cancel_job")
+
+    @admin.action(description="Cancel selected jobs (a move only up to its switch)", permissions=["cancel"])
+    def cancel_jobs(self, request: HttpRequest, queryset) -> None:
+        asked = [job for job in queryset if lifecycle.cancel(job, request.user)]
+        done = queryset.count() - len(asked)
+        message = f"Cancel asked of {len(asked)} job{'s' if len(asked) != 1 else ''}"
+        if done:
+            message += f"; {done} finished already"
+        self.message_user(request, message + ".", messages.SUCCESS if asked else messages.WARNING)
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).prefetch_related("steps")

@@ -171,6 +171,7 @@ class Environment(_Out):
     version: str
     status: EnvironmentStatus
     last_heartbeat: Timestamp | None
+    draining: bool = Field(description="takes no new apps; the apps it runs are moving elsewhere")
 
 
 class EnvironmentList(_Out):
@@ -348,3 +349,23 @@ class JobOut(_Out):
     kind: str
     status: Literal[tuple(JobStatus.values)]
     steps: list[JobStepOut] = Field(description="in the order they run")
+
+
+class MoveRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"to": ["env_b"]}})
+
+    to: Annotated[
+        list[StrictStr],
+        Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
+        AfterValidator(_distinct),
+        _at_least_one("name at least one environment"),
+    ] = Field(description="the environments the app is on once moved (it leaves the others)")
+
+
+class JobAccepted(_Out):
+    job_id: str = Field(description="follow it with GET /jobs/<job_id>")
+
+
+class DrainState(_Out):
+    name: str
+    draining: bool

@@ -212,3 +212,22 @@ def cancel_job(job_id: Any, *, reason: str = "cancelled", via: str = "queue") ->
             via=via,
         )
     return job
+
+
+def note_resumed(job_id: Any, *, before: Any) -> bool:
+    """Recovery enqueues the job again: its heartbeat is set to now (if still older than
+    ``before``, so two recovering processes enqueue it once). Audited as ``<kind>_resumed``."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status in JOB_DONE or (job.heartbeat_at is not None and job.heartbeat_at >= before):
+            return False
+        Job.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now())
+        audit(
+            f"{job.kind}_resumed",
+            app_name=job.app_name,
+            environments=_environments_of(job),
+            request_id=str(job.pk),
+            via="queue",
+            error=f"its queue worker vanished (attempt {job.attempts})",
+        )
+    return True
