@@ -163,7 +163,9 @@ def test_a_move_killed_at_each_step_ends_on_one_side(api: Api, movers, cluster_l
     n-th run SIGKILLs its queue worker at the n-th step named in the hook."""
     cluster = cluster_logs
     name = "mv_kill"
+    movers.start(1, **movers.overrides)
     _create_running(api, name, "env_a")
+    movers.stop_all()  # from here on, each queue worker is started to be killed (or to finish)
     page = f"/apps/{name}/admin/login/"
     plans = [("env_a", "env_b", STEPS[:3]), ("env_b", "env_a", STEPS[3:])]
     for source, target, kills in plans:
