@@ -291,6 +291,24 @@ def connects(db: AppDatabase) -> bool:
     return True
 
 
+def check_reachable(db: AppDatabase) -> None:
+    """Whether this environment reaches the app's existing database, without registering it
+    (a move's pre-check, command ``check``): DatabaseError saying why not. PostgreSQL: a
+    connection to it opens and answers; SQLite: its file is there (a SQLite app's data lives
+    beside one environment only, so a move of it elsewhere cannot keep its data)."""
+    if db.vendor == "sqlite":
+        if not Path(db.name).is_file():
+            raise DatabaseError(f"{db.label}: no such file here (SQLite data does not move between environments)")
+        return
+    import psycopg
+
+    try:
+        with _pg_connect(db, db.name) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        raise DatabaseError(f"cannot connect to {db.label}: {first_line(error)}") from None
+
+
 # --- SQLite -----------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Steps, each recorded in the job (``registry.jobs``), each safe to run again when a resumed job
 finds it ``running`` (its queue worker died in it):
 
-1. ``pre-checks`` — every target still online, enabled, approved, not draining;
+1. ``pre-checks`` — every target still online, enabled, approved, not draining, and reaching
+   the app's database (its agent answers the command ``check``, which changes nothing);
 2. ``start on target`` — the targets become placements that do not serve yet, and the app is
    started there by the start queue's own ``StartJob`` (the app's start lock, one environment
    after another), run in this job;
@@ -30,7 +31,7 @@ from collections.abc import Callable
 import urllib3
 from django.conf import settings
 
-from apps_registry.control import ingest
+from apps_registry.control import channel, ingest
 from apps_registry.control.lifecycle.checks import environment_problems
 from apps_registry.control.runners import remote
 from apps_registry.control.start_queue.job import StartJob
@@ -139,6 +140,27 @@ class MoveRun:
         problems = environment_problems(pending)
         if problems:
             raise StepFailed("; ".join(problems.values()))
+        app = self.app
+        if app.generation == 0 and not moves.app_runs(app):
+            return  # never started: it has no database anywhere yet, nothing to reach
+        unreachable = [problem for env in pending if (problem := self._reaches_database(app, env.name))]
+        if unreachable:
+            raise StepFailed("; ".join(unreachable))
+
+    def _reaches_database(self, app: Application, env: str) -> str:
+        """Ask ``env``'s agent whether it reaches the app's database (command ``check``, which
+        changes nothing there); the problem, or "" if it does."""
+        timeout = min(30.0, settings.APP_CONFIG.start_timeout)
+        command_id = channel.send_command(
+            env, "check", app.name, generation=app.generation, request_id="", incarnation=str(app.incarnation)
+        )
+        ack = channel.wait_for_ack(command_id, timeout, env=env)
+        jobs.heartbeat(self.job.pk)
+        if ack is None:
+            return f"{env} did not answer whether it reaches {app.name}'s database within {timeout:g} s"
+        if ack.get("result") == "ok":
+            return ""
+        return f"{env} cannot reach {app.name}'s database: {ack.get('error') or ack.get('result')}"
 
     def start_on_targets(self) -> str | None:
         app = self.app
