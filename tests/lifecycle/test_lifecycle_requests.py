@@ -123,3 +123,50 @@ def test_the_admin_offers_move_and_drain_behind_a_form_and_a_confirmation(client
     assert Environment.objects.get(pk=envs[0].pk).draining
     add = client.get("/admin/apps_registry/application/add/")
     assert b"env_a (draining: takes no new apps" in add.content
+
+
+def _running_move(app, sources, targets):
+    from apps_registry.control.lifecycle.move import STEPS
+    from apps_registry.registry import jobs
+
+    job = jobs.create_job("move", STEPS, application=app, params={"sources": sources, "targets": targets})
+    return jobs.start_job(job.pk, runner="test")
+
+
+def test_a_move_cancelled_before_its_switch_leaves_the_app_where_it_was(app, envs):
+    from apps_registry.control.lifecycle.move import MoveRun
+    from apps_registry.registry import jobs
+
+    job = _running_move(app, ["env_a"], ["env_b"])
+    moves.place_move_targets(app, ["env_b"], job_id=str(job.pk))  # as its start step had done
+    assert jobs.request_cancel(job.pk)
+    assert MoveRun(job).run() == "cancelled"
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    assert set(job.steps.values_list("status", flat=True)) == {"cancelled"}
+    placed = dict(AppEnvironment.objects.filter(application=app).values_list("environment__name", "serving"))
+    assert placed == {"env_a": True}
+
+
+def test_recovery_resumes_a_move_whose_worker_vanished_and_gives_up_after_five_runs(app, envs, redis_conn):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from apps_registry.control.lifecycle.recovery import MAX_ATTEMPTS, recover_jobs
+    from apps_registry.models import AuditEntry
+
+    stale = timezone.now() - dt.timedelta(minutes=5)
+    job = _running_move(app, ["env_a"], ["env_b"])
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=stale)
+    assert recover_jobs()["resumed"] == [str(job.pk)]
+    assert AuditEntry.objects.filter(action="move_resumed", request_id=str(job.pk)).exists()
+    assert recover_jobs()["resumed"] == []  # its heartbeat is fresh again: not twice
+    moves.place_move_targets(app, ["env_b"], job_id=str(job.pk))
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=stale, attempts=MAX_ATTEMPTS)
+    assert recover_jobs()["given_up"] == [str(job.pk)]
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "rolled back" in job.error
+    assert dict(AppEnvironment.objects.filter(application=app).values_list("environment__name", "serving")) == {
+        "env_a": True
+    }

@@ -29,6 +29,8 @@ def request_move(
 ) -> Job:
     """A move of ``app`` onto exactly ``to``, queued. ``MoveRefused`` says why not."""
     with transaction.atomic():
+        # The app's row lock, as every request on it takes: two moves asked at once are one.
+        Application.objects.select_for_update().filter(pk=app.pk).first()
         busy = active_move(app)
         if busy is not None:
             raise MoveRefused(f"{app.name} is being moved already (job {busy.pk})")
