@@ -168,15 +168,22 @@ class Executor:
             self.check(app)
 
     def check(self, app: str) -> None:
-        """A move's pre-check: does this environment reach the app's database? Nothing changes
-        and no status is reported; the acknowledgement says ``ok`` or ``error`` with why."""
+        """A move's pre-check: does this environment offer the app's modules, reach its
+        database, and know every migration applied there (same or newer module versions)?
+        Nothing changes and no status is reported; the acknowledgement says ``ok`` or
+        ``error`` with why."""
         spec = self.spec(app)
         if spec is None:
             raise CommandError(f"unknown app {app!r}")
         try:
-            app_databases.check_reachable(app_databases.describe(app, spec.get("options") or {}))
+            app_databases.modules_of(spec)  # this environment offers the app's modules
+            applied = app_databases.check_reachable(app_databases.describe(app, spec.get("options") or {}))
         except app_databases.DatabaseError as error:
             raise CommandError(str(error)) from None
+        newer = app_databases.migrations_unknown_here(applied)
+        if newer:
+            shown = ", ".join(newer[:5]) + (f" and {len(newer) - 5} more" if len(newer) > 5 else "")
+            raise CommandError(f"this environment's modules are older than the app's data: it lacks {shown}")
 
     def run(self, delivery: Delivery) -> None:
         """Carry out one command when its lane gets to it, then acknowledge it."""
