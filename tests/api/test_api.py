@@ -271,6 +271,7 @@ def test_openapi_documents_every_route(document):
         "/apps/{name}/logs",
         "/apps/{name}/move",
         "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
         "/environments/{name}/drain",
         "/environments/{name}/undrain",
     }

@@ -98,3 +98,14 @@ def test_the_admin_lists_jobs_and_shows_their_steps(client, app):
     page = client.get(f"/admin/apps_registry/job/{job.pk}/change/")
     assert page.status_code == 200
     assert b"env_b is offline" in page.content and b"appsup-steps" in page.content
+
+
+def test_the_api_cancels_a_queued_job_and_refuses_a_finished_one(api, app):
+    job = jobs.create_job("move", ["check", "switch"], application=app)
+    url, template = f"/api/v1/jobs/{job.pk}/cancel", "/jobs/{job_id}/cancel"
+    status, body = api.call("POST", url, template)
+    assert status == 202 and body["status"] == "cancelled"
+    assert {s["status"] for s in body["steps"]} == {"cancelled"}
+    assert api.call("POST", url, template)[0] == 409
+    assert api.call("POST", f"/api/v1/jobs/{uuid.uuid4()}/cancel", template)[0] == 404
+    assert AuditEntry.objects.filter(action="move_cancel_requested", via="api").count() == 1
