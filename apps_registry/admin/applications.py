@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry.admin import audit, logs
+from apps_registry.admin import audit, jobs, logs
 from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.moves import MoveActionMixin
 from apps_registry.admin.operations import OperationsMixin
@@ -95,6 +95,7 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
         ),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("Recent history", {"fields": ["recent_history"]}),
+        ("Moves", {"fields": ["recent_jobs"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),
     ]
     _start_fieldset = ("Start", {"fields": ["start_now"]})
@@ -108,7 +109,7 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name", "recent_history", "recent_logs"] if obj is not None else []
+        return ["name", "recent_history", "recent_jobs", "recent_logs"] if obj is not None else []
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
@@ -158,6 +159,10 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
     @admin.display(description="recent history")
     def recent_history(self, app: Application | None) -> str:
         return audit.recent_history(app)
+
+    @admin.display(description="moves")
+    def recent_jobs(self, app: Application | None) -> str:
+        return jobs.recent_jobs(app)
 
     @admin.display(description="per environment, live")
     def recent_logs(self, app: Application | None) -> str:

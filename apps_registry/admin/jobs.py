@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localtime
@@ -22,6 +23,14 @@ def _took(step: JobStep) -> str:
     if step.started_at and step.finished_at:
         return f"{(step.finished_at - step.started_at).total_seconds():.1f} s"
     return ""
+
+
+def progress(job: Job) -> str:
+    """``3/6 · switch route``: steps done of all, and the one running."""
+    steps = list(job.steps.all())
+    done = sum(step.status in ("succeeded", "skipped") for step in steps)
+    running = next((step.name for step in steps if step.status == "running"), "")
+    return f"{done}/{len(steps)}" + (f" · {running}" if running else "")
 
 
 @admin.register(Job)
@@ -72,10 +81,7 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, job: Job) -> str:
-        steps = list(job.steps.all())
-        done = sum(step.status in ("succeeded", "skipped") for step in steps)
-        running = next((step.name for step in steps if step.status == "running"), "")
-        return f"{done}/{len(steps)}" + (f" · {running}" if running else "")
+        return progress(job)
 
     @admin.display(description="steps")
     def steps_table(self, job: Job) -> str:
@@ -98,3 +104,31 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+RECENT_JOBS = 5
+
+
+def recent_jobs(app) -> str:
+    """The app's last moves (its own and its drains'), each linked to its page with its steps."""
+    if app is None or app.pk is None:
+        return "—"
+    rows = list(Job.objects.filter(app_name=app.name).prefetch_related("steps")[:RECENT_JOBS])
+    if not rows:
+        return "Never moved."
+    items = format_html_join(
+        "",
+        '<li><a href="{}">{} {}</a>: {} ({}){}</li>',
+        (
+            (
+                reverse("admin:apps_registry_job_change", args=[job.pk]),
+                job.kind,
+                _when(job.created_at),
+                job.status,
+                progress(job),
+                f" — {job.error}" if job.error else "",
+            )
+            for job in rows
+        ),
+    )
+    return format_html('<ul class="appsup-jobs">{}</ul>', items)

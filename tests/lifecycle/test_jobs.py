@@ -98,6 +98,11 @@ def test_the_admin_lists_jobs_and_shows_their_steps(client, app):
     page = client.get(f"/admin/apps_registry/job/{job.pk}/change/")
     assert page.status_code == 200
     assert b"env_b is offline" in page.content and b"appsup-steps" in page.content
+    # The app's page lists its moves, linked.
+    change = client.get(f"/admin/apps_registry/application/{app.pk}/change/")
+    assert (
+        f"/admin/apps_registry/job/{job.pk}/change/".encode() in change.content and b"running (0/2)" in change.content
+    )
 
 
 def test_the_api_cancels_a_queued_job_and_refuses_a_finished_one(api, app):

@@ -123,6 +123,8 @@ def test_the_admin_offers_move_and_drain_behind_a_form_and_a_confirmation(client
     assert Environment.objects.get(pk=envs[0].pk).draining
     add = client.get("/admin/apps_registry/application/add/")
     assert b"env_a (draining: takes no new apps" in add.content
+    change = client.get(f"/admin/apps_registry/application/{app.pk}/change/")
+    assert change.status_code == 200 and b"Never moved." in change.content
 
 
 def _running_move(app, sources, targets):
