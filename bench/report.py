@@ -270,6 +270,50 @@ def slow_clients(docs: list) -> list[Figure]:
     return figures
 
 
+def lifecycle_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        figure = row.get("figure")
+        if figure == "reference: stop + start":
+            figures.append(
+                (
+                    "reference: stop + start of one app (same run)",
+                    f"{row['wall_s']} s, {row['failed_requests']} of {row['requests']} requests failed",
+                    "",
+                    None,
+                )
+            )
+        elif figure == "move":
+            figures.append(
+                (
+                    f"move of one app under 20 req/s ({row['moves']} moves): p50 / max",
+                    f"{row['p50_s']} s / {row['max_s']} s (drain wait {row['drain_wait_s']} s included)",
+                    "",
+                    None,
+                )
+            )
+            figures.append(
+                (
+                    "move: failed requests; longest request during the moves",
+                    f"{row['failed_requests']} of {row['requests']}; {row['longest_request_ms']} ms",
+                    "0 failed",
+                    row["failed_requests"] == 0,
+                )
+            )
+        elif figure == "drain":
+            figures.append(
+                (
+                    f"drain of {row['apps']} apps (concurrency {row['concurrency']})",
+                    f"{row['wall_s']} s ({row['apps_per_s']} apps/s), {row['status']}, {row['left_on_env_a']} left",
+                    "empty",
+                    row["left_on_env_a"] == 0 and row["status"] == "succeeded",
+                )
+            )
+        elif "ratio" in row:
+            figures.append((f"lifecycle, {row['compared']}", str(row["ratio"]), "", None))
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -290,6 +334,7 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "heartbeats": heartbeats,
     "convergence_bench": convergence_bench,
     "slow_clients": slow_clients,
+    "lifecycle_bench": lifecycle_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -302,6 +347,7 @@ QUICK_ARGS = {
     "heartbeats": ["--environments", "50", "--seconds", "8"],
     "convergence_bench": ["--apps", "20", "--patches", "3"],
     "slow_clients": ["--clients", "50", "--seconds", "8"],
+    "lifecycle_bench": ["--moves", "3", "--apps", "10"],
 }
 
 

@@ -79,6 +79,11 @@ class Config:
     command_concurrency: int
     start_timeout: float
     start_lock_ttl: float
+    # Moves and drains (control/lifecycle): how long the source keeps serving after a move's
+    # switch (proxies' route caches expire, requests in flight finish), and how many apps a
+    # drain moves at once.
+    move_drain_seconds: float
+    drain_concurrency: int
     reconcile_interval: float
     events_group: str
     proxy_connect_timeout: float
@@ -412,6 +417,8 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         command_concurrency=read.integer("APP_COMMAND_CONCURRENCY", 4, minimum=1, maximum=64),
         start_timeout=read.seconds("APP_START_TIMEOUT", 120.0),
         start_lock_ttl=read.seconds("APP_START_LOCK_TTL", 15.0, minimum=1.0),
+        move_drain_seconds=read.seconds("APP_MOVE_DRAIN_SECONDS", 5.0, minimum=0.0),
+        drain_concurrency=read.integer("APP_DRAIN_CONCURRENCY", 4, minimum=1, maximum=64),
         reconcile_interval=read.seconds("APP_RECONCILE_INTERVAL", 30.0),
         events_group=read.identifier("APP_EVENTS_GROUP", default="supervisor"),
         proxy_connect_timeout=read.seconds("PROXY_CONNECT_TIMEOUT", 3.0),

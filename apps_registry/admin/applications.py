@@ -20,8 +20,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry.admin import audit, logs
+from apps_registry.admin import audit, jobs, logs
 from apps_registry.admin.forms import ApplicationForm
+from apps_registry.admin.moves import MoveActionMixin
 from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
@@ -61,7 +62,7 @@ class EnvironmentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Application)
-class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
+class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
     list_display = ["name", "display_name_shown", "statuses", "open_link"]  # + the operations column (the mixin)
     list_display_links = ["name"]
@@ -69,7 +70,13 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     # An environment's name finds the apps placed there (Django de-duplicates the join's rows).
     search_fields = ["name", "display_name", "placements__environment__name"]
     list_per_page = 50
-    actions = ["start_applications", "stop_applications", "restart_applications", "remove_applications"]
+    actions = [
+        "start_applications",
+        "stop_applications",
+        "restart_applications",
+        "remove_applications",
+        "move_applications",
+    ]
     Media = SupervisorMedia
 
     @admin.display(description="display name", ordering=Lower("display_name"))
@@ -88,6 +95,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
         ),
         ("Options", {"fields": ["modules", "start_mode"]}),
         ("Recent history", {"fields": ["recent_history"]}),
+        ("Moves", {"fields": ["recent_jobs"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),
     ]
     _start_fieldset = ("Start", {"fields": ["start_now"]})
@@ -101,7 +109,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name", "recent_history", "recent_logs"] if obj is not None else []
+        return ["name", "recent_history", "recent_jobs", "recent_logs"] if obj is not None else []
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
@@ -151,6 +159,10 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
     @admin.display(description="recent history")
     def recent_history(self, app: Application | None) -> str:
         return audit.recent_history(app)
+
+    @admin.display(description="moves")
+    def recent_jobs(self, app: Application | None) -> str:
+        return jobs.recent_jobs(app)
 
     @admin.display(description="per environment, live")
     def recent_logs(self, app: Application | None) -> str:

@@ -15,11 +15,13 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.html import format_html
 
 from apps_registry import signing
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
 from apps_registry.control.identity import forget as forget_remembered_key
+from apps_registry.control.lifecycle import requests as lifecycle
 from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry import actions
 
@@ -35,9 +37,10 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "last_heartbeat_age",
         "running",
         "enabled",
+        "draining",
         "identity",
     ]
-    list_filter = ["enabled", "approved"]
+    list_filter = ["enabled", "approved", "draining"]
     search_fields = ["name", "url"]
     actions = [
         "disable_environments",
@@ -45,6 +48,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "forget_environments",
         "approve_environments",
         "rebind_environments",
+        "drain_environments",
+        "undrain_environments",
     ]
     readonly_fields = [
         "name",
@@ -58,6 +63,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
         "last_heartbeat",
         "stopped_at",
         "enabled",
+        "draining",
         "approved",
         "key_fingerprint",
         "key_bound_at",
@@ -179,6 +185,14 @@ class EnvironmentAdmin(admin.ModelAdmin):
     def rebind_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         return self._confirm_then_perform(request, "rebind", queryset)
 
+    @admin.action(description="Drain selected environments (move their apps elsewhere)", permissions=["change"])
+    def drain_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "drain", queryset)
+
+    @admin.action(description="Undrain selected environments (take new apps again)", permissions=["change"])
+    def undrain_environments(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        return self._confirm_then_perform(request, "undrain", queryset)
+
     def _confirm_then_perform(self, request: HttpRequest, verb: str, queryset: QuerySet) -> HttpResponse | None:
         envs = list(queryset.order_by("name"))
         statuses = liveness.environment_statuses(envs)
@@ -218,6 +232,12 @@ class EnvironmentAdmin(admin.ModelAdmin):
                     lost += actions.forget_environment(env, request.user)
                 elif verb == "approve":
                     actions.approve_environment(env, request.user)
+                elif verb == "drain":
+                    job = lifecycle.request_drain(env, request.user)
+                    url = reverse("admin:apps_registry_job_change", args=[job.pk])
+                    self.message_user(request, format_html('{}: <a href="{}">drain job</a>', env.name, url))
+                elif verb == "undrain":
+                    lifecycle.request_undrain(env, request.user)
                 elif verb == "rebind":
                     actions.rebind_environment(env, request.user)
                     forget_remembered_key(env.name)  # this process believes only the new key at once
@@ -266,6 +286,19 @@ ENV_ACTIONS = {
         "Each environment is bound to the key its last refused message was signed with (shown in its identity "
         "column): only the worker holding that key is believed from now on, and the old key's messages are "
         "refused. Do this only for a worker you replaced yourself.",
+    ),
+    "drain": EnvAction(
+        "Drain",
+        "Draining",
+        "The environment takes no new apps from now on, and a job moves every app placed on it (listed below) to "
+        "its other environments or to the usable environment with the fewest apps, a few at a time, with no failed "
+        "request; then it is empty and can be stopped or forgotten. Undrain to take apps again.",
+    ),
+    "undrain": EnvAction(
+        "Undrain",
+        "Undrained",
+        "The environment takes new apps again; a drain under way is cancelled (moves not switched yet are rolled "
+        "back, the apps moved already stay where they are).",
     ),
     "forget": EnvAction(
         "Forget",

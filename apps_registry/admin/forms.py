@@ -72,7 +72,17 @@ class ApplicationForm(forms.ModelForm):
         app = self.instance
         placed = list(app.placements.values_list("environment_id", flat=True)) if app.pk else []
         # A disabled environment takes no new apps, but stays listed where the app already is.
-        self.fields["target_environments"].queryset = Environment.objects.filter(Q(enabled=True) | Q(pk__in=placed))
+        # A draining environment takes no new apps (it keeps those placed there until they move).
+        self.fields["target_environments"].queryset = Environment.objects.filter(
+            Q(enabled=True, draining=False) | Q(pk__in=placed)
+        )
+        draining = list(Environment.objects.filter(draining=True).exclude(pk__in=placed).values_list("name", flat=True))
+        if draining:
+            self.fields[
+                "target_environments"
+            ].help_text += (
+                f" Not offered: {', '.join(draining)} (draining: takes no new apps while its apps move elsewhere)."
+            )
         if app.pk:
             self.fields["target_environments"].initial = placed
             self.fields["modules"].initial = app.modules

@@ -64,6 +64,14 @@ def _get_app(name: str) -> Application:
     return app
 
 
+def _refuse_draining(envs: list[Environment], placed: set[str]) -> None:
+    """A draining environment takes no new placements (it keeps the ones it has until they move)."""
+    draining = [env.name for env in envs if env.draining and env.name not in placed]
+    if draining:
+        errors = [f"{name} is draining: it takes no new apps while its apps move elsewhere" for name in draining]
+        raise ApiError(400, errors={"environments": errors})
+
+
 def _name_taken(error: ValidationError) -> bool:
     details = getattr(error, "error_dict", {}).get("name", [])
     return any(detail.code == "unique" for detail in details)
@@ -112,6 +120,7 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
     unknown = [name for name in payload.environments if name not in found]
     if unknown:
         raise ApiError(400, errors={"environments": [f"unknown environment {n[:60]!r}" for n in unknown]})
+    _refuse_draining([found[name] for name in payload.environments], placed=set())
     if Application.objects.filter(name=payload.name).exists():
         raise ApiError(409, f"an application named {payload.name!r} already exists")
     # Refused while Redis is down, before anything changes: the 503 could not carry the
@@ -225,6 +234,9 @@ def edit_app(
             unknown = [env for env in payload.environments if env not in found]
             if unknown:
                 raise ApiError(400, errors={"environments": [f"unknown environment {n[:60]!r}" for n in unknown]})
+            _refuse_draining(
+                [found[env] for env in payload.environments], {p.environment.name for p in app.placements.all()}
+            )
             try:
                 change = actions.set_application_environments(
                     app, [found[env] for env in payload.environments], user, via="api", force=payload.force

@@ -114,6 +114,7 @@ def environments_json(envs: list[Environment]) -> list[dict[str, Any]]:
                 "version": env.version,
                 "status": str(status),
                 "last_heartbeat": seen or env.last_heartbeat,
+                "draining": env.draining,
             }
         )
     return rows

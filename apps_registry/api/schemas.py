@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
+from apps_registry.models import AppStatus, EnvironmentStatus, JobStatus, StartMode, StepStatus
 from apps_registry.names import (
     ADMIN_USERNAME_MAX_LENGTH,
     MAX_HOST_LENGTH,
@@ -171,6 +171,7 @@ class Environment(_Out):
     version: str
     status: EnvironmentStatus
     last_heartbeat: Timestamp | None
+    draining: bool = Field(description="takes no new apps; the apps it runs are moving elsewhere")
 
 
 class EnvironmentList(_Out):
@@ -333,3 +334,38 @@ class LogLine(_Out):
 
 class LogLines(_Out):
     lines: list[LogLine] = Field(description="oldest first")
+
+
+class JobStepOut(_Out):
+    name: str
+    status: Literal[tuple(StepStatus.values)]
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    error: str
+
+
+class JobOut(_Out):
+    id: str
+    kind: str
+    status: Literal[tuple(JobStatus.values)]
+    steps: list[JobStepOut] = Field(description="in the order they run")
+
+
+class MoveRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"to": ["env_b"]}})
+
+    to: Annotated[
+        list[StrictStr],
+        Field(json_schema_extra={"minItems": 1, "uniqueItems": True}),
+        AfterValidator(_distinct),
+        _at_least_one("name at least one environment"),
+    ] = Field(description="the environments the app is on once moved (it leaves the others)")
+
+
+class JobAccepted(_Out):
+    job_id: str = Field(description="follow it with GET /jobs/<job_id>")
+
+
+class DrainState(_Out):
+    name: str
+    draining: bool

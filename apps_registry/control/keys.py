@@ -118,6 +118,12 @@ def start_lock(app: str) -> str:
     return _key("lock", "start", app)
 
 
+def job_lock(job_id: str) -> str:
+    """``P:lock:job:<job id>``: owner token of the queue worker running a tracked job (move,
+    drain); expires when that worker dies, which is how recovery finds the job orphaned."""
+    return _key("lock", "job", job_id)
+
+
 def start_pending() -> str:
     """``P:start:pending``: hash app -> "<generation> <request_id>" of unfinished start jobs."""
     return _key("start", "pending")

@@ -31,7 +31,8 @@ from apps_registry import signing
 from apps_registry.names import RESERVED_APP_NAMES, is_valid_name
 from supervisor_site.origins import origin_problem
 
-ACTIONS = ("start", "stop", "restart", "remove")
+# ``check``: a move's pre-check (does the environment reach the app's database?); changes nothing.
+ACTIONS = ("start", "stop", "restart", "remove", "check")
 # ``refused``: the command did not carry the supervisor's signature; nothing was done.
 RESULTS = ("ok", "error", "expired", "superseded", "refused")
 EVENT_TYPES = ("register", "heartbeat", "deregister", "status", "ack")

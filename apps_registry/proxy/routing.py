@@ -44,6 +44,13 @@ class Placement:
     env_status: str
     last_seen: dt.datetime | None
     app_status: str
+    # False on a move's target until its switch and on its source after (registry/moves.py).
+    serving: bool = True
+
+    @property
+    def switching(self) -> bool:
+        """Running but held out of the route by a move under way."""
+        return not self.serving and self.enabled and self.app_status == AppStatus.RUNNING
 
     @property
     def choosable(self) -> bool:
@@ -52,6 +59,7 @@ class Placement:
         # with a 502 naming it. Only ``offline`` and ``stopped`` are taken out of rotation.
         return (
             self.enabled
+            and self.serving
             and self.env_status in (EnvironmentStatus.ONLINE, EnvironmentStatus.UNKNOWN)
             and self.app_status == AppStatus.RUNNING
         )
@@ -247,6 +255,7 @@ _ROW_FIELDS = (
     "e_last_heartbeat",
     "e_stopped_at",
     "e_public_key",
+    "p_serving",
 )
 
 
@@ -288,6 +297,7 @@ def load_route(name: str) -> AppRoute | None:
             e_stopped_at=F("placements__environment__stopped_at"),
             # Liveness believes only leases signed with the bound key.
             e_public_key=F("placements__environment__public_key"),
+            p_serving=F("placements__serving"),
         )
         .values_list(*_ROW_FIELDS)
     )
@@ -311,6 +321,7 @@ def load_route(name: str) -> AppRoute | None:
                     env_status=statuses[row[5]][0],
                     last_seen=statuses[row[5]][1],
                     app_status=row[4],
+                    serving=row[12] is not False,
                 )
                 for row in rows
                 if row[5] is not None
@@ -356,7 +367,11 @@ def decide(route: AppRoute, requested: str | None, remembered: str | None) -> De
 
 
 def _why_unavailable(route: AppRoute) -> Decision:
-    usable = [p for p in route.placements if p.enabled]
+    if any(p.switching for p in route.placements):
+        # A move holds the app out of its route on one side: the view waits briefly for the
+        # switch to land rather than answering an error (view.SWITCH_WAIT).
+        return Decision("switching")
+    usable = [p for p in route.placements if p.enabled and p.serving]
     unreachable = tuple(p.environment for p in usable if p.app_status == AppStatus.RUNNING)
     if unreachable:
         return Decision("offline", environments=unreachable)

@@ -193,6 +193,10 @@ class AppProxyView(ProxyView):
         if requested == "":  # ?env= asks for the chooser explicitly
             return pages.chooser(request, route, "")
         decision = routing.decide(route, requested, request.COOKIES.get(ENV_COOKIE))
+        if decision.kind == "switching":
+            route, decision = _await_switch(name, requested, request.COOKIES.get(ENV_COOKIE))
+            if route is None:
+                return pages.not_found(request, name)
         if decision.kind == "choose":
             return pages.chooser(request, route, decision.notice)
         if decision.kind == "offline":
@@ -447,6 +451,27 @@ class AppProxyView(ProxyView):
         for raw in set_cookies:
             rules.pass_cookie(response, raw, mount)
         return response
+
+
+# How long a request that finds its app between the two sides of a move (running, held out of
+# the route, nowhere else serving) waits for the switch, re-reading the route (uncached) at
+# SWITCH_POLL; then it gets the usual answer for what it finds.
+SWITCH_WAIT = 3.0
+SWITCH_POLL = 0.05
+
+
+def _await_switch(name: str, requested: str | None, remembered: str | None) -> tuple[AppRoute | None, routing.Decision]:
+    deadline = time.monotonic() + SWITCH_WAIT
+    while True:
+        time.sleep(SWITCH_POLL)
+        route = routing.load_route(name)
+        if route is None:
+            return None, routing.Decision("unavailable", status=AppStatus.STOPPED)
+        decision = routing.decide(route, requested, remembered)
+        if decision.kind != "switching":
+            return route, decision
+        if time.monotonic() >= deadline:
+            return route, routing.Decision("unavailable", status=AppStatus.STARTING)
 
 
 def _to_own_host(request: HttpRequest, name: str, rest: str, suffix: str, apps_domain: str) -> HttpResponse:

@@ -177,6 +177,35 @@ def test_direct_commands_ack_errors_generations_and_duplicates(envs, cluster_log
     assert client.llen(keys.ack(fields["id"])) == 1
 
 
+def test_check_answers_whether_the_environment_reaches_the_apps_database(envs, cluster_logs):
+    """A move's pre-check: ``check`` changes nothing and answers ok or why not."""
+    app = new_app("reach", [envs["env_a"]], modules=[])
+    actions.request_start(app)
+    wait_status(app, "env_a", "running")
+    app.refresh_from_db()
+    ok = channel.send_command("env_b", "check", app.name, generation=app.generation, request_id="")
+    assert channel.wait_for_ack(ok, 10)["result"] == "ok"  # not placed there, and reaches it
+    assert status(app, "env_a") == ("running", "")
+    # Data migrated by newer module code than env_b has: env_b's modules are older.
+    import psycopg
+
+    with psycopg.connect(
+        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, dbname=f"{services.RUN_ID}_{app.name}"
+    ) as conn:
+        conn.execute(
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('auth', '9999_from_the_future', now())"
+        )
+    newer = channel.send_command("env_b", "check", app.name, generation=app.generation, request_id="")
+    ack = channel.wait_for_ack(newer, 10)
+    assert ack["result"] == "error" and "lacks auth.9999_from_the_future" in ack["error"], ack
+    away = new_app("reach_away", [envs["env_a"]], modules=[], database={"host": "127.0.0.1", "port": "1"})
+    refused = channel.send_command("env_b", "check", away.name, generation=away.generation, request_id="")
+    ack = channel.wait_for_ack(refused, 15)
+    assert ack["result"] == "error" and "cannot connect" in ack["error"], ack
+    unknown = channel.send_command("env_b", "check", "no_such_app", generation=1, request_id="")
+    assert channel.wait_for_ack(unknown, 10)["error"] == "unknown app 'no_such_app'"
+
+
 def test_durable_delivery_across_agent_restart_and_expiry(envs, cluster_logs):
     worker = cluster_logs.env_b
     app = new_app("durable", [envs["env_b"]])

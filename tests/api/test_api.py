@@ -269,6 +269,11 @@ def test_openapi_documents_every_route(document):
         "/apps/{name}/stop",
         "/apps/{name}/restart",
         "/apps/{name}/logs",
+        "/apps/{name}/move",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/cancel",
+        "/environments/{name}/drain",
+        "/environments/{name}/undrain",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})

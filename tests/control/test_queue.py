@@ -30,8 +30,10 @@ ENVS = ["env_a", "env_b"]
 
 def _template(path: str) -> str:
     parts = path.split("?")[0].strip("/").split("/")
-    if parts[0] == "apps" and len(parts) > 1:
+    if parts[0] in ("apps", "environments") and len(parts) > 1:
         parts[1] = "{name}"
+    if parts[0] == "jobs" and len(parts) > 1:
+        parts[1] = "{job_id}"
     return "/" + "/".join(parts)
 
 

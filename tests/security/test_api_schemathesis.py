@@ -33,8 +33,9 @@ EXAMPLES = 25
 BUDGET_S = 60.0
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
-# Registry content the document's examples use: environments env_a and env_b. The examples
-# create ``sales_eu``, start, stop, restart and edit it, and (last) delete it.
+# Registry content the document's examples use: environments env_a and env_b, and one job. The
+# examples create ``sales_eu``, start, stop, restart, edit and move it (off env_a: no target to
+# check), drain and undrain env_a, and (last) delete it.
 SETUP = """
 from django.contrib.auth import get_user_model
 from apps_registry.registry import actions
@@ -42,6 +43,10 @@ from apps_registry.models import ApiToken
 user = get_user_model().objects.create_superuser("fuzz", "fuzz@example.com", "fuzz-password")
 for name in ("env_a", "env_b"):
     actions.register_environment(name=name, url="http://127.0.0.1:9", version="test")
+# The job the document's GET /jobs/{job_id} example names.
+import uuid
+from apps_registry.models import Job
+Job.objects.create(id=uuid.UUID("00000000-0000-4000-8000-000000000000"), kind="move")
 token = ApiToken.issue(user, name="schemathesis")
 print(token[1])
 """
@@ -86,7 +91,7 @@ def test_every_operation_conforms_to_the_openapi_document(live_api):
     schema = schemathesis.openapi.from_url(f"{base}/api/v1/openapi.json", timeout=10)
     # Deleting last, so the operations before it find the example app.
     operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.method == "delete")
-    assert len(operations) == 10, [op.label for op in operations]
+    assert len(operations) == 15, [op.label for op in operations]
     session = requests.Session()
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + BUDGET_S
@@ -108,7 +113,7 @@ def test_every_operation_conforms_to_the_openapi_document(live_api):
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
     assert time.monotonic() < deadline + 15, "the run overran its time budget"
     # The document's examples reached the success path of every operation, not only its 4xx.
-    success = {"GET": 200, "POST /apps": 201, "PATCH": 200, "DELETE": 204}
+    success = {"GET": 200, "POST /apps": 201, "PATCH": 200, "DELETE": 204, "POST /environments/{name}/undrain": 200}
     for label, seen in calls.items():
         wanted = success.get(label, success.get(label.split()[0], 202))
         assert wanted in seen, (label, sorted(seen))

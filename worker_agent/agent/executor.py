@@ -13,7 +13,7 @@ from worker_agent.agent.commands import CommandError, Delivery
 from worker_agent.agent.epoch import EpochGuard
 from worker_agent.agent.inbox import Generations
 from worker_agent.agent.reporter import Reporter
-from worker_agent.hosting import local_state, runtime
+from worker_agent.hosting import app_databases, local_state, runtime
 
 log = logging.getLogger("worker_agent.agent")
 
@@ -164,6 +164,26 @@ class Executor:
             self.stop(app)
         elif command.action == "remove":
             self.unload(app, drop_data=command.drop_data)
+        elif command.action == "check":
+            self.check(app)
+
+    def check(self, app: str) -> None:
+        """A move's pre-check: does this environment offer the app's modules, reach its
+        database, and know every migration applied there (same or newer module versions)?
+        Nothing changes and no status is reported; the acknowledgement says ``ok`` or
+        ``error`` with why."""
+        spec = self.spec(app)
+        if spec is None:
+            raise CommandError(f"unknown app {app!r}")
+        try:
+            app_databases.modules_of(spec)  # this environment offers the app's modules
+            applied = app_databases.check_reachable(app_databases.describe(app, spec.get("options") or {}))
+        except app_databases.DatabaseError as error:
+            raise CommandError(str(error)) from None
+        newer = app_databases.migrations_unknown_here(applied)
+        if newer:
+            shown = ", ".join(newer[:5]) + (f" and {len(newer) - 5} more" if len(newer) > 5 else "")
+            raise CommandError(f"this environment's modules are older than the app's data: it lacks {shown}")
 
     def run(self, delivery: Delivery) -> None:
         """Carry out one command when its lane gets to it, then acknowledge it."""

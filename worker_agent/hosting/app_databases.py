@@ -291,6 +291,43 @@ def connects(db: AppDatabase) -> bool:
     return True
 
 
+def check_reachable(db: AppDatabase) -> set[tuple[str, str]]:
+    """Whether this environment reaches the app's existing database, without registering it
+    (a move's pre-check, command ``check``): the migrations applied there, or DatabaseError
+    saying why not. PostgreSQL: a connection to it opens and answers; SQLite: its file is here
+    (a SQLite app's data lives beside one environment only, so a move elsewhere cannot keep it)."""
+    query = "SELECT app, name FROM django_migrations"
+    if db.vendor == "sqlite":
+        import sqlite3
+
+        if not Path(db.name).is_file():
+            raise DatabaseError(f"{db.label}: no such file here (SQLite data does not move between environments)")
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db.name}?mode=ro", uri=True)) as conn:
+                return {(app, name) for app, name in conn.execute(query)}
+        except sqlite3.Error as error:
+            raise DatabaseError(f"cannot read {db.label}: {first_line(error)}") from None
+    import psycopg
+
+    try:
+        with _pg_connect(db, db.name) as conn:
+            return {(app, name) for app, name in conn.execute(query).fetchall()}
+    except psycopg.errors.UndefinedTable:
+        return set()  # created but never migrated: nothing this code could lack
+    except psycopg.Error as error:
+        raise DatabaseError(f"cannot connect to {db.label}: {first_line(error)}") from None
+
+
+def migrations_unknown_here(applied: set[tuple[str, str]]) -> list[str]:
+    """Migrations applied to an app's database that this environment's code does not have
+    (its modules are older than the ones that migrated the data): ``["contacts.0004_x", …]``."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    known = set(loader.disk_migrations)
+    return sorted(f"{app}.{name}" for app, name in applied if app in loader.migrated_apps and (app, name) not in known)
+
+
 # --- SQLite -----------------------------------------------------------------------------------
 
 

@@ -121,7 +121,8 @@ def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:
 
 def recover_throttled() -> None:
     """Run the periodic checks — interrupted starts, requests to environments that are not
-    there (control.undelivered) — at most once per lock TTL across all processes."""
+    there (control.undelivered), tracked jobs whose worker died (control.lifecycle) — at most once per
+    lock TTL across all processes."""
     ttl = settings.APP_CONFIG.start_lock_ttl
     if not redis_client.commands().set(keys.start_recovery_lock(), "1", nx=True, px=int(ttl * 1000)):
         return
@@ -133,3 +134,9 @@ def recover_throttled() -> None:
         undelivered.close_undeliverable()
     except Exception:
         log.exception("undelivered request check failed")
+    try:
+        from apps_registry.control.lifecycle.recovery import recover_jobs  # (it imports this package)
+
+        recover_jobs()
+    except Exception:
+        log.exception("tracked job recovery check failed")
