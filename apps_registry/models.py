@@ -309,3 +309,97 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class JobKind(models.TextChoices):
+    MOVE = "move"
+    DRAIN = "drain"
+    BACKUP = "backup"
+    RESTORE = "restore"
+    DRILL = "drill"
+    CLONE = "clone"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+JOB_DONE = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Job(models.Model):
+    """A tracked multi-step job (move, drain, backup, …) run by the queue worker: its steps are
+    ``JobStep`` rows, changed only through ``apps_registry.registry.jobs``."""
+
+    # A UUID: the API hands it out, and it says nothing about how many jobs there were.
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=20, choices=JobKind.choices)
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    # What it is about: kept as text too, so the job's history survives the app's deletion.
+    application = models.ForeignKey(Application, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    app_name = models.CharField(max_length=40, blank=True, db_index=True)
+    environment = models.ForeignKey(Environment, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    # A drain's moves are its children.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    params = models.JSONField(default=dict, blank=True)
+    # An operator asked to cancel: the job honours it at its next step boundary, where it can.
+    cancel_requested = models.BooleanField(default=False)
+    # The queue job running it (RQ's id) and when it last said it was alive: recovery finds a
+    # running job whose worker vanished by these.
+    runner = models.CharField(max_length=64, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("cancel_job", "Can cancel jobs")]
+
+    def __str__(self) -> str:
+        subject = self.app_name or (self.environment.name if self.environment_id else "")
+        return f"{self.kind} {subject} ({self.status})".replace("  ", " ")
+
+    @property
+    def done(self) -> bool:
+        return self.status in JOB_DONE
+
+
+class JobStep(models.Model):
+    """One step of a job, in order: its status, when it ran and why it failed."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=60)
+    status = models.CharField(max_length=10, choices=StepStatus.choices, default=StepStatus.QUEUED)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["job", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "position"], name="unique_job_step_position"),
+            models.UniqueConstraint(fields=["job", "name"], name="unique_job_step_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.name}: {self.status}"

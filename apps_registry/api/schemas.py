@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from apps_registry.models import AppStatus, EnvironmentStatus, StartMode
+from apps_registry.models import AppStatus, EnvironmentStatus, JobStatus, StartMode, StepStatus
 from apps_registry.names import (
     ADMIN_USERNAME_MAX_LENGTH,
     MAX_HOST_LENGTH,
@@ -333,3 +333,18 @@ class LogLine(_Out):
 
 class LogLines(_Out):
     lines: list[LogLine] = Field(description="oldest first")
+
+
+class JobStepOut(_Out):
+    name: str
+    status: Literal[tuple(StepStatus.values)]
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    error: str
+
+
+class JobOut(_Out):
+    id: str
+    kind: str
+    status: Literal[tuple(JobStatus.values)]
+    steps: list[JobStepOut] = Field(description="in the order they run")
