@@ -186,6 +186,10 @@ def _pg_restore(db: AppDatabase, dump: BinaryIO) -> None:
 # --- SQLite -----------------------------------------------------------------------------------
 
 
+def _quoted(identifier: str) -> str:
+    return identifier.replace('"', '""')
+
+
 def _sqlite_state(conn: sqlite3.Connection) -> tuple[dict[str, int], list[list[str]]]:
     tables = [
         row[0]
@@ -193,7 +197,8 @@ def _sqlite_state(conn: sqlite3.Connection) -> tuple[dict[str, int], list[list[s
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
         )
     ]
-    counts = {table: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in tables}
+    # Names from sqlite_master, quoted with their own quotes doubled: an identifier, never SQL.
+    counts = {t: conn.execute(f'SELECT count(*) FROM "{_quoted(t)}"').fetchone()[0] for t in tables}  # noqa: S608
     migrations = []
     if "django_migrations" in counts:
         migrations = [list(r) for r in conn.execute("SELECT app, name FROM django_migrations ORDER BY app, name")]

@@ -1,0 +1,78 @@
+"""Scheduled backups, retention and restore drills, checked from the queue worker's periodic
+loop (``start_queue.recovery.recover_throttled``) at most once per ``CHECK_EVERY`` across every
+queue worker (a Redis ``SET NX PX`` lock), so two queue workers never schedule one twice.
+
+- An app whose newest backup (of any outcome, a running one included) is older than its
+  interval (``policy.interval_for``) gets a scheduled backup; retention runs after each one.
+- An app whose newest successful backup was not drilled within ``APP_BACKUP_DRILL_INTERVAL``
+  gets a restore drill, unless one is waiting or running.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.conf import settings
+from django.db.models import Max
+from django.utils import timezone
+
+from apps_registry.control import keys, redis_client
+from apps_registry.control.backups.jobs import enqueue_job
+from apps_registry.control.backups.policy import interval_for
+from apps_registry.models import Application, Backup, BackupStatus, Job, JobKind, JobStatus
+from apps_registry.registry import actions
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 30.0
+OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def run_throttled() -> None:
+    if not redis_client.commands().set(keys.backup_schedule_lock(), "1", nx=True, px=int(CHECK_EVERY * 1000)):
+        return
+    try:
+        run_due()
+    except Exception:
+        log.exception("backup schedule check failed")
+
+
+def run_due(now: dt.datetime | None = None) -> dict[str, list[str]]:
+    """Queue the backups and drills that are due; ``{"backups": [app…], "drills": [app…]}``."""
+    now = now or timezone.now()
+    newest = dict(Backup.objects.values_list("app_name").annotate(at=Max("created_at")))
+    due = []
+    for app in Application.objects.all():
+        interval = interval_for(app)
+        if interval <= 0:
+            continue
+        last = newest.get(app.name)
+        if last is None or last <= now - dt.timedelta(seconds=interval):
+            backup, job = actions.request_backup(app, scheduled=True, via="schedule")
+            enqueue_job(job)
+            due.append(app.name)
+    return {"backups": due, "drills": _drills_due(now)}
+
+
+def latest_successful() -> dict[str, Backup]:
+    """Each app's newest successful backup."""
+    latest: dict[str, Backup] = {}
+    for backup in Backup.objects.filter(status=BackupStatus.SUCCEEDED).order_by("app_name", "-created_at"):
+        latest.setdefault(backup.app_name, backup)
+    return latest
+
+
+def _drills_due(now: dt.datetime) -> list[str]:
+    every = settings.APP_CONFIG.backup_drill_interval
+    if every <= 0:
+        return []
+    drilling = set(Job.objects.filter(kind=JobKind.DRILL, status__in=OPEN).values_list("params__backup", flat=True))
+    due = []
+    for name, backup in latest_successful().items():
+        if str(backup.pk) in drilling:
+            continue
+        if backup.drilled_at is None or backup.drilled_at <= now - dt.timedelta(seconds=every):
+            enqueue_job(actions.request_drill(backup, via="schedule"))
+            due.append(name)
+    return due
