@@ -55,7 +55,8 @@ def pg_app(db):
         for statement in SCHEMA:
             conn.execute(statement)
         conn.execute(
-            "INSERT INTO contacts_contact SELECT i, 'Contact ' || i, 'contacts/notes.txt' FROM generate_series(1, 500) i"
+            "INSERT INTO contacts_contact"
+            " SELECT i, 'Contact ' || i, 'contacts/notes.txt' FROM generate_series(1, 500) i"
         )
     yield database
     targets.drop(database)
