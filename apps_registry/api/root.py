@@ -9,7 +9,7 @@ from ninja import NinjaAPI, Swagger
 from ninja.openapi.schema import OpenAPISchema
 from ninja.renderers import JSONRenderer
 
-from apps_registry.api import apps, environments, errors, jobs, logs
+from apps_registry.api import apps, backups, environments, errors, jobs, logs
 
 
 class CompactJSON(JSONRenderer):
@@ -45,3 +45,4 @@ api.add_router("", environments.router)
 api.add_router("", apps.router)
 api.add_router("", logs.router)
 api.add_router("", jobs.router)
+api.add_router("", backups.router)

@@ -11,13 +11,14 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from apps_registry.control import ingest
 from apps_registry.control.backups import engine, targets
@@ -38,6 +39,17 @@ STOP_POLL = 0.2
 
 class Cancelled(Exception):
     pass
+
+
+def dispatch(job: Job) -> None:
+    """Run the job once the surrounding transaction commits: on the queue (supervisor), or in a
+    thread of this process (standalone: no Redis, no queue worker)."""
+    if settings.APP_CONFIG.uses_redis:
+        enqueue_job(job)
+    else:
+        transaction.on_commit(
+            lambda: threading.Thread(target=run_job, args=(str(job.pk),), name=f"{job.kind}-job", daemon=True).start()
+        )
 
 
 def enqueue_job(job: Job) -> None:
