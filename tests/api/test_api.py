@@ -269,6 +269,9 @@ def test_openapi_documents_every_route(document):
         "/apps/{name}/stop",
         "/apps/{name}/restart",
         "/apps/{name}/logs",
+        "/apps/{name}/backups",
+        "/apps/{name}/restore",
+        "/jobs/{job_id}",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})

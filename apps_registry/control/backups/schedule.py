@@ -29,8 +29,15 @@ CHECK_EVERY = 30.0
 OPEN = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
+def check_every() -> float:
+    """Seconds between checks: ``CHECK_EVERY``, or the shortest configured interval if shorter."""
+    config = settings.APP_CONFIG
+    intervals = [i for i in (config.backup_interval, config.backup_drill_interval) if i > 0]
+    return max(1.0, min([CHECK_EVERY, *intervals]))
+
+
 def run_throttled() -> None:
-    if not redis_client.commands().set(keys.backup_schedule_lock(), "1", nx=True, px=int(CHECK_EVERY * 1000)):
+    if not redis_client.commands().set(keys.backup_schedule_lock(), "1", nx=True, px=int(check_every() * 1000)):
         return
     try:
         run_due()
