@@ -86,7 +86,7 @@ class ApplicationAdmin(BackupsMixin, OperationsMixin, admin.ModelAdmin):
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
@@ -94,7 +94,7 @@ class ApplicationAdmin(BackupsMixin, OperationsMixin, admin.ModelAdmin):
             None,
             {"fields": ["name", "display_name", "description", "domain", "target_environments", "confirm_takedown"]},
         ),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
         ("Backups", {"fields": ["backups"]}),
         ("Recent history", {"fields": ["recent_history"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),

@@ -93,3 +93,31 @@ def test_the_list_flags_apps_without_a_proven_backup(app):
     actions.record_drill(backup.pk)
     listed = client.get(CHANGELIST).content.decode()
     assert "⚠" not in listed and "verified 20" in listed
+
+
+def test_the_form_sets_and_clears_the_apps_own_backup_policy(app):
+    from apps_registry.control.backups import policy
+
+    client = _signed_in(create_user("root", superuser=True))
+    env = Environment.objects.get(name="env_a")
+    form = {
+        "display_name": "crm",
+        "description": "",
+        "domain": "",
+        "target_environments": [env.pk],
+        "modules": ["contacts"],
+        "start_mode": "manual",
+        "backup_interval_hours": "6",
+        "backup_keep": "30",
+    }
+    assert client.post(f"{CHANGELIST}{app.pk}/change/", form).status_code == 302
+    app.refresh_from_db()
+    assert app.options["backups"] == {"interval": 21600, "keep": 30}
+    assert policy.interval_for(app) == 21600 and policy.keep_for(app) == 30
+    page = client.get(f"{CHANGELIST}{app.pk}/change/").content.decode()
+    assert 'name="backup_keep" value="30"' in page
+    assert client.post(f"{CHANGELIST}{app.pk}/change/", {**form, "backup_keep": "0"}).status_code == 200  # refused
+    form.update(backup_interval_hours="", backup_keep="")
+    assert client.post(f"{CHANGELIST}{app.pk}/change/", form).status_code == 302
+    app.refresh_from_db()
+    assert "backups" not in app.options and policy.keep_for(app) == policy.settings.APP_CONFIG.backup_keep
