@@ -16,7 +16,7 @@ from apps_registry.control.backups.jobs import JOB_PREFIX, run_job
 from apps_registry.control.backups.store import DirectoryStore
 from apps_registry.control.start_queue.enqueue import get_queue
 from apps_registry.models import Application, AuditEntry, Backup, Environment, Job
-from apps_registry.registry import actions
+from apps_registry.registry import actions, jobs
 from tests.support import services
 from tests.support.api import ApiClient
 from tests.support.users import create_user
@@ -195,3 +195,23 @@ def test_bad_restore_requests_change_nothing(api, app):
     assert api.call("POST", "/api/v1/apps/nope/backups", "/apps/{name}/backups")[0] == 404
     assert api.call("GET", "/api/v1/apps/nope/backups", "/apps/{name}/backups")[0] == 404
     assert Job.objects.count() == before
+
+
+def test_a_job_whose_queue_job_died_ends_failed(api, app, store):
+    status, body = api.call("POST", "/api/v1/apps/bk_jobs/backups", "/apps/{name}/backups")
+    job_id = body["job_id"]
+    # The queue worker took it, began, and was killed: RQ no longer has it started.
+    get_queue().remove(f"{JOB_PREFIX}{job_id}")
+    from rq.job import Job as RqJob
+
+    RqJob.fetch(f"{JOB_PREFIX}{job_id}", connection=get_queue().connection).delete()
+    jobs.start_job(job_id)
+    backup = Backup.objects.get(job_id=job_id)
+    actions.backup_started(backup.pk, store=store.label, location=f"bk_jobs/{backup.pk}")
+    (store.root / "bk_jobs" / str(backup.pk)).mkdir(parents=True)
+    assert schedule.recover_interrupted() == {"failed": [job_id], "requeued": []}
+    job = Job.objects.get(pk=job_id)
+    assert job.status == "failed" and job.error.startswith("interrupted: its queue job is gone")
+    backup.refresh_from_db()
+    assert backup.status == "failed" and not (store.root / "bk_jobs" / str(backup.pk)).exists()
+    assert schedule.recover_interrupted() == {"failed": [], "requeued": []}  # once

@@ -42,6 +42,13 @@ from apps_registry.models import ApiToken
 user = get_user_model().objects.create_superuser("fuzz", "fuzz@example.com", "fuzz-password")
 for name in ("env_a", "env_b"):
     actions.register_environment(name=name, url="http://127.0.0.1:9", version="test")
+# The id the document's examples use for a job and a backup (of the example app sales_eu, which
+# the POST /apps example creates), so that those examples reach their success path too.
+import uuid
+from apps_registry.models import Backup, Job
+example = uuid.UUID("00000000-0000-4000-8000-000000000000")
+Job.objects.create(id=example, kind="backup")
+Backup.objects.create(id=example, app_name="sales_eu", status="succeeded", checksum="0" * 64)
 token = ApiToken.issue(user, name="schemathesis")
 print(token[1])
 """

@@ -94,12 +94,13 @@ def _skip(job_id: Any, name: str) -> None:
 def _backup(job: Job) -> None:
     backup = Backup.objects.get(pk=job.params["backup"])
     app = job.application
-    if app is None:
-        raise BackupError("the app was deleted before its backup ran")
-    store = stores.configured()
-    prefix = f"{app.name}/{backup.pk}"
-    actions.backup_started(backup.pk, store=store.label, location=prefix)
+    store = None
+    prefix = f"{backup.app_name}/{backup.pk}"
     try:
+        if app is None:
+            raise BackupError("the app was deleted before its backup ran")
+        store = stores.configured()
+        actions.backup_started(backup.pk, store=store.label, location=prefix)
         with _step(job.pk, "dump"):
             result = engine.dump(
                 targets.app_database(app.name, app.options), targets.media_root(app.name), store, prefix, app=app.name
@@ -107,8 +108,10 @@ def _backup(job: Job) -> None:
         with _step(job.pk, "verify"):
             engine.verify(store, prefix, result.checksum)
     except BaseException as error:
+        # Whatever stopped it (a cancel too), the row says failed and no half backup stays.
         actions.backup_failed(backup.pk, str(error) or type(error).__name__)
-        store.delete_prefix(prefix)
+        if store is not None:
+            store.delete_prefix(prefix)
         raise
     actions.backup_succeeded(
         backup.pk,

@@ -6,6 +6,8 @@ queue worker (a Redis ``SET NX PX`` lock), so two queue workers never schedule o
   interval (``policy.interval_for``) gets a scheduled backup; retention runs after each one.
 - An app whose newest successful backup was not drilled within ``APP_BACKUP_DRILL_INTERVAL``
   gets a restore drill, unless one is waiting or running.
+- A backup job whose queue worker died ends ``failed`` (``recover_interrupted``), so it neither
+  stays "running" for ever nor blocks the next drill.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps_registry.control import keys, redis_client
-from apps_registry.control.backups.jobs import enqueue_job
+from apps_registry.control.backups import store as stores
+from apps_registry.control.backups.jobs import JOB_PREFIX, enqueue_job
 from apps_registry.control.backups.policy import interval_for
+from apps_registry.control.start_queue.enqueue import get_queue
 from apps_registry.models import Application, Backup, BackupStatus, Job, JobKind, JobStatus
-from apps_registry.registry import actions
+from apps_registry.registry import actions, jobs
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,66 @@ def run_throttled() -> None:
         log.exception("backup schedule check failed")
 
 
-def run_due(now: dt.datetime | None = None) -> dict[str, list[str]]:
-    """Queue the backups and drills that are due; ``{"backups": [app…], "drills": [app…]}``."""
+KINDS = (JobKind.BACKUP, JobKind.RESTORE, JobKind.CLONE, JobKind.DRILL)
+# A queued job whose RQ job is missing this long after it was made lost it (Redis lost its data,
+# or the supervisor died between commit and enqueue): it is queued again.
+REQUEUE_AFTER = dt.timedelta(seconds=60)
+ALIVE = ("queued", "started", "deferred", "scheduled")
+
+
+def _rq_status(job_id: str) -> str | None:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job as RqJob
+
+    try:
+        return RqJob.fetch(f"{JOB_PREFIX}{job_id}", connection=get_queue().connection).get_status(refresh=True)
+    except NoSuchJobError:
+        return None
+
+
+def recover_interrupted(now: dt.datetime | None = None) -> dict[str, list[str]]:
+    """Backup, restore, clone and drill jobs whose queue job died (its queue worker killed, RQ
+    marked it failed or lost it) end ``failed`` saying so, and a backup they were making is failed
+    and its parts deleted; queued ones whose queue job is missing are queued again."""
     now = now or timezone.now()
+    result: dict[str, list[str]] = {"failed": [], "requeued": []}
+    for job in Job.objects.filter(kind__in=KINDS, status__in=OPEN).select_related("application"):
+        status = _rq_status(str(job.pk))
+        if status in ALIVE:
+            continue
+        if job.status == JobStatus.QUEUED:
+            if status is None and job.created_at < now - REQUEUE_AFTER:
+                enqueue_job(job)
+                result["requeued"].append(str(job.pk))
+            continue
+        error = f"interrupted: its queue job is {status or 'gone'} (the queue worker stopped before it finished)"
+        if job.kind == JobKind.RESTORE:
+            error += "; the app may be stopped with part of the backup restored: restore again, then check it runs"
+        interrupt(job, error)
+        result["failed"].append(str(job.pk))
+    # A backup whose job ended without it (cancelled while queued) is failed, not "queued" for ever.
+    for backup in Backup.objects.filter(status__in=(BackupStatus.QUEUED, BackupStatus.RUNNING)).exclude(
+        job__status__in=OPEN
+    ):
+        actions.backup_failed(backup.pk, f"its job ended ({backup.job.status if backup.job else 'gone'}) before it")
+    return result
+
+
+def interrupt(job: Job, error: str) -> None:
+    if job.kind == JobKind.BACKUP and job.params.get("backup"):
+        backup = Backup.objects.filter(pk=job.params["backup"]).first()
+        if backup is not None and backup.status in (BackupStatus.QUEUED, BackupStatus.RUNNING):
+            actions.backup_failed(backup.pk, error)
+            if backup.location:
+                stores.configured().delete_prefix(backup.location)
+    jobs.finish_job(job.pk, error=error)
+
+
+def run_due(now: dt.datetime | None = None) -> dict[str, list[str]]:
+    """Queue the backups and drills that are due; ``{"backups": [app…], "drills": [app…]}``.
+    Interrupted jobs are dealt with first (``recover_interrupted``)."""
+    now = now or timezone.now()
+    recover_interrupted(now)
     newest = dict(Backup.objects.values_list("app_name").annotate(at=Max("created_at")))
     due = []
     for app in Application.objects.all():
