@@ -215,3 +215,18 @@ def test_a_job_whose_queue_job_died_ends_failed(api, app, store):
     backup.refresh_from_db()
     assert backup.status == "failed" and not (store.root / "bk_jobs" / str(backup.pk)).exists()
     assert schedule.recover_interrupted() == {"failed": [], "requeued": []}  # once
+
+
+def test_the_schedule_backs_up_what_is_due_once(app):
+    config = dataclasses.replace(settings.APP_CONFIG, backup_interval=3600.0, backup_drill_interval=0.0)
+    with override_settings(APP_CONFIG=config):
+        assert schedule.run_due() == {"backups": ["bk_jobs"], "drills": []}
+        assert schedule.run_due()["backups"] == []  # its newest backup (queued) is not due yet
+        (queued,) = Backup.objects.filter(app_name="bk_jobs")
+        assert queued.scheduled and queued.job.kind == "backup"
+        assert AuditEntry.objects.filter(action="backup_requested", via="schedule").count() == 1
+        app.options = {**app.options, "backups": {"interval": 0}}  # this app: never scheduled
+        app.save(update_fields=["options"])
+        Backup.objects.all().delete()
+        assert schedule.run_due()["backups"] == []
+    get_queue().remove(f"{JOB_PREFIX}{queued.job_id}")
