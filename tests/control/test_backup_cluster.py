@@ -1,7 +1,9 @@
 """Backups on the real cluster: an app on env_a with a contact and its uploaded file (through
 the supervisor's proxy), backed up by a real queue worker (``manage.py rqworker app_starts``)
 through the API; its data then lost and restored (stop, restore, start through the queue), and
-cloned under a new name onto env_b: the same rows and the same file, served through the proxy."""
+cloned under a new name onto env_b: the same rows and the same file, served through the proxy.
+The queue worker drills every 2 s here (APP_BACKUP_DRILL_INTERVAL): its scheduled drill proves
+the backup restorable, and fails it once a part of it is corrupted in the store."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ FILE = b"analytical engine\n" * 200
 @pytest.fixture(scope="module")
 def queue_worker(cluster, tmp_path_factory):
     pool = QueueWorkers(cluster, tmp_path_factory.mktemp("backup-queue"))
-    pool.start(1)
+    pool.start(1, APP_BACKUP_DRILL_INTERVAL="2")
     yield pool
     pool.stop_all()
 
@@ -52,6 +54,19 @@ def _job(api: Api, job_id: str, timeout: float = 60) -> dict:
     return body
 
 
+def _drill_state(backup_id: str) -> tuple[str, str]:
+    with psycopg.connect(
+        host=services.PG_HOST,
+        port=services.PG_PORT,
+        user=services.PG_USER,
+        dbname=f"{services.RUN_ID}_supervisor_cluster",
+    ) as conn:
+        row = conn.execute(
+            "SELECT verify_status, verify_error FROM apps_registry_backup WHERE id = %s", (backup_id,)
+        ).fetchone()
+    return row
+
+
 def _signed_in(port: int, app: str) -> Client:
     client = Client(port)
     assert client.login(app, "admin", PASSWORD) == 302
@@ -79,6 +94,13 @@ def test_backup_restore_and_clone_give_back_the_rows_and_the_file(api: Api, queu
     assert [s["status"] for s in _job(api, answer["job_id"])["steps"]] == ["succeeded", "succeeded"]
     (backup,) = api("GET", f"/apps/{APP}/backups")[1]["backups"]
     assert backup["status"] == "succeeded" and backup["size"] > len(FILE)
+    # The queue worker's scheduled drill restores it into a scratch database and checks it.
+    wait_until(
+        lambda: api("GET", f"/apps/{APP}/backups")[1]["backups"][0]["verified_at"],
+        timeout=30,
+        interval=0.2,
+        message="the backup verified by a drill",
+    )
 
     # The data is lost: the contact deleted, its file gone.
     with psycopg.connect(
@@ -113,3 +135,20 @@ def test_backup_restore_and_clone_give_back_the_rows_and_the_file(api: Api, queu
     assert _rows(COPY) == before
     status, _, text = _signed_in(cluster.port, COPY).get(f"/apps/{COPY}/files/contacts/ada.txt")
     assert status == 200 and text.encode() == FILE
+
+    # A part corrupted in the store: the next drill fails the backup, saying which part.
+    part = services.storage_dir() / "supervisor" / "backups" / APP / backup["id"] / "files.tar"
+    data = bytearray(part.read_bytes())  # (its end is the tar's zero padding: change the middle)
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    try:
+        status, error = wait_until(
+            lambda: (state := _drill_state(backup["id"]))[0] == "failed" and state,
+            timeout=30,
+            interval=0.2,
+            message="the corrupted backup failed by a drill",
+        )
+    except AssertionError:
+        print(queue_worker.logs())
+        raise
+    assert "files.tar does not match its checksum" in error
