@@ -411,3 +411,56 @@ class JobStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}. {self.name}: {self.status}"
+
+
+class BackupStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class VerifyStatus(models.TextChoices):
+    NEVER = "", "never verified"
+    VERIFIED = "verified"
+    FAILED = "failed"
+
+
+class Backup(models.Model):
+    """One backup of one app (database dump, uploads, manifest) in the backup store; changed
+    only through ``apps_registry.registry.backups``. The parts are in the store under
+    ``location``; the row says what they must be (size, checksum, manifest) and whether a
+    restore drill last proved them restorable."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Kept as text too: a deleted app's backups can still be restored (as a new app).
+    application = models.ForeignKey(
+        Application, null=True, blank=True, on_delete=models.SET_NULL, related_name="backups"
+    )
+    app_name = models.CharField(max_length=40, db_index=True)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    status = models.CharField(max_length=10, choices=BackupStatus.choices, default=BackupStatus.QUEUED)
+    scheduled = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Where the parts are: the store's label (directory or bucket) and the key prefix in it.
+    store = models.CharField(max_length=300, blank=True)
+    location = models.CharField(max_length=200, blank=True)
+    vendor = models.CharField(max_length=20, blank=True)
+    size = models.BigIntegerField(default=0)
+    checksum = models.CharField(max_length=64, blank=True)  # sha256 of the manifest (which holds the parts')
+    duration = models.FloatField(default=0.0)  # seconds
+    manifest = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    # The last restore drill: when it proved the backup restorable, or that it is not.
+    verify_status = models.CharField(max_length=10, choices=VerifyStatus.choices, blank=True, default="")
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verify_error = models.TextField(blank=True)
+    drilled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("restore_backup", "Can restore backups")]
+
+    def __str__(self) -> str:
+        return f"{self.app_name} {self.created_at:%Y-%m-%d %H:%M:%S} ({self.status})"

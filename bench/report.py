@@ -314,6 +314,30 @@ def lifecycle_bench(docs: list) -> list[Figure]:
     return figures
 
 
+def backup_bench(docs: list) -> list[Figure]:
+    """Per-app backup and restore against plain pg_dump/pg_restore (+ tar) on the same data, one run."""
+    figures = []
+    for row in _dicts(docs):
+        if row.get("bench") != "backup":
+            continue
+        data = f"{row['data_mb']} MB ({row['rows']:,} rows, {row['files']} files), median of {row['rounds']}"
+        figures += [
+            (
+                f"app backup vs pg_dump -Fc + tar, {data}",
+                f"{row['backup_mb_per_s']} MB/s vs {row['pg_dump_mb_per_s']} MB/s, ratio {row['backup_ratio']}",
+                "≥ 0.8×",
+                _met(row["backup_ratio"], 0.8, at_most=False),
+            ),
+            (
+                f"app restore vs pg_restore + tar, {data}",
+                f"{row['restore_mb_per_s']} MB/s vs {row['pg_restore_mb_per_s']} MB/s, ratio {row['restore_ratio']}",
+                "≥ 0.8×",
+                _met(row["restore_ratio"], 0.8, at_most=False),
+            ),
+        ]
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -335,6 +359,7 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "convergence_bench": convergence_bench,
     "slow_clients": slow_clients,
     "lifecycle_bench": lifecycle_bench,
+    "backup_bench": backup_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -348,6 +373,7 @@ QUICK_ARGS = {
     "convergence_bench": ["--apps", "20", "--patches", "3"],
     "slow_clients": ["--clients", "50", "--seconds", "8"],
     "lifecycle_bench": ["--moves", "3", "--apps", "10"],
+    "backup_bench": ["--rows", "50000", "--files", "20", "--rounds", "1"],
 }
 
 

@@ -113,6 +113,18 @@ class Config:
     apps_domain: str = ""
     # Recent log lines kept per app and environment (worker_agent/hosting/app_logs.py).
     app_log_lines: int = 500
+    # Per-app backups (apps_registry/control/backups): the directory store, or an S3 bucket.
+    backup_dir: Path = Path("storage/backups")
+    backup_s3_bucket: str = ""
+    backup_s3_prefix: str = ""
+    backup_s3_endpoint: str = ""
+    # Scheduled backups every this many seconds per app (0: none), keeping this many; drills.
+    backup_interval: float = 86400.0
+    backup_keep: int = 7
+    backup_drill_interval: float = 86400.0
+    # Where hosted apps keep their uploads, one folder per app (shared by the environments
+    # running an app and by the queue worker that backs it up).
+    media_dir: Path = Path("storage/media")
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -448,4 +460,12 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         login_lockout_seconds=read.seconds("LOGIN_LOCKOUT_SECONDS", 900.0, minimum=1.0),
         https=read.boolean("APP_HTTPS", False),
         apps_domain=apps_domain,
+        backup_dir=Path(read.raw("APP_BACKUP_DIR") or storage_dir / "backups"),
+        backup_s3_bucket=read.raw("APP_BACKUP_S3_BUCKET"),
+        backup_s3_prefix=read.raw("APP_BACKUP_S3_PREFIX"),
+        backup_s3_endpoint=read.raw("APP_BACKUP_S3_ENDPOINT"),
+        backup_interval=read.seconds("APP_BACKUP_INTERVAL", 86400.0, minimum=0.0),
+        backup_keep=read.integer("APP_BACKUP_KEEP", 7, minimum=1, maximum=1000),
+        backup_drill_interval=read.seconds("APP_BACKUP_DRILL_INTERVAL", 86400.0, minimum=0.0),
+        media_dir=Path(read.raw("APP_MEDIA_DIR") or storage_dir / "media"),
     )

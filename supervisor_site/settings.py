@@ -193,7 +193,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
-MEDIA_ROOT = APP_CONFIG.storage_dir / "media"
+MEDIA_ROOT = APP_CONFIG.media_dir
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = APP_CONFIG.proxy_max_upload_bytes
 

@@ -21,11 +21,13 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from apps_registry.admin import audit, jobs, logs
+from apps_registry.admin.backups import BackupsMixin, flag
 from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.moves import MoveActionMixin
 from apps_registry.admin.operations import OperationsMixin
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
+from apps_registry.control.backups import health
 from apps_registry.control.shown_status import explain, shown_status
 from apps_registry.models import AppEnvironment, Application, AppStatus, Environment, EnvironmentStatus
 from apps_registry.registry import actions, outbox
@@ -62,9 +64,15 @@ class EnvironmentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Application)
-class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
+class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
-    list_display = ["name", "display_name_shown", "statuses", "open_link"]  # + the operations column (the mixin)
+    list_display = [
+        "name",
+        "display_name_shown",
+        "statuses",
+        "backups_shown",
+        "open_link",
+    ]  # + the operations column (the mixin)
     list_display_links = ["name"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
     # An environment's name finds the apps placed there (Django de-duplicates the join's rows).
@@ -85,7 +93,7 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
@@ -93,7 +101,8 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
             None,
             {"fields": ["name", "display_name", "description", "domain", "target_environments", "confirm_takedown"]},
         ),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
+        ("Backups", {"fields": ["backups"]}),
         ("Recent history", {"fields": ["recent_history"]}),
         ("Moves", {"fields": ["recent_jobs"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),
@@ -109,7 +118,7 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Application | None = None) -> list[str]:
         # The name is a URL segment, a database and Redis keys: fixed once created.
-        return ["name", "recent_history", "recent_jobs", "recent_logs"] if obj is not None else []
+        return ["name", "backups", "recent_history", "recent_jobs", "recent_logs"] if obj is not None else []
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
@@ -123,9 +132,22 @@ class ApplicationAdmin(MoveActionMixin, OperationsMixin, admin.ModelAdmin):
         apps = list(changelist.result_list)  # evaluates (and caches) the page's queryset
         envs = {p.environment.name: p.environment for app in apps for p in app.placements.all()}
         statuses = liveness.environment_statuses(list(envs.values()))  # one Redis round trip per page
+        backups = health.of_apps([app.name for app in apps])  # one query per page
         for app in apps:
             app.environment_statuses = statuses
+            app.backup_health = backups.get(app.name)
         return changelist
+
+    @admin.display(description="last verified restore")
+    def backups_shown(self, app: Application) -> str:
+        """Flagged when the newest backup failed, failed its drill or was never verified."""
+        if not hasattr(app, "backup_health"):
+            app.backup_health = health.of_apps([app.name]).get(app.name)
+        return flag(app.backup_health)
+
+    @admin.display(description="backups")
+    def backups(self, app: Application | None) -> str:
+        return self.backups_block(app)
 
     @admin.display(description="open")
     def open_link(self, app: Application) -> str:

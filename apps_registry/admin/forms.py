@@ -47,6 +47,21 @@ class ApplicationForm(forms.ModelForm):
         required=False,
         help_text="Leave blank to generate one; it is shown once after saving and stored only as a hash.",
     )
+    # The app's own backup schedule and retention (options.backups); blank: the fleet's default.
+    backup_interval_hours = forms.FloatField(
+        label="Back up every (hours)",
+        required=False,
+        min_value=0,
+        max_value=24 * 366,
+        help_text="Blank: the fleet's default (APP_BACKUP_INTERVAL); 0: no scheduled backups.",
+    )
+    backup_keep = forms.IntegerField(
+        label="Backups kept",
+        required=False,
+        min_value=1,
+        max_value=1000,
+        help_text="Blank: the fleet's default (APP_BACKUP_KEEP).",
+    )
     # Shown (and acted on) only on the add page and for users who may start applications:
     # ApplicationAdmin.get_fieldsets and save_model check the permission.
     start_now = forms.BooleanField(
@@ -87,6 +102,12 @@ class ApplicationForm(forms.ModelForm):
             self.fields["target_environments"].initial = placed
             self.fields["modules"].initial = app.modules
             self.fields["start_mode"].initial = app.start_mode
+            backups = (app.options or {}).get("backups") or {}
+            if isinstance(backups, dict):
+                interval = backups.get("interval")
+                if isinstance(interval, int | float):
+                    self.fields["backup_interval_hours"].initial = interval / 3600
+                self.fields["backup_keep"].initial = backups.get("keep")
 
     def clean_domain(self) -> str | None:
         # Typed as people type host names; stored lower-case, None when blank (unique only
@@ -123,4 +144,13 @@ class ApplicationForm(forms.ModelForm):
         options = dict(app.options or {})
         options["modules"] = list(self.cleaned_data.get("modules") or [])
         options["start_mode"] = self.cleaned_data.get("start_mode") or StartMode.MANUAL
+        backups = {}
+        if self.cleaned_data.get("backup_interval_hours") is not None:
+            backups["interval"] = round(self.cleaned_data["backup_interval_hours"] * 3600)
+        if self.cleaned_data.get("backup_keep") is not None:
+            backups["keep"] = self.cleaned_data["backup_keep"]
+        if backups:
+            options["backups"] = backups
+        else:
+            options.pop("backups", None)
         return options

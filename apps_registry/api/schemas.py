@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from apps_registry.models import AppStatus, EnvironmentStatus, JobStatus, StartMode, StepStatus
+from apps_registry.models import AppStatus, BackupStatus, EnvironmentStatus, JobStatus, StartMode, StepStatus
 from apps_registry.names import (
     ADMIN_USERNAME_MAX_LENGTH,
     MAX_HOST_LENGTH,
@@ -369,3 +369,39 @@ class JobAccepted(_Out):
 class DrainState(_Out):
     name: str
     draining: bool
+
+
+class BackupOut(_Out):
+    id: str
+    created_at: Timestamp
+    size: int = Field(description="bytes in the store (database dump, files, manifest)")
+    checksum: str = Field(description="sha256 of the backup's manifest, which holds each part's sha256")
+    status: Literal[tuple(BackupStatus.values)]
+    verified_at: Timestamp | None = Field(description="when a restore drill last proved it restorable")
+
+
+class BackupList(_Out):
+    backups: list[BackupOut] = Field(description="newest first")
+
+
+class RestoreIn(_Body):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=False,
+        json_schema_extra={"example": {"backup": "00000000-0000-4000-8000-000000000000", "as": "sales_eu_copy"}},
+    )
+
+    backup: StrictStr = Field(max_length=60, description="the backup's id (GET /apps/{name}/backups)")
+    as_: AppNameIn | None = Field(
+        None,
+        alias="as",
+        description="restore into a new application of this name (a clone)",
+        json_schema_extra=_optional,
+    )
+    environments: (
+        Annotated[list[StrictStr], AfterValidator(_distinct), _at_least_one("choose at least one environment")] | None
+    ) = Field(
+        None,
+        description="with \"as\": the clone's environments (default: the source's)",
+        json_schema_extra=_optional_list,
+    )

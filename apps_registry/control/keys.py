@@ -134,6 +134,11 @@ def start_recovery_lock() -> str:
     return _key("lock", "start-recovery")
 
 
+def backup_schedule_lock() -> str:
+    """``P:lock:backup-schedule``: one queue worker at a time runs the backup schedule's check."""
+    return _key("lock", "backup-schedule")
+
+
 def first_visit_lock(app: str) -> str:
     """``P:lock:first-visit:<app>``: debounce of "start on first visit"."""
     return _key("lock", "first-visit", app)

@@ -95,6 +95,40 @@ class RegistryCollector:
             length = GaugeMetricFamily(f"{NAMESPACE}_start_queue_jobs", "Jobs waiting in the app_starts RQ queue")
             length.add_metric([], jobs)
             yield length
+        yield from _backups()
+
+
+def _backups() -> Iterator[Metric]:
+    """Per app: its last successful backup, its last verified restore (a drill), and 1 where
+    its newest backup is not proven restorable (failed, failed its drill, never drilled)."""
+    from apps_registry.control.backups import health
+    from apps_registry.models import Application
+
+    states = health.of_apps(list(Application.objects.values_list("name", flat=True)))
+    success = GaugeMetricFamily(
+        f"{NAMESPACE}_backup_last_success_timestamp_seconds",
+        "When the app's newest successful backup was taken (Unix time; absent: none)",
+        labels=["app"],
+    )
+    verified = GaugeMetricFamily(
+        f"{NAMESPACE}_backup_last_verified_restore_timestamp_seconds",
+        "When a restore drill last proved one of the app's backups restorable (Unix time; absent: never)",
+        labels=["app"],
+    )
+    unproven = GaugeMetricFamily(
+        f"{NAMESPACE}_backup_unproven",
+        "1 if the app's newest backup failed, failed its restore drill or was never verified; else 0",
+        labels=["app"],
+    )
+    for name, state in states.items():
+        if state.last_success_at:
+            success.add_metric([name], state.last_success_at.timestamp())
+        if state.last_verified_at:
+            verified.add_metric([name], state.last_verified_at.timestamp())
+        unproven.add_metric([name], 1 if state.flagged else 0)
+    yield success
+    yield verified
+    yield unproven
 
 
 def _environment_statuses(envs: list) -> dict[str, tuple[str, object]]:

@@ -24,6 +24,18 @@ from apps_registry.registry.applications import (
     takedown,
     update_application,
 )
+from apps_registry.registry.backups import (
+    BackupNotUsable,
+    backup_failed,
+    backup_started,
+    backup_succeeded,
+    prune_backups,
+    record_drill,
+    request_backup,
+    request_clone,
+    request_drill,
+    request_restore,
+)
 from apps_registry.registry.environments import (
     HEARTBEAT_RESOLUTION,
     NotApproved,
@@ -53,6 +65,16 @@ from apps_registry.registry.starts import (
 from apps_registry.registry.tokens import issue_api_token, revoke_api_tokens
 
 __all__ = [
+    "BackupNotUsable",
+    "backup_failed",
+    "backup_started",
+    "backup_succeeded",
+    "prune_backups",
+    "record_drill",
+    "request_backup",
+    "request_clone",
+    "request_drill",
+    "request_restore",
     "ACTIVE",
     "HEARTBEAT_RESOLUTION",
     "IDENTITY_AUDIT_EVERY",

@@ -146,7 +146,7 @@ def test_list_pages_query_count_is_constant(admin_client, url, redis_conn):
     assert Application.objects.count() == 1000 and AppEnvironment.objects.count() == 3000
     large = count_queries(admin_client, url)
     assert large == small, f"{url}: {small} queries for 10 rows, {large} for 1,000"
-    assert small <= 10
+    assert small <= 11  # the backups column adds one query per page (admin/backups.py)
 
 
 # --- Changes go through the actions --------------------------------------------------------------

@@ -274,6 +274,8 @@ def test_openapi_documents_every_route(document):
         "/jobs/{job_id}/cancel",
         "/environments/{name}/drain",
         "/environments/{name}/undrain",
+        "/apps/{name}/backups",
+        "/apps/{name}/restore",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})

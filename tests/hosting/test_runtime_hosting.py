@@ -171,6 +171,8 @@ def worker(tmp_path_factory):
         "ENVIRONMENT_NAME": ENV_NAME,
         "ENVIRONMENT_URL": f"http://127.0.0.1:{port}",
         "APP_STORAGE_DIR": str(storage),
+        # Its own uploads folder (not the session's shared one that tests/settings.py exports).
+        "APP_MEDIA_DIR": str(storage / "media"),
     }
     web = gunicorn("runtime_worker_a", port, env, storage, workers=2, threads=2).start()
     handle = Worker(port, env, storage)

@@ -43,10 +43,13 @@ from apps_registry.models import ApiToken
 user = get_user_model().objects.create_superuser("fuzz", "fuzz@example.com", "fuzz-password")
 for name in ("env_a", "env_b"):
     actions.register_environment(name=name, url="http://127.0.0.1:9", version="test")
-# The job the document's GET /jobs/{job_id} example names.
+# The id the document's examples use for a job and a backup (of the example app sales_eu, which
+# the POST /apps example creates), so that those examples reach their success path too.
 import uuid
-from apps_registry.models import Job
-Job.objects.create(id=uuid.UUID("00000000-0000-4000-8000-000000000000"), kind="move")
+from apps_registry.models import Backup, Job
+example = uuid.UUID("00000000-0000-4000-8000-000000000000")
+Job.objects.create(id=example, kind="backup")
+Backup.objects.create(id=example, app_name="sales_eu", status="succeeded", checksum="0" * 64)
 token = ApiToken.issue(user, name="schemathesis")
 print(token[1])
 """
@@ -91,7 +94,7 @@ def test_every_operation_conforms_to_the_openapi_document(live_api):
     schema = schemathesis.openapi.from_url(f"{base}/api/v1/openapi.json", timeout=10)
     # Deleting last, so the operations before it find the example app.
     operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda op: op.method == "delete")
-    assert len(operations) == 15, [op.label for op in operations]
+    assert len(operations) == 18, [op.label for op in operations]
     session = requests.Session()
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + BUDGET_S

@@ -47,6 +47,12 @@ def supervisor_test_environ() -> dict[str, str]:
         "APP_REDIS_PREFIX": RUN_ID,
         "APP_DB_PREFIX": f"{RUN_ID}_",
         "APP_STORAGE_DIR": str(storage_dir()),
+        # Uploads in one folder for every process of the run, as environments sharing an app
+        # share it in production (and the queue worker that backs it up reads it).
+        "APP_MEDIA_DIR": str(storage_dir() / "media"),
+        # No scheduled backups or drills unless a test asks: they would queue jobs everywhere.
+        "APP_BACKUP_INTERVAL": "0",
+        "APP_BACKUP_DRILL_INTERVAL": "0",
         # One supervisor key for the test process and the cluster's supervisor: both send
         # commands to the same workers (tests/support/identity.py).
         "SUPERVISOR_KEY": "dGVzdC1zdXBlcnZpc29yLWtleS0zMi1ieXRlcy0hISE=",

@@ -79,8 +79,8 @@ def _checked_name(name: object) -> str:
 
 
 def media_dir(name: str):
-    """Uploaded files of app ``name``: ``<storage>/media/<name>/``."""
-    return settings.APP_CONFIG.storage_dir / "media" / _checked_name(name)
+    """Uploaded files of app ``name``: ``<APP_MEDIA_DIR>/<name>/`` (default ``<storage>/media``)."""
+    return settings.APP_CONFIG.media_dir / _checked_name(name)
 
 
 def start_app(spec: dict) -> None:

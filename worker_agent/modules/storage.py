@@ -24,7 +24,7 @@ def current_app_name() -> str:
 
 
 def app_media_root(name: str) -> str:
-    return os.path.join(settings.APP_CONFIG.storage_dir, "media", name)
+    return os.path.join(settings.APP_CONFIG.media_dir, name)
 
 
 @deconstructible

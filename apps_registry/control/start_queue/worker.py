@@ -13,6 +13,7 @@ from django.db import close_old_connections
 from rq.exceptions import StopRequested
 
 from apps_registry.control import ingest
+from apps_registry.control.backups import schedule as backup_schedule
 from apps_registry.control.outage import Outage
 from apps_registry.control.runners import remote
 from apps_registry.control.start_queue.enqueue import forget_pending, pending_value
@@ -193,6 +194,7 @@ class StartQueueWorker(rq.SimpleWorker):
                 self._next_recovery = time.monotonic() + settings.APP_CONFIG.start_lock_ttl / 2
                 try:
                     recover_throttled()
+                    backup_schedule.run_throttled()
                 finally:
                     close_old_connections()
         except redis.RedisError as error:
