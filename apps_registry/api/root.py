@@ -9,7 +9,7 @@ from ninja import NinjaAPI, Swagger
 from ninja.openapi.schema import OpenAPISchema
 from ninja.renderers import JSONRenderer
 
-from apps_registry.api import apps, environments, errors, logs
+from apps_registry.api import apps, environments, errors, figures, logs
 
 
 class CompactJSON(JSONRenderer):
@@ -44,3 +44,4 @@ errors.install(api)
 api.add_router("", environments.router)
 api.add_router("", apps.router)
 api.add_router("", logs.router)
+api.add_router("", figures.router)

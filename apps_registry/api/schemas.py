@@ -333,3 +333,19 @@ class LogLine(_Out):
 
 class LogLines(_Out):
     lines: list[LogLine] = Field(description="oldest first")
+
+
+class Figure(_Out):
+    requests: int = Field(description="requests served in the window")
+    errors: int = Field(description="of which answered 5xx")
+    requests_per_minute: float = Field(description="requests divided by the minutes the window has covered")
+    p50_ms: float | None = Field(description="median duration in ms, from a bucket histogram (null: no requests)")
+    error_rate: float | None = Field(description="errors / requests, 0 to 1 (null: no requests)")
+    database_bytes: int | None = Field(description="the app's database size as the worker last measured it")
+    database_measured_at: str | None = Field(description="when it was measured (ISO 8601, Redis's clock)")
+
+
+class AppFiguresOut(_Out):
+    window_seconds: int = Field(description="the window: the current minute and the four before it (Redis's clock)")
+    total: Figure = Field(description="every environment together (the database is the app's one: newest size)")
+    environments: dict[str, Figure]
