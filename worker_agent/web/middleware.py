@@ -30,6 +30,7 @@ from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
 
 from apps_registry.names import is_valid_name
+from apps_registry.observability.metrics import observe_hosted_request
 from supervisor_site.forwarded import FROM_TRUSTED_PROXY
 from supervisor_site.vouched_hosts import vouch
 from worker_agent.hosting import app_databases, app_figures, app_logs, local_state, serving
@@ -70,6 +71,7 @@ def _record_request(request: HttpRequest, route: _Route, name: str, status: int,
     status and duration; and the request counted in the app's figures."""
     elapsed_ms = (time.monotonic() - started) * 1000
     app_figures.record(name, status, elapsed_ms, route.db)
+    observe_hosted_request(name, status, elapsed_ms / 1000)
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
     app_logs.record(name, level, f"{request.method} {request.path} {status} {elapsed_ms:.0f}ms")
 
