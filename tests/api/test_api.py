@@ -269,6 +269,7 @@ def test_openapi_documents_every_route(document):
         "/apps/{name}/stop",
         "/apps/{name}/restart",
         "/apps/{name}/logs",
+        "/apps/{name}/figures",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})
