@@ -78,7 +78,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "failover"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
@@ -86,7 +86,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
             None,
             {"fields": ["name", "display_name", "description", "domain", "target_environments", "confirm_takedown"]},
         ),
-        ("Options", {"fields": ["modules", "start_mode"]}),
+        ("Options", {"fields": ["modules", "start_mode", "failover"]}),
         ("Recent history", {"fields": ["recent_history"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),
     ]
@@ -238,6 +238,7 @@ class ApplicationAdmin(OperationsMixin, admin.ModelAdmin):
             description=obj.description,
             options=options,
             domain=obj.domain,
+            failover=obj.failover,
         )
         # The admin goes on with obj (log entry, redirect): make it the saved row.
         obj.pk = app.pk

@@ -201,6 +201,7 @@ class App(_Out):
     errors: dict[str, str] = Field(description="last error per environment (only environments with one)")
     modules: list[str]
     start_mode: StartMode
+    failover: bool = Field(description="started on another environment when its only one is offline past the grace")
 
 
 class AppList(_Out):
@@ -220,6 +221,12 @@ class AppCreated(App):
         description="present when the password was generated; shown only this once",
         json_schema_extra=_no_default,
     )
+
+
+_FAILOVER_DESCRIPTION = (
+    "opt in to failover: when the only environment the app runs on has been offline longer than "
+    "APP_FAILOVER_GRACE, it is started on another online environment and runs there only"
+)
 
 
 class AppCreate(_Body):
@@ -251,6 +258,7 @@ class AppCreate(_Body):
     )
     start: StrictBool = Field(False, description="queue a start right away")
     start_mode: StartMode = StartMode.MANUAL
+    failover: StrictBool = Field(False, description=_FAILOVER_DESCRIPTION)
     admin_username: Annotated[
         StrictStr,
         # Documented here, checked by the shared rule alone, so that its message is the one given.
@@ -264,7 +272,7 @@ class AppCreate(_Body):
     )
 
 
-_EDITABLE = ("display_name", "description", "domain", "environments")
+_EDITABLE = ("display_name", "description", "domain", "environments", "failover")
 
 
 class AppPatch(_Body):
@@ -297,6 +305,7 @@ class AppPatch(_Body):
         ),
         json_schema_extra=_optional_list,
     )
+    failover: StrictBool | None = Field(None, description=_FAILOVER_DESCRIPTION, json_schema_extra=_optional)
     force: StrictBool = Field(False, description="confirm an environments change that takes the app down (else 409)")
 
     @model_validator(mode="after")
