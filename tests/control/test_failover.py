@@ -62,6 +62,7 @@ def test_an_app_fails_over_after_the_grace_and_the_returning_environment_does_no
     status, body = api("POST", "/apps", {"name": name, "environments": ["env_a"], "start": True, "failover": True})
     assert status == 201 and body["failover"] is True, body
     api.wait_statuses(name, {"env_a": "running"}, timeout=60)
+    assert _hosted_here(cluster.env_a, name) == "running"
     frozen = [cluster.env_a.agent, cluster.env_a.web]
     for process in frozen:
         process.signal(signal.SIGSTOP)
