@@ -270,6 +270,30 @@ def slow_clients(docs: list) -> list[Figure]:
     return figures
 
 
+def app_figures_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "record_ratio" in row:
+            figures.append(
+                (
+                    "per-app figures: recording one request (µs on the request thread), ratio to its log line",
+                    f"{row['figures_record_us']} µs vs {row['log_record_us']} µs: {row['record_ratio']}×",
+                    "≤ 1",
+                    _met(row["record_ratio"], 1.0),
+                )
+            )
+            figures.append(
+                (
+                    "per-app figures: writer drain into Redis, ratio to the log writer",
+                    f"{row['figures_drain_per_s']}/s vs {row['log_drain_per_s']}/s: {row['drain_ratio']}× "
+                    f"({row['dropped']} dropped)",
+                    "≥ 1",
+                    _met(row["drain_ratio"], 1.0, at_most=False),
+                )
+            )
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -290,10 +314,12 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "heartbeats": heartbeats,
     "convergence_bench": convergence_bench,
     "slow_clients": slow_clients,
+    "app_figures_bench": app_figures_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
     "command_roundtrip": ["--commands", "50"],
+    "app_figures_bench": ["--requests", "6000"],
     "hosted_apps": ["--apps", "20"],
     "proxy_bench": ["--seconds", "3", "--rounds", "1"],
     "queue_bench": ["--apps", "10"],
