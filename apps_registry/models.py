@@ -113,6 +113,13 @@ class Application(models.Model):
     )
     # {"database": {...}, "modules": ["contacts", "tasks"], "start_mode": "manual"}
     options = models.JSONField(default=dict, blank=True)
+    # Opt-in: started on another environment when the only one it runs on has been offline for
+    # longer than APP_FAILOVER_GRACE (apps_registry.control.failover).
+    failover = models.BooleanField(
+        default=False,
+        help_text="Start it on another online environment when the only one it runs on has been offline "
+        "longer than the failover grace period (it then runs there only).",
+    )
     environments = models.ManyToManyField(Environment, through="AppEnvironment", related_name="applications")
     # Bumped by every start/stop/restart/remove request: a command or queued start carrying
     # an older generation is stale and is dropped, so the last request wins.

@@ -338,6 +338,30 @@ def backup_bench(docs: list) -> list[Figure]:
     return figures
 
 
+def app_figures_bench(docs: list) -> list[Figure]:
+    figures = []
+    for row in _dicts(docs):
+        if "record_ratio" in row:
+            figures.append(
+                (
+                    "per-app figures: recording one request (µs on the request thread), ratio to its log line",
+                    f"{row['figures_record_us']} µs vs {row['log_record_us']} µs: {row['record_ratio']}×",
+                    "≤ 1",
+                    _met(row["record_ratio"], 1.0),
+                )
+            )
+            figures.append(
+                (
+                    "per-app figures: writer drain into Redis, ratio to the log writer",
+                    f"{row['figures_drain_per_s']}/s vs {row['log_drain_per_s']}/s: {row['drain_ratio']}× "
+                    f"({row['dropped']} dropped)",
+                    "≥ 1",
+                    _met(row["drain_ratio"], 1.0, at_most=False),
+                )
+            )
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -360,6 +384,7 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "slow_clients": slow_clients,
     "lifecycle_bench": lifecycle_bench,
     "backup_bench": backup_bench,
+    "app_figures_bench": app_figures_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -373,6 +398,7 @@ QUICK_ARGS = {
     "convergence_bench": ["--apps", "20", "--patches", "3"],
     "slow_clients": ["--clients", "50", "--seconds", "8"],
     "lifecycle_bench": ["--moves", "3", "--apps", "10"],
+    "app_figures_bench": ["--requests", "6000"],
     "backup_bench": ["--rows", "50000", "--files", "20", "--rounds", "1"],
 }
 

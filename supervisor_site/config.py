@@ -75,6 +75,8 @@ class Config:
     heartbeat_interval: float
     lease_interval: float
     offline_after: float
+    # An environment offline this long makes its failover apps start elsewhere (≥ 2 × offline_after).
+    failover_grace: float
     command_ttl: float
     command_concurrency: int
     start_timeout: float
@@ -396,6 +398,12 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             f"APP_OFFLINE_AFTER must be more than twice APP_LEASE_INTERVAL ({lease_interval:g} s), "
             f"got {offline_after:g}"
         )
+    # At least twice the offline threshold, so that one missed beat (or a short pause) never moves apps.
+    failover_grace = read.seconds("APP_FAILOVER_GRACE", max(60.0, 2 * offline_after))
+    if failover_grace < 2 * offline_after:
+        raise ConfigError(
+            f"APP_FAILOVER_GRACE must be at least twice APP_OFFLINE_AFTER ({offline_after:g} s), got {failover_grace:g}"
+        )
 
     apps_domain = _apps_domain(read)
     if apps_domain and mode == "standalone":
@@ -425,6 +433,7 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
         heartbeat_interval=read.seconds("APP_HEARTBEAT_INTERVAL", 120.0),
         lease_interval=lease_interval,
         offline_after=offline_after,
+        failover_grace=failover_grace,
         command_ttl=read.seconds("APP_COMMAND_TTL", 3600.0),
         command_concurrency=read.integer("APP_COMMAND_CONCURRENCY", 4, minimum=1, maximum=64),
         start_timeout=read.seconds("APP_START_TIMEOUT", 120.0),

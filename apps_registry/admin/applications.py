@@ -93,7 +93,7 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
-        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
+        ("Options", {"fields": ["modules", "start_mode", "failover", "backup_interval_hours", "backup_keep"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
     _change_fieldsets = [
@@ -101,7 +101,7 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
             None,
             {"fields": ["name", "display_name", "description", "domain", "target_environments", "confirm_takedown"]},
         ),
-        ("Options", {"fields": ["modules", "start_mode", "backup_interval_hours", "backup_keep"]}),
+        ("Options", {"fields": ["modules", "start_mode", "failover", "backup_interval_hours", "backup_keep"]}),
         ("Backups", {"fields": ["backups"]}),
         ("Recent history", {"fields": ["recent_history"]}),
         ("Moves", {"fields": ["recent_jobs"]}),
@@ -272,6 +272,7 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
             description=obj.description,
             options=options,
             domain=obj.domain,
+            failover=obj.failover,
         )
         # The admin goes on with obj (log entry, redirect): make it the saved row.
         obj.pk = app.pk

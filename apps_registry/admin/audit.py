@@ -19,6 +19,7 @@ HISTORY_ROWS = 10
 # once its underscores become spaces.
 ACTION_LABELS = {
     "set_environments": "Environments changed",
+    "failover": "Failed over",
     "remove_with_data": "Removed, with its data",
     "api_token_issued": "API token issued",
     "api_token_revoked": "API token revoked",

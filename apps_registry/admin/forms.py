@@ -78,7 +78,7 @@ class ApplicationForm(forms.ModelForm):
 
     class Meta:
         model = Application
-        fields = ["name", "display_name", "description", "domain"]
+        fields = ["name", "display_name", "description", "domain", "failover"]
         # The rule names.py enforces, said before the operator types, not only after a refusal.
         help_texts = {"name": f"Part of the app's URL and database name: it {NAME_RULE}; it cannot change later."}
 

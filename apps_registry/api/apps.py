@@ -149,6 +149,7 @@ def create_app(request: HttpRequest, payload: AppCreate = JsonBody(...)) -> Stat
             description=payload.description,
             options=options,
             domain=payload.domain or None,
+            failover=payload.failover,
             via="api",
         )
     except IntegrityError:
@@ -185,7 +186,7 @@ def get_app(request: HttpRequest, name: AppPath = Path(..., example="sales_eu"))
 @router.patch(
     "/apps/{name}",
     auth=TokenAuth("apps_registry.change_application"),
-    summary="Edit an application: display name, description, custom domain, environments",
+    summary="Edit an application: display name, description, custom domain, environments, failover",
     description=(
         "Only the fields given change. A change of environments converges: removed environments get a "
         "remove (stopped and unloaded there, data kept); if the app runs, added ones get a start through "
@@ -212,13 +213,16 @@ def edit_app(
     # One transaction: a refused placement edit (409) leaves the descriptive fields unchanged too.
     with transaction.atomic():
         app = _get_app(name)
-        if payload.display_name is not None or payload.description is not None or payload.domain is not None:
+        described = (payload.display_name, payload.description, payload.domain, payload.failover)
+        if any(value is not None for value in described):
             if payload.display_name is not None:
                 app.display_name = payload.display_name or app.name
             if payload.description is not None:
                 app.description = payload.description
             if payload.domain is not None:
                 app.domain = payload.domain or None
+            if payload.failover is not None:
+                app.failover = payload.failover
             try:
                 with transaction.atomic():
                     actions.update_application(app, user, via="api")

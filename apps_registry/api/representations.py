@@ -81,7 +81,9 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
         if error:
             parts[3][env] = error
     result = []
-    for pk, name, display_name, domain, options in apps.values_list("pk", "name", "display_name", "domain", "options"):
+    for pk, name, display_name, domain, options, failover in apps.values_list(
+        "pk", "name", "display_name", "domain", "options", "failover"
+    ):
         placed, statuses, observed, errors = by_app.get(pk) or ([], {}, {}, {})
         options = options or {}
         result.append(
@@ -95,6 +97,7 @@ def apps_json(names: list[str] | None = None) -> list[dict[str, Any]]:
                 "errors": errors,
                 "modules": list(options.get("modules", [])),
                 "start_mode": options.get("start_mode", MANUAL),
+                "failover": failover,
             }
         )
     return result

@@ -9,7 +9,7 @@ from ninja import NinjaAPI, Swagger
 from ninja.openapi.schema import OpenAPISchema
 from ninja.renderers import JSONRenderer
 
-from apps_registry.api import apps, backups, environments, errors, jobs, lifecycle, logs
+from apps_registry.api import apps, backups, environments, errors, figures, jobs, lifecycle, logs
 
 
 class CompactJSON(JSONRenderer):
@@ -47,3 +47,4 @@ api.add_router("", logs.router)
 api.add_router("", jobs.router)
 api.add_router("", lifecycle.router)
 api.add_router("", backups.router)
+api.add_router("", figures.router)

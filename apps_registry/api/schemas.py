@@ -202,6 +202,7 @@ class App(_Out):
     errors: dict[str, str] = Field(description="last error per environment (only environments with one)")
     modules: list[str]
     start_mode: StartMode
+    failover: bool = Field(description="started on another environment when its only one is offline past the grace")
 
 
 class AppList(_Out):
@@ -221,6 +222,12 @@ class AppCreated(App):
         description="present when the password was generated; shown only this once",
         json_schema_extra=_no_default,
     )
+
+
+_FAILOVER_DESCRIPTION = (
+    "opt in to failover: when the only environment the app runs on has been offline longer than "
+    "APP_FAILOVER_GRACE, it is started on another online environment and runs there only"
+)
 
 
 class AppCreate(_Body):
@@ -252,6 +259,7 @@ class AppCreate(_Body):
     )
     start: StrictBool = Field(False, description="queue a start right away")
     start_mode: StartMode = StartMode.MANUAL
+    failover: StrictBool = Field(False, description=_FAILOVER_DESCRIPTION)
     admin_username: Annotated[
         StrictStr,
         # Documented here, checked by the shared rule alone, so that its message is the one given.
@@ -265,7 +273,7 @@ class AppCreate(_Body):
     )
 
 
-_EDITABLE = ("display_name", "description", "domain", "environments")
+_EDITABLE = ("display_name", "description", "domain", "environments", "failover")
 
 
 class AppPatch(_Body):
@@ -298,6 +306,7 @@ class AppPatch(_Body):
         ),
         json_schema_extra=_optional_list,
     )
+    failover: StrictBool | None = Field(None, description=_FAILOVER_DESCRIPTION, json_schema_extra=_optional)
     force: StrictBool = Field(False, description="confirm an environments change that takes the app down (else 409)")
 
     @model_validator(mode="after")
@@ -405,3 +414,19 @@ class RestoreIn(_Body):
         description="with \"as\": the clone's environments (default: the source's)",
         json_schema_extra=_optional_list,
     )
+
+
+class Figure(_Out):
+    requests: int = Field(description="requests served in the window")
+    errors: int = Field(description="of which answered 5xx")
+    requests_per_minute: float = Field(description="requests divided by the minutes the window has covered")
+    p50_ms: float | None = Field(description="median duration in ms, from a bucket histogram (null: no requests)")
+    error_rate: float | None = Field(description="errors / requests, 0 to 1 (null: no requests)")
+    database_bytes: int | None = Field(description="the app's database size as the worker last measured it")
+    database_measured_at: str | None = Field(description="when it was measured (ISO 8601, Redis's clock)")
+
+
+class AppFiguresOut(_Out):
+    window_seconds: int = Field(description="the window: the current minute and the four before it (Redis's clock)")
+    total: Figure = Field(description="every environment together (the database is the app's one: newest size)")
+    environments: dict[str, Figure]

@@ -55,6 +55,23 @@ def app_log(app: str, env: str) -> str:
     return _key("log", app, env)
 
 
+# --- per-app figures (worker -> supervisor) ------------------------------------------------
+
+
+def app_figures(app: str, minute: int, env: str) -> str:
+    """``P:fig:<app>:<minute>:<env>``: hash of the app's requests in that minute (Redis clock,
+    ``unix seconds // 60``) on that environment: ``requests``, ``errors`` (5xx) and latency
+    bucket counts ``b0``… (``app_figures.BOUNDS_MS``); every worker process adds to it
+    (HINCRBY), it expires after ``FIGURES_TTL``."""
+    return _key("fig", app, str(minute), env)
+
+
+def app_database_size(app: str, env: str) -> str:
+    """``P:dbsize:<app>:<env>``: hash ``bytes``, ``at`` (unix seconds): the app's database size
+    as that environment last measured it."""
+    return _key("dbsize", app, env)
+
+
 # --- liveness -------------------------------------------------------------------------------
 
 

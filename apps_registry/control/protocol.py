@@ -493,3 +493,27 @@ class Lease:
         if lease.env != env or not signing.verify(public, "lease", env, lease.body(), value.get("sig")):
             return None
         return lease
+
+
+# --- per-app figures (P:fig:<app>:<minute>:<env>, P:dbsize:<app>:<env>) ------------------------
+# Not messages but counters, unsigned: the supervisor bounds and checks what it reads
+# (apps_registry.control.app_figures). The latency histogram's bucket upper bounds in
+# milliseconds; field ``b<i>`` counts requests of at most ``FIGURES_BOUNDS_MS[i]`` (and above
+# the previous bound), the last field ``b<len(FIGURES_BOUNDS_MS)>`` those above the last bound.
+FIGURES_BOUNDS_MS = (
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000, 3000, 5000, 10000, 30000,
+)  # fmt: skip
+FIGURES_FIELDS = ("requests", "errors", *(f"b{i}" for i in range(len(FIGURES_BOUNDS_MS) + 1)))
+# A minute's hash outlives the supervisor's five-minute window by a margin, then expires.
+FIGURES_TTL = 15 * 60
+# A database size stays readable this long after its last measurement.
+DATABASE_SIZE_TTL = 3600
+FIGURES_WINDOW_MINUTES = 5
+
+
+def latency_bucket(elapsed_ms: float) -> int:
+    """The histogram field index of one request's duration."""
+    for index, bound in enumerate(FIGURES_BOUNDS_MS):
+        if elapsed_ms <= bound:
+            return index
+    return len(FIGURES_BOUNDS_MS)

@@ -113,6 +113,11 @@ def _worker_grants(prefix: str, env: str) -> list[tuple[str, str]]:
         # Its apps' log lines (P:log:<app>:<env>): append only, to its own environment's
         # streams; the supervisor reads them (every key under the prefix).
         (f"%W~{p}:log:*:{env}", "+xadd"),
+        # Its apps' figures (P:fig:<app>:<minute>:<env>, P:dbsize:<app>:<env>): add and expire,
+        # its own environment's keys only; the supervisor reads them. HINCRBY returns the new
+        # value (its key spec says ACCESS), so Redis counts it as a read too: ``~``, not ``%W~``.
+        (f"~{p}:fig:*:{env}", "+hincrby +expire"),
+        (f"%W~{p}:dbsize:*:{env}", "+hset +expire"),
         # Acknowledgements for the supervisor's blocking wait: push only.
         (f"%W~{p}:ack:*", "+lpush +rpush +expire"),
         # The apps' login throttle (django-axes through Django's Redis cache).

@@ -1,7 +1,8 @@
 """Prometheus metrics that other modules observe (the scrape itself is ``exposition``).
 
-- process-local histograms (proxy requests, command round trips) that the proxy, the start
-  queue and the agent observe through ``observe_proxy_request`` / ``observe_command_round_trip``.
+- process-local histograms (proxy requests, hosted requests, command round trips) that the
+  proxy, a worker's hosting middleware, the start queue and the agent observe through
+  ``observe_proxy_request`` / ``observe_hosted_request`` / ``observe_command_round_trip``.
   Under gunicorn with several workers (plus the RQ worker beside it) each process counts its
   own; set ``PROMETHEUS_MULTIPROC_DIR`` to a directory emptied at start (the local cluster
   and the container entrypoint do) and a scrape sums every process.
@@ -24,6 +25,16 @@ PROXY_REQUEST_SECONDS = Histogram(
     "proxy_request_duration_seconds",
     "Time to answer a request proxied to a worker environment",
     ["app", "environment", "status_class"],
+    namespace=NAMESPACE,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+# Requests a worker's hosted apps answered, by app and status class: the figures of
+# apps_registry.control.app_figures for Prometheus (which computes rates and quantiles itself).
+HOSTED_REQUEST_SECONDS = Histogram(
+    "hosted_request_duration_seconds",
+    "Time a hosted app took to answer a request on this worker environment",
+    ["app", "status_class"],
     namespace=NAMESPACE,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
@@ -53,6 +64,10 @@ def status_class(status: int) -> str:
 
 def observe_proxy_request(app: str, environment: str, status: int, seconds: float) -> None:
     PROXY_REQUEST_SECONDS.labels(app=app, environment=environment, status_class=status_class(status)).observe(seconds)
+
+
+def observe_hosted_request(app: str, status: int, seconds: float) -> None:
+    HOSTED_REQUEST_SECONDS.labels(app=app, status_class=status_class(status)).observe(seconds)
 
 
 def observe_command_round_trip(action: str, environment: str, result: str, seconds: float) -> None:

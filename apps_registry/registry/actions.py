@@ -46,6 +46,7 @@ from apps_registry.registry.environments import (
     register_environment,
     set_environment_enabled,
 )
+from apps_registry.registry.failover import fail_over_application
 from apps_registry.registry.identities import (
     IDENTITY_AUDIT_EVERY,
     NothingToRebind,
@@ -92,6 +93,7 @@ __all__ = [
     "close_request",
     "create_application",
     "delete_application",
+    "fail_over_application",
     "deregister_environment",
     "forget_environment",
     "interrupt_starts",

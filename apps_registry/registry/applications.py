@@ -104,9 +104,11 @@ def create_application(
     description: str = "",
     options: dict | None = None,
     domain: str | None = None,
+    failover: bool = False,
     via: str = "admin",
 ) -> Application:
     app = Application(
+        failover=failover,
         name=name,
         display_name=display_name or name,
         description=description,
@@ -219,7 +221,8 @@ def set_application_environments(
 
 @transaction.atomic
 def update_application(app: Application, user: AbstractBaseUser | None = None, via: str = "admin") -> None:
-    """Save edited descriptive fields (display name, description, options, custom domain)."""
+    """Save edited descriptive fields (display name, description, options, custom domain) and
+    the failover choice."""
     app.updated_by = acting_user(user)
     app.domain = app.domain or None
     app.full_clean()
@@ -228,6 +231,7 @@ def update_application(app: Application, user: AbstractBaseUser | None = None, v
         description=app.description,
         options=app.options,
         domain=app.domain,
+        failover=app.failover,
         updated_by=app.updated_by,
         updated_at=timezone.now(),
     )

@@ -276,6 +276,7 @@ def test_openapi_documents_every_route(document):
         "/environments/{name}/undrain",
         "/apps/{name}/backups",
         "/apps/{name}/restore",
+        "/apps/{name}/figures",
     }
     # The checker is not a rubber stamp.
     assert schema_check.response_errors(document, "/apps", "GET", 200, {"apps": [{"name": "x"}]})

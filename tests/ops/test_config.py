@@ -246,6 +246,8 @@ def test_lists_and_numbers(tmp_path):
     )
     assert config.allowed_hosts == ["a.example", "b.example"]
     assert (config.lease_interval, config.offline_after, config.command_concurrency) == (0.5, 2.0, 8)
+    assert config.failover_grace == 60.0  # the default, already over twice the offline threshold
+    assert cfg(tmp_path, APP_OFFLINE_AFTER="40").failover_grace == 80.0
     assert config.debug is False
 
 
@@ -277,6 +279,7 @@ def test_lists_and_numbers(tmp_path):
         ({"TZ": "Nowhere/City"}, "TZ"),
         ({"APP_LEASE_INTERVAL": "soon"}, "APP_LEASE_INTERVAL"),
         ({"APP_LEASE_INTERVAL": "5", "APP_OFFLINE_AFTER": "10"}, "APP_OFFLINE_AFTER"),
+        ({"APP_OFFLINE_AFTER": "12", "APP_FAILOVER_GRACE": "20"}, "APP_FAILOVER_GRACE"),
         ({"APP_COMMAND_CONCURRENCY": "0"}, "APP_COMMAND_CONCURRENCY"),
         ({"PROXY_MAX_UPLOAD_BYTES": "1e6"}, "PROXY_MAX_UPLOAD_BYTES"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),

@@ -17,7 +17,11 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from apps_registry.models import AppEnvironment
-from apps_registry.observability.metrics import observe_command_round_trip, observe_proxy_request
+from apps_registry.observability.metrics import (
+    observe_command_round_trip,
+    observe_hosted_request,
+    observe_proxy_request,
+)
 from apps_registry.registry import actions
 from supervisor_site import config
 from supervisor_site.log_format import JsonFormatter, TextFormatter, log_context
@@ -54,6 +58,7 @@ def test_metrics_count_environments_apps_queue_and_observations(client):
     AppEnvironment.objects.filter(environment=env_y).update(queued_at=now - dt.timedelta(seconds=30))
     observe_proxy_request("opsapp", "ops_x", 503, 0.2)
     observe_command_round_trip("start", "ops_x", "ok", 0.003)
+    observe_hosted_request("opsapp", 500, 0.04)  # as a worker's hosting middleware does
 
     with _loopback_allowed():
         response = client.get("/metrics")
@@ -77,6 +82,7 @@ def test_metrics_count_environments_apps_queue_and_observations(client):
         value("appsup_proxy_request_duration_seconds_count", app="opsapp", environment="ops_x", status_class="5xx") >= 1
     )
     assert value("appsup_command_round_trip_seconds_count", action="start", environment="ops_x", result="ok") >= 1
+    assert value("appsup_hosted_request_duration_seconds_count", app="opsapp", status_class="5xx") >= 1
 
 
 @pytest.mark.django_db

@@ -150,7 +150,7 @@ def test_patch_is_in_the_openapi_document(document):
     assert {"200", "202", "400", "404", "409"} <= set(operation["responses"])
     schema = document["components"]["schemas"]["AppPatch"]
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"display_name", "description", "domain", "environments", "force"}
+    assert set(schema["properties"]) == {"display_name", "description", "domain", "environments", "failover", "force"}
 
 
 # --- The admin's change form ----------------------------------------------------------------

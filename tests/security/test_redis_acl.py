@@ -88,6 +88,8 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
         keys.lease("env_a", "0123456789abcdef"),
         keys.ack("c1"),
         keys.app_log("crm", "env_a"),
+        keys.app_figures("crm", 29_000_000, "env_a"),
+        keys.app_database_size("crm", "env_a"),
         keys.cfg_supervisor_key(),
         keys.cfg_app("crm"),
         keys.cfg_apps(),
@@ -105,6 +107,8 @@ def test_worker_patterns_cover_every_key_keys_py_builds_for_it():
         keys.done("env_b", "c1"),
         keys.generations("env_b"),
         keys.app_log("crm", "env_b"),
+        keys.app_figures("crm", 29_000_000, "env_b"),
+        keys.app_database_size("crm", "env_b"),
         keys.start_lock("crm"),
         keys.start_pending(),
         keys.start_recovery_lock(),
@@ -195,6 +199,10 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
         "env_b's app log": lambda: worker.xadd(keys.app_log("crm", "env_b"), {"message": "x"}),
         "read its app log": lambda: worker.xrange(keys.app_log("crm", "env_a")),
         "trim its app log": lambda: worker.xtrim(keys.app_log("crm", "env_a"), maxlen=0),
+        "env_b's app figures": lambda: worker.hincrby(keys.app_figures("crm", 1, "env_b"), "requests", 1),
+        "env_b's database size": lambda: worker.hset(keys.app_database_size("crm", "env_b"), "bytes", 1),
+        "read its database size": lambda: worker.hgetall(keys.app_database_size("crm", "env_a")),
+        "delete its app figures": lambda: worker.delete(keys.app_figures("crm", 1, "env_a")),
         "RQ's queue": lambda: worker.lpush("rq:queue:app_starts", "x"),
         "the start locks": lambda: worker.set(keys.start_lock("crm"), "x"),
         "FLUSHALL": lambda: worker.flushall(),
@@ -224,6 +232,12 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
     assert throttle.delete("axes-x")
     # Its apps' log lines, as worker_agent/hosting/app_logs.py writes them (capped XADD).
     worker.xadd(keys.app_log("crm", "env_a"), {"at": "1", "level": "info", "message": "x"}, maxlen=50, approximate=True)
+    # Its apps' figures, as worker_agent/hosting/app_figures.py writes them (one transaction).
+    pipe = worker.pipeline(transaction=True)
+    pipe.hincrby(keys.app_figures("crm", 1, "env_a"), "requests", 1).expire(keys.app_figures("crm", 1, "env_a"), 60)
+    pipe.hset(keys.app_database_size("crm", "env_a"), mapping={"bytes": 1, "at": 1})
+    pipe.expire(keys.app_database_size("crm", "env_a"), 60)
+    pipe.execute()
     assert acl_redis.denied("env_a") == []
 
     # The supervisor's user: everything under the prefix and RQ, no administration.
@@ -232,6 +246,7 @@ def test_a_worker_agent_runs_with_its_own_user_and_is_refused_everything_else(ac
     supervisor.lpush("rq:queue:app_starts", "x")
     assert supervisor.xrange(keys.events_stream())
     assert supervisor.xrange(keys.app_log("crm", "env_a"))  # the API and the admin read the apps' logs
+    assert supervisor.hgetall(keys.app_figures("crm", 1, "env_a")) == {"requests": "1"}  # and their figures
     for attempt in (supervisor.flushall, lambda: supervisor.config_set("appendonly", "yes"), supervisor.acl_list):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()

@@ -328,6 +328,28 @@ def migrations_unknown_here(applied: set[tuple[str, str]]) -> list[str]:
     return sorted(f"{app}.{name}" for app, name in applied if app in loader.migrated_apps and (app, name) not in known)
 
 
+def size_bytes(db: AppDatabase) -> int:
+    """The database's size on disk: ``pg_database_size`` on PostgreSQL (one short connection of
+    its own, not a request's), the file and its write-ahead log on SQLite. DatabaseError if it
+    cannot be measured."""
+    if db.vendor == "sqlite":
+        path = Path(db.name)
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise DatabaseError(f"cannot measure {db.label}: {error.strerror}") from None
+        with contextlib.suppress(OSError):
+            size += Path(f"{db.name}-wal").stat().st_size
+        return size
+    import psycopg
+
+    try:
+        with _pg_connect(db, db.name) as conn:
+            return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+    except psycopg.Error as error:
+        raise DatabaseError(f"cannot measure {db.label}: {first_line(error)}") from None
+
+
 # --- SQLite -----------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from django.conf import settings
 
 from apps_registry.names import is_valid_name
-from worker_agent.hosting import app_databases, app_initialisation, app_logs, local_state, serving
+from worker_agent.hosting import app_databases, app_figures, app_initialisation, app_logs, local_state, serving
 from worker_agent.hosting.db_router import alias_for
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ def start_app(spec: dict) -> None:
             f"{', first initialisation' if result['first'] else ''}",
         )
         _record(name, "running")
+        app_figures.database_measured(db)
 
 
 def stop_app(name: str) -> None:

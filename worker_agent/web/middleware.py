@@ -30,9 +30,10 @@ from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
 
 from apps_registry.names import is_valid_name
+from apps_registry.observability.metrics import observe_hosted_request
 from supervisor_site.forwarded import FROM_TRUSTED_PROXY
 from supervisor_site.vouched_hosts import vouch
-from worker_agent.hosting import app_databases, app_logs, local_state, serving
+from worker_agent.hosting import app_databases, app_figures, app_logs, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
 
@@ -65,10 +66,12 @@ def _served_at_root(request: HttpRequest) -> bool:
     return bool(meta.get(FROM_TRUSTED_PROXY)) and meta.get(APP_ROOT_META) == "/"
 
 
-def _record_request(request: HttpRequest, name: str, status: int, started: float) -> None:
+def _record_request(request: HttpRequest, route: _Route, name: str, status: int, started: float) -> None:
     """The request's line: method, path (never the query string, which may hold secrets),
-    status and duration."""
+    status and duration; and the request counted in the app's figures."""
     elapsed_ms = (time.monotonic() - started) * 1000
+    app_figures.record(name, status, elapsed_ms, route.db)
+    observe_hosted_request(name, status, elapsed_ms / 1000)
     level = "error" if status >= 500 else "warning" if status >= 400 else "info"
     app_logs.record(name, level, f"{request.method} {request.path} {status} {elapsed_ms:.0f}ms")
 
@@ -84,11 +87,18 @@ def _record_exception(request: HttpRequest, name: str, error: Exception) -> None
 
 
 class _Route:
-    __slots__ = ("alias", "root_urlconf", "stamp", "urlconf")
+    __slots__ = ("alias", "db", "root_urlconf", "stamp", "urlconf")
 
-    def __init__(self, stamp: tuple, alias: str, urlconf: app_sites.AppUrlConf, root_urlconf: app_sites.AppUrlConf):
+    def __init__(
+        self,
+        stamp: tuple,
+        db: app_databases.AppDatabase,
+        urlconf: app_sites.AppUrlConf,
+        root_urlconf: app_sites.AppUrlConf,
+    ):
         self.stamp = stamp
-        self.alias = alias
+        self.db = db
+        self.alias = db.alias
         self.urlconf = urlconf
         self.root_urlconf = root_urlconf
 
@@ -148,12 +158,12 @@ class HostedAppMiddleware:
                 # Raised past Django's own handling (a middleware, or the error page itself
                 # failing): the outer handler answers 500; the app's log still says why.
                 _record_exception(request, name, error)
-                _record_request(request, name, 500, started)
+                _record_request(request, route, name, 500, started)
                 raise
             finally:
                 current_app_alias.reset(token)
             response[ENVIRONMENT_HEADER] = settings.APP_CONFIG.environment_name
-            _record_request(request, name, response.status_code, started)
+            _record_request(request, route, name, response.status_code, started)
             return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
@@ -183,7 +193,7 @@ class HostedAppMiddleware:
             title = str(spec.get("display_name") or name)
             route = _Route(
                 stamp,
-                db.alias,
+                db,
                 app_sites.urlconf_for(name, title, modules, f"{APPS_PREFIX}{name}/"),
                 app_sites.urlconf_for(name, title, modules, "/"),
             )

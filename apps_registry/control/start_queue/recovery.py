@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from apps_registry.control import keys, redis_client, undelivered
+from apps_registry.control import failover, keys, redis_client, undelivered
 from apps_registry.control.start_queue.enqueue import (
     app_of_job,
     enqueue_start,
@@ -121,8 +121,8 @@ def _recently_started(queue: rq.Queue, since: dt.datetime) -> set[str]:
 
 def recover_throttled() -> None:
     """Run the periodic checks — interrupted starts, requests to environments that are not
-    there (control.undelivered), tracked jobs whose worker died (control.lifecycle) — at most once per
-    lock TTL across all processes."""
+    there (control.undelivered), tracked jobs whose worker died (control.lifecycle), apps to fail
+    over (control.failover) — at most once per lock TTL across all processes."""
     ttl = settings.APP_CONFIG.start_lock_ttl
     if not redis_client.commands().set(keys.start_recovery_lock(), "1", nx=True, px=int(ttl * 1000)):
         return
@@ -140,3 +140,7 @@ def recover_throttled() -> None:
         recover_jobs()
     except Exception:
         log.exception("tracked job recovery check failed")
+    try:
+        failover.fail_over()
+    except Exception:
+        log.exception("failover check failed")
