@@ -10,6 +10,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
 from django.utils.timezone import localtime
 
+from apps_registry.admin import queue
 from apps_registry.admin.site import SupervisorMedia
 from apps_registry.models import Application, AuditEntry
 
@@ -92,8 +93,9 @@ class AuditEntryAdmin(admin.ModelAdmin):
         "request_id",
         "outcomes",
         "awaiting_convergence",
+        "start_queue",
     ]
-    readonly_fields = ["action_shown", "environments_list"]
+    readonly_fields = ["action_shown", "environments_list", "start_queue"]
     list_filter = [AppNameFilter, ("user", admin.RelatedOnlyFieldListFilter), ActionFilter, "result", "via"]
     search_fields = ["app_name", "action", "request_id", "error", "user__username"]
     date_hierarchy = "at"
@@ -104,6 +106,19 @@ class AuditEntryAdmin(admin.ModelAdmin):
     @admin.display(description="action", ordering="action")
     def action_shown(self, entry: AuditEntry) -> str:
         return action_label(entry.action)
+
+    @admin.display(description="start queue")
+    def start_queue(self, entry: AuditEntry) -> str:
+        """A start still waiting: its place in the queue and its job (the dashboard links back here)."""
+        if entry.action != "start" or entry.result != AuditEntry.Result.PENDING:
+            return "—"
+        found = queue.job_of_request(entry.request_id)
+        if found is None:
+            return "not waiting in the queue"
+        position, job_id, url = found
+        if url:
+            return format_html('position {} (<a href="{}">job {}</a>)', position, url, job_id)
+        return f"position {position} (job {job_id})"
 
     # Long values cut with an ellipsis (whole in the title): Via and Request ID stay on screen.
     @admin.display(description="app name", ordering="app_name")
