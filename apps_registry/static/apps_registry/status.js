@@ -63,7 +63,7 @@ function appsupStatusInit() {
       var tr = cockpit && badge.closest("tr[data-environment]");
       if (tr) {
         tr.querySelector(".appsup-since").textContent = s.since || "";
-        tr.querySelector(".appsup-error").textContent = s.error || s.detail || "";
+        tr.querySelector(".appsup-error-text").textContent = s.error || s.detail || "";
         offer(tr, [badge]);
       }
     });
