@@ -13,12 +13,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.sites import AdminSite
 from django.http import HttpRequest, HttpResponse
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 
+from apps_registry.admin import queue as queue_admin
 from apps_registry.admin.audit import action_label, outcomes_text
 from apps_registry.admin.site import apply_worker_events
 from apps_registry.control import liveness, redis_client
@@ -100,10 +100,6 @@ def apps_by_status() -> tuple[list[Count], int]:
     return counts, Application.objects.count()
 
 
-def _queue_index(name: str) -> int:
-    return list(getattr(settings, "RQ_QUEUES", {})).index(name)
-
-
 def start_queue() -> tuple[int | None, list[Job]]:
     """The queue's depth and its first jobs; ``None`` when it cannot be read."""
     if not redis_client.configured():
@@ -114,7 +110,6 @@ def start_queue() -> tuple[int | None, list[Job]]:
         queue = enqueue.get_queue()
         depth = queue.count
         jobs = queue.get_jobs(0, QUEUE_JOBS)
-        index = _queue_index(enqueue.QUEUE_NAME)
     except Exception:
         log.warning("dashboard: could not read the start queue", exc_info=True)
         return None, []
@@ -122,10 +117,6 @@ def start_queue() -> tuple[int | None, list[Job]]:
     apps, entries = _app_urls(names), _entry_urls([job.kwargs.get("request_id", "") for job in jobs])
     found = []
     for position, (job, name) in enumerate(zip(jobs, names, strict=True), start=1):
-        try:
-            job_url = reverse("admin:django_rq_job_detail", args=[index, job.id])
-        except NoReverseMatch:
-            job_url = ""
         environments = job.args[1] if len(job.args) > 1 else []
         found.append(
             Job(
@@ -134,7 +125,7 @@ def start_queue() -> tuple[int | None, list[Job]]:
                 apps.get(name, ""),
                 ", ".join(environments),
                 entries.get(job.kwargs.get("request_id", ""), ""),
-                job_url,
+                queue_admin.job_url(job.id),
             )
         )
     return depth, found

@@ -80,10 +80,14 @@ def job_of_request(request_id: str) -> tuple[int, str, str] | None:
         return None
     for position, job in enumerate(jobs, start=1):
         if job.kwargs.get("request_id") == request_id:
-            try:
-                index = list(settings.RQ_QUEUES).index(enqueue.QUEUE_NAME)
-                url = reverse("admin:django_rq_job_detail", args=[index, job.id])
-            except (ValueError, NoReverseMatch):
-                url = ""
-            return position, job.id, url
+            return position, job.id, job_url(job.id)
     return None
+
+
+def job_url(job_id: str) -> str:
+    """The start job's page in django-rq's dashboard ('' when it has no route here)."""
+    try:
+        index = list(settings.RQ_QUEUES).index(enqueue.QUEUE_NAME)
+        return reverse("admin:django_rq_job_detail", args=[index, job_id])
+    except (ValueError, NoReverseMatch):
+        return ""
