@@ -230,3 +230,21 @@ def test_long_names_are_cut_with_their_whole_text_in_the_title(online, root):
     _app(online, name=name)
     listing = root.get(APPS).content.decode()
     assert f'<span class="appsup-ellipsis" title="{name}">{name}</span>' in listing
+
+
+def test_dashboard_costs_the_same_queries_whatever_the_fleet(online, root):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert root.get("/admin/").status_code == 200
+        return len(captured)
+
+    for i in range(3):
+        _app(online, name=f"small_{i}", env_a="error")
+    queries()  # the first request also builds the config cache and the session's caches
+    few = queries()
+    for i in range(30):
+        _app(online, name=f"big_{i}", env_a="error", env_b="running")
+    assert queries() == few
