@@ -8,31 +8,44 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from django.db.models import Count, F, Window
+from django.db.models.functions import RowNumber
+
 from apps_registry.control import liveness
 from apps_registry.models import AppEnvironment, AppStatus, Environment, EnvironmentStatus
 
 SHOWN_NAMES = 8
 
 
-def running_apps(envs: Sequence[Environment]) -> dict[str, list[str]]:
-    """Environment name → the names of the apps reported running there (one query)."""
-    found: dict[str, list[str]] = {env.name: [] for env in envs}
-    rows = (
-        AppEnvironment.objects.filter(environment__in=list(envs), status=AppStatus.RUNNING)
-        .order_by("application__name")
+def running_apps(envs: Sequence[Environment]) -> dict[str, tuple[list[str], int]]:
+    """Environment name → (the first names of the apps reported running there, how many in
+    all), in two queries whatever the number of apps: the counts, and the first
+    ``SHOWN_NAMES`` names of each environment (a window over the running placements)."""
+    found: dict[str, tuple[list[str], int]] = {env.name: ([], 0) for env in envs}
+    running = AppEnvironment.objects.filter(environment__in=list(envs), status=AppStatus.RUNNING)
+    counts = dict(running.values("environment__name").annotate(n=Count("pk")).values_list("environment__name", "n"))
+    if not counts:
+        return found
+    first = (
+        running.annotate(
+            rank=Window(RowNumber(), partition_by=F("environment_id"), order_by=F("application__name").asc())
+        )
+        .filter(rank__lte=SHOWN_NAMES)
+        .order_by("environment__name", "application__name")
         .values_list("environment__name", "application__name")
     )
-    for env, app in rows:
-        found[env].append(app)
-    return found
+    for env, app in first:
+        found[env][0].append(app)
+    return {name: (names, counts.get(name, 0)) for name, (names, _) in found.items()}
 
 
-def running_text(names: list[str], status: str) -> str:
+def running_text(running: tuple[list[str], int], status: str) -> str:
     """``a, b, c … (+3)``; on an environment that is not online what it ran is not known now."""
+    names, count = running
     if status != EnvironmentStatus.ONLINE:
-        return f"— (environment {status})" if names else "—"
-    if len(names) > SHOWN_NAMES:
-        return f"{', '.join(names[:SHOWN_NAMES])} … (+{len(names) - SHOWN_NAMES})"
+        return f"— (environment {status})" if count else "—"
+    if count > len(names):
+        return f"{', '.join(names)} … (+{count - len(names)})"
     return ", ".join(names) or "—"
 
 

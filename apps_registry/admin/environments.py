@@ -97,7 +97,7 @@ class EnvironmentAdmin(admin.ModelAdmin):
         changelist = super().get_changelist_instance(request)
         rows = list(changelist.result_list)  # evaluates (and caches) the page's queryset
         statuses = liveness.environment_statuses(rows)
-        running = environment_figures.running_apps(rows)  # one query for the page
+        running = environment_figures.running_apps(rows)  # two queries for the page
         for env in rows:
             env.liveness = statuses[env.name]
             env.running_now = running[env.name]
@@ -122,10 +122,10 @@ class EnvironmentAdmin(admin.ModelAdmin):
     @admin.display(description="apps running")
     def running(self, env: Environment) -> str:
         # The workers' current reports (placements), refreshed by status.js; not the heartbeat's list.
-        names = getattr(env, "running_now", None)
-        if names is None:
-            names = environment_figures.running_apps([env])[env.name]
-        return _cut(environment_figures.running_text(names, self._liveness(env)[0]))
+        running = getattr(env, "running_now", None)
+        if running is None:
+            running = environment_figures.running_apps([env])[env.name]
+        return _cut(environment_figures.running_text(running, self._liveness(env)[0]))
 
     @admin.display(description="url", ordering="url")
     def url_shown(self, env: Environment) -> str:

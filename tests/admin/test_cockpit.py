@@ -205,6 +205,11 @@ def test_environment_list_figures_are_live(online, root):
     AppEnvironment.objects.filter(application__name="live_one").update(status=AppStatus.STOPPED)
     data = root.get(STATUS, {"environments": str(online[0].pk)}).json()["environments"]
     assert data[str(online[0].pk)]["running"] == "—"
+    # Many: the first eight by name and how many more.
+    for i in range(11):
+        _app(online[:1], name=f"many_{i:02d}", env_a="running")
+    data = root.get(STATUS, {"environments": str(online[0].pk)}).json()["environments"]
+    assert data[str(online[0].pk)]["running"] == ", ".join(f"many_{i:02d}" for i in range(8)) + " … (+3)"
 
 
 def test_status_endpoint_counts_new_applications(online, root):
