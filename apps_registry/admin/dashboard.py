@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from django.contrib import admin
 from django.contrib.admin.sites import AdminSite
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
@@ -22,7 +23,7 @@ from apps_registry.admin import queue as queue_admin
 from apps_registry.admin.audit import action_label, outcomes_text
 from apps_registry.admin.site import apply_worker_events
 from apps_registry.control import liveness, redis_client
-from apps_registry.control.shown_status import shown_status
+from apps_registry.control.shown_status import UNKNOWN, shown_status
 from apps_registry.models import AppEnvironment, Application, AppStatus, AuditEntry, Environment, EnvironmentStatus
 
 log = logging.getLogger(__name__)
@@ -76,27 +77,39 @@ def _app_urls(names: list[str]) -> dict[str, str]:
     return {name: reverse("admin:apps_registry_application_change", args=[pk]) for name, pk in found}
 
 
-def environments_by_status() -> list[Count]:
-    statuses = liveness.environment_statuses(list(Environment.objects.all()))
+def environment_statuses() -> dict[str, tuple[str, object]]:
+    """Every environment's liveness (one Redis round trip), for both counts below."""
+    return liveness.environment_statuses(list(Environment.objects.all()))
+
+
+def environments_by_status(statuses: dict[str, tuple[str, object]]) -> list[Count]:
     counted = Counter(str(status) for status, _ in statuses.values())
     url = reverse("admin:apps_registry_environment_changelist")
     return [Count(s, counted[s], url) for s in ENV_ORDER if counted[s]]
 
 
-def apps_by_status() -> tuple[list[Count], int]:
+def apps_by_status(statuses: dict[str, tuple[str, object]]) -> tuple[list[Count], int]:
     """Each status with the number of apps shown so on at least one environment (an app on two
-    environments may count twice, as the list's "status on any environment" filter finds it)."""
-    rows = list(AppEnvironment.objects.values_list("application_id", "status", "environment__name"))
-    envs = list(Environment.objects.filter(name__in={r[2] for r in rows}))
-    statuses = liveness.environment_statuses(envs)
-    seen: dict[str, set[int]] = {}
-    for app_pk, observed, env in rows:
-        shown = shown_status(observed, statuses.get(env, (EnvironmentStatus.UNKNOWN, None))[0])
-        seen.setdefault(shown, set()).add(app_pk)
+    environments may count under two statuses, as the list's "status on any environment"
+    filter finds it). One query whatever the fleet: the shown status is worked out in SQL from
+    the environments that are not online (``shown_status``'s rule)."""
+    not_online = [name for name, (status, _) in statuses.items() if status != EnvironmentStatus.ONLINE]
+    # The observed statuses an unreachable environment makes unknown, from the rule itself.
+    doubtful = [s for s in AppStatus.values if shown_status(s, EnvironmentStatus.OFFLINE) == UNKNOWN]
+    shown = models.Case(
+        models.When(environment__name__in=not_online, status__in=doubtful, then=models.Value(UNKNOWN)),
+        default=models.F("status"),
+        output_field=models.CharField(),
+    )
+    rows = (
+        AppEnvironment.objects.annotate(shown=shown)
+        .values("shown")
+        .annotate(apps=models.Count("application", distinct=True))
+        .values_list("shown", "apps")
+    )
+    seen = dict(rows)
     base = reverse(APPS)
-    counts = [
-        Count(s, len(seen[s]), f"{base}?status={s}" if s in AppStatus.values else "") for s in APP_ORDER if s in seen
-    ]
+    counts = [Count(s, seen[s], f"{base}?status={s}" if s in AppStatus.values else "") for s in APP_ORDER if s in seen]
     return counts, Application.objects.count()
 
 
@@ -163,11 +176,12 @@ def recent_entries() -> list[tuple[AuditEntry, str, str]]:
 def context(request: HttpRequest) -> dict:
     user = request.user
     found: dict = {}
+    statuses = environment_statuses()
     if user.has_perm("apps_registry.view_environment"):
-        found["appsup_environments"] = environments_by_status()
+        found["appsup_environments"] = environments_by_status(statuses)
         found["appsup_environment_total"] = sum(c.count for c in found["appsup_environments"])
     if user.has_perm("apps_registry.view_application"):
-        found["appsup_apps"], found["appsup_app_total"] = apps_by_status()
+        found["appsup_apps"], found["appsup_app_total"] = apps_by_status(statuses)
         found["appsup_errors"] = recent_errors()
         found["appsup_queue_depth"], found["appsup_queue_jobs"] = start_queue()
         found["appsup_apps_url"] = reverse(APPS)
