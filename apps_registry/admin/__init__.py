@@ -2,4 +2,4 @@
 (``status``, routed by ``supervisor_site.urls``). Importing the modules below registers the
 ModelAdmins on ``admin.site``."""
 
-from apps_registry.admin import applications, audit, environments, jobs, queue, site, tokens  # noqa: F401
+from apps_registry.admin import applications, audit, dashboard, environments, jobs, queue, site, tokens  # noqa: F401

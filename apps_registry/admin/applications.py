@@ -14,13 +14,13 @@ import redis
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.hashers import make_password
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, Max, OuterRef, QuerySet
 from django.db.models.functions import Lower
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from apps_registry.admin import audit, jobs, logs
+from apps_registry.admin import audit, cockpit, jobs, logs, offered
 from apps_registry.admin.backups import BackupsMixin, flag
 from apps_registry.admin.forms import ApplicationForm
 from apps_registry.admin.moves import MoveActionMixin
@@ -67,13 +67,13 @@ class EnvironmentFilter(admin.SimpleListFilter):
 class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.ModelAdmin):
     form = ApplicationForm
     list_display = [
-        "name",
+        "name_shown",
         "display_name_shown",
         "statuses",
         "backups_shown",
         "open_link",
     ]  # + the operations column (the mixin)
-    list_display_links = ["name"]
+    list_display_links = ["name_shown"]
     list_filter = [PlacementStatusFilter, EnvironmentFilter]
     # An environment's name finds the apps placed there (Django de-duplicates the join's rows).
     search_fields = ["name", "display_name", "placements__environment__name"]
@@ -87,15 +87,23 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
     ]
     Media = SupervisorMedia
 
+    @admin.display(description="name", ordering="name")
+    def name_shown(self, app: Application) -> str:
+        # A 40-character name keeps the statuses and operations on screen: cut with an
+        # ellipsis by the stylesheet, whole in its title.
+        return format_html('<span class="appsup-ellipsis" title="{0}">{0}</span>', app.name)
+
     @admin.display(description="display name", ordering=Lower("display_name"))
     def display_name_shown(self, app: Application) -> str:
-        return app.display_name  # ordered case-insensitively: "apple" beside "Apple", not after "Zebra"
+        # Ordered case-insensitively: "apple" beside "Apple", not after "Zebra".
+        return format_html('<span class="appsup-ellipsis" title="{0}">{0}</span>', app.display_name)
 
     _add_fieldsets = [
         (None, {"fields": ["name", "display_name", "description", "domain", "target_environments"]}),
         ("Options", {"fields": ["modules", "start_mode", "failover", "backup_interval_hours", "backup_keep"]}),
         ("First admin user", {"fields": ["admin_username", "admin_password"]}),
     ]
+    # One "Start" label on the add form: the start mode is "Starts", this fieldset "Now".
     _change_fieldsets = [
         (
             None,
@@ -107,7 +115,7 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
         ("Moves", {"fields": ["recent_jobs"]}),
         ("Recent log lines", {"fields": ["recent_logs"]}),
     ]
-    _start_fieldset = ("Start", {"fields": ["start_now"]})
+    _start_fieldset = ("Once created", {"fields": ["start_now"]})
 
     def get_fieldsets(self, request: HttpRequest, obj: Application | None = None) -> list:
         if obj is not None:
@@ -122,7 +130,9 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         apply_worker_events()
-        return super().changelist_view(request, extra_context)
+        # The newest app when the page was drawn: status.js counts those created after it.
+        newest = Application.objects.aggregate(newest=Max("pk"))["newest"] or 0
+        return super().changelist_view(request, {"appsup_newest_pk": newest, **(extra_context or {})})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).with_placements()
@@ -136,6 +146,11 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
         for app in apps:
             app.environment_statuses = statuses
             app.backup_health = backups.get(app.name)
+            # What the row's operation buttons are offered by (apps_registry.admin.offered).
+            app.shown_placements = [
+                offered.Placement(p.environment.name, shown_status(p.status, statuses[p.environment.name][0]))
+                for p in app.placements.all()
+            ]
         return changelist
 
     @admin.display(description="last verified restore")
@@ -149,19 +164,12 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
     def backups(self, app: Application | None) -> str:
         return self.backups_block(app)
 
-    @admin.display(description="open")
+    @admin.display(description="visit")
     def open_link(self, app: Application) -> str:
-        """The app's own admin through /apps/<name>/; one link per environment when several
-        (``?env=`` makes the proxy use, and remember, that environment)."""
-        placements = app.placements.all()  # prefetched
-        url = f"/apps/{app.name}/admin/"
-        if len(placements) <= 1:
-            return format_html('<a href="{}" target="_blank" rel="noopener">Open</a>', url)
-        return format_html_join(
-            " ",
-            '<a href="{}?env={}" target="_blank" rel="noopener">Open on {}</a>',
-            ((url, p.environment.name, p.environment.name) for p in placements),
-        )
+        """One Visit: the app's own admin through /apps/<name>/; with several environments the
+        proxy's chooser first (``?env=``, empty), where the operator picks one."""
+        url = cockpit.visit_url(app, len(app.placements.all()))  # prefetched
+        return format_html('<a class="appsup-visit" href="{}" target="_blank" rel="noopener">Visit</a>', url)
 
     @admin.display(description="status per environment")
     def statuses(self, app: Application) -> str:
@@ -190,6 +198,23 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
     def recent_logs(self, app: Application | None) -> str:
         return logs.recent_logs(app)
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        app = self.get_object(request, object_id) if object_id.isdigit() else None
+        if app is not None:
+            apply_worker_events()  # the statuses shown are the workers' latest
+            context["cockpit"] = cockpit.build(app, request.user)
+        return super().change_view(request, object_id, form_url, context)
+
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        # One history: ours (the audit trail, with each request's outcome), not Django's
+        # LogEntry list, which knows only the admin's own creates and edits.
+        app = self.get_object(request, object_id) if object_id.isdigit() else None
+        url = reverse("admin:apps_registry_auditentry_changelist")
+        return HttpResponseRedirect(f"{url}?app_name={app.name}" if app else url)
+
     def changeform_view(
         self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
     ) -> HttpResponse:
@@ -204,8 +229,12 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
             return HttpResponseRedirect(request.path)
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        context = dict(extra_context or {})
+        app = self.get_object(request, object_id) if object_id.isdigit() else None
+        if app is not None and request.method != "POST":
+            context["delete_placements"] = offered.placements_of(app)  # what deleting stops, warned
         try:
-            return super().delete_view(request, object_id, extra_context)
+            return super().delete_view(request, object_id, context)
         except redis.RedisError as error:
             return self._redis_unavailable(request, error)
 
@@ -289,13 +318,16 @@ class ApplicationAdmin(MoveActionMixin, BackupsMixin, OperationsMixin, admin.Mod
         return None
 
     def delete_model(self, request: HttpRequest, obj: Application) -> None:
-        self.delete_queryset(request, [obj])
+        # The app page's delete offers "also drop its database" (delete_confirmation.html).
+        self.delete_queryset(request, [obj], drop_data=request.POST.get("drop_data") == "on")
 
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet | list[Application]) -> None:
+    def delete_queryset(
+        self, request: HttpRequest, queryset: QuerySet | list[Application], *, drop_data: bool = False
+    ) -> None:
         gone = []
         for app in queryset:
             try:
-                actions.delete_application(app, request.user)
+                actions.delete_application(app, request.user, drop_data=drop_data)
             except actions.ApplicationGone:  # deleted meanwhile by another request: not a crash
                 gone.append(app.name)
         if gone:

@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from apps_registry import signing
+from apps_registry.admin import environment_figures
 from apps_registry.admin.site import SupervisorMedia, apply_worker_events, status_badge
 from apps_registry.control import liveness
 from apps_registry.control.identity import forget as forget_remembered_key
@@ -26,19 +27,25 @@ from apps_registry.models import Environment, EnvironmentStatus
 from apps_registry.registry import actions
 
 
+def _cut(text: str) -> str:
+    """Long text cut with an ellipsis by the stylesheet, whole in its title: the status,
+    heartbeat, apps and enabled columns stay on screen at 1280 px."""
+    return format_html('<span class="appsup-ellipsis" title="{0}">{0}</span>', text)
+
+
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "version",
-        "url",
-        "proxy_url",
+        "url_shown",
+        "proxy_url_shown",
         "status",
         "last_heartbeat_age",
         "running",
         "enabled",
         "draining",
-        "identity",
+        "identity_shown",
     ]
     list_filter = ["enabled", "approved", "draining"]
     search_fields = ["name", "url"]
@@ -95,8 +102,10 @@ class EnvironmentAdmin(admin.ModelAdmin):
         changelist = super().get_changelist_instance(request)
         rows = list(changelist.result_list)  # evaluates (and caches) the page's queryset
         statuses = liveness.environment_statuses(rows)
+        running = environment_figures.running_apps(rows)  # two queries for the page
         for env in rows:
             env.liveness = statuses[env.name]
+            env.running_now = running[env.name]
         return changelist
 
     def _liveness(self, env: Environment) -> tuple[str, object]:
@@ -112,16 +121,29 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
     @admin.display(description="last heartbeat", ordering="last_heartbeat")
     def last_heartbeat_age(self, env: Environment) -> str:
-        return liveness.describe_age(self._liveness(env)[1])
+        # status.js rewrites it from the status endpoint: the age moves without a reload.
+        return environment_figures.heartbeat_text(self._liveness(env)[1])
 
     @admin.display(description="apps running")
     def running(self, env: Environment) -> str:
-        names = list(env.apps_running or [])
-        if len(names) > 8:
-            return f"{', '.join(names[:8])} … (+{len(names) - 8})"
-        return ", ".join(names) or "—"
+        # The workers' current reports (placements), refreshed by status.js; not the heartbeat's list.
+        running = getattr(env, "running_now", None)
+        if running is None:
+            running = environment_figures.running_apps([env])[env.name]
+        return _cut(environment_figures.running_text(running, self._liveness(env)[0]))
+
+    @admin.display(description="url", ordering="url")
+    def url_shown(self, env: Environment) -> str:
+        return _cut(env.url)
+
+    @admin.display(description="proxy url", ordering="proxy_url")
+    def proxy_url_shown(self, env: Environment) -> str:
+        return _cut(env.proxy_url or "—")
 
     @admin.display(description="identity")
+    def identity_shown(self, env: Environment) -> str:
+        return _cut(self.identity(env))
+
     def identity(self, env: Environment) -> str:
         """The bound key's fingerprint, whether it waits for approval, and the last refused
         claim on the name (docs/security.md)."""

@@ -9,11 +9,12 @@ the audit trail and the start queue's dashboard, where the starts it queues can 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 from django.contrib import admin, messages
+from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -22,8 +23,10 @@ from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
+from apps_registry.admin import offered
 from apps_registry.models import Application
 from apps_registry.registry import actions, outbox
 
@@ -63,17 +66,25 @@ def rq_dashboard_url() -> str:
         return "/admin/django_rq/dashboard/"
 
 
-def send(operation: str, app: Application, user: AbstractBaseUser | None, *, drop_data: bool = False) -> None:
-    """One operation on one app, through the registry's actions (audit entry, command to the workers)."""
+def send(
+    operation: str,
+    app: Application,
+    user: AbstractBaseUser | None,
+    *,
+    drop_data: bool = False,
+    environments: Sequence[str] | None = None,
+) -> None:
+    """One operation on one app, through the registry's actions (audit entry, command to the
+    workers); on ``environments`` only when given, else on all of the app's."""
     match operation:
         case "start":
-            actions.request_start(app, user)
+            actions.request_start(app, user, environments=environments)
         case "stop":
-            actions.request_stop(app, user)
+            actions.request_stop(app, user, environments=environments)
         case "restart":
-            actions.request_restart(app, user)
+            actions.request_restart(app, user, environments=environments)
         case "remove":
-            actions.request_remove(app, user, drop_data=drop_data)
+            actions.request_remove(app, user, drop_data=drop_data, environments=environments)
         case _:
             raise ValueError(f"unknown operation {operation!r}")
 
@@ -140,15 +151,54 @@ class OperationsMixin:
         return [row, *super().get_urls()]
 
     def operation_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
-        """``<pk>/operation/<operation>/``: GET asks for confirmation, POST with ``confirm=yes`` acts."""
+        """``<pk>/operation/<operation>/[?environment=<env>]``: GET asks for confirmation, POST
+        with ``confirm=yes`` acts, on that environment or on every one whose state offers the
+        operation (``offered.targets``). What the state does not offer is refused with a
+        message, nothing changed. ``?back=page`` returns to the app's page, else to the list
+        with its search and filters (``_changelist_filters``)."""
         if not self.may_perform(request, operation):
             raise PermissionDenied
         queryset = self.model.objects.prefetch_related("placements__environment")
-        app = get_object_or_404(queryset, pk=object_id)
-        if request.method == "POST" and request.POST.get("confirm") == "yes":
-            self.perform(request, operation, [app])
+        app = get_object_or_404(queryset, pk=object_id) if object_id.isdigit() else None
+        if app is None:
             return HttpResponseRedirect(self._changelist_url())
-        return self.confirmation(request, operation, [app], bulk=False)
+        back = self._back_url(request, app)
+        placements = offered.placements_of(app)
+        environment = request.GET.get("environment")
+        if environment is not None:
+            placement = next((p for p in placements if p.environment == environment), None)
+            if placement is None or operation not in offered.PER_ENVIRONMENT:
+                self.message_user(
+                    request, f"{app.name} is not on an environment named {environment[:60]!r}.", messages.ERROR
+                )
+                return HttpResponseRedirect(back)
+            if not offered.offered_on(operation, placement.shown):
+                self.message_user(
+                    request,
+                    f"Not done: {app.name} is {placement.shown} on {environment}, nothing to {operation} there.",
+                    messages.WARNING,
+                )
+                return HttpResponseRedirect(back)
+            environments = [environment]
+        else:
+            environments = offered.targets(operation, placements)
+            if placements and not environments:
+                where = ", ".join(f"{p.shown} on {p.environment}" for p in placements)
+                self.message_user(
+                    request, f"Not done: {app.name} is {where}; nothing to {operation}.", messages.WARNING
+                )
+                return HttpResponseRedirect(back)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            self.perform(request, operation, [app], environments=environments)
+            return HttpResponseRedirect(back)
+        return self.confirmation(request, operation, [app], bulk=False, environments=environments, back=back)
+
+    def _back_url(self, request: HttpRequest, app: Application) -> str:
+        opts = self.model._meta
+        if request.GET.get("back") == "page":
+            return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[app.pk])
+        preserved = {"preserved_filters": self.get_preserved_filters(request), "opts": opts}
+        return add_preserved_filters(preserved, self._changelist_url())
 
     def get_list_display(self, request: HttpRequest) -> list:
         # A list_display callable sees only the row; the buttons depend on the user's
@@ -156,18 +206,39 @@ class OperationsMixin:
         return [*super().get_list_display(request), self.operations_column(request)]
 
     def operations_column(self, request: HttpRequest) -> Callable[[Application], str]:
-        allowed = [operation for operation in OPERATIONS if self.may_perform(request, operation)]
+        # Start, stop, restart: unloading (remove) is on the app's page and in the bulk actions,
+        # away from the everyday buttons, and the row stays narrow enough for 1280 px.
+        allowed = [operation for operation in offered.PER_ENVIRONMENT if self.may_perform(request, operation)]
         opts = self.model._meta
         url_name = f"admin:{opts.app_label}_{opts.model_name}_operation"
+        # The list's search and filters ride along, and come back after the operation.
+        preserved = self.get_preserved_filters(request)
+        suffix = f"?{preserved}" if preserved else ""
 
         @admin.display(description="operations")
         def operations(app: Application) -> str:
             if not allowed:
                 return "—"
-            return format_html_join(
-                " ",
-                '<a class="button appsup-op" href="{}">{}</a>',
-                ((reverse(url_name, args=[app.pk, operation]), operation) for operation in allowed),
+            # Every allowed button is drawn; those the row's state does not offer are hidden, and
+            # status.js shows them when the statuses change (data-from).
+            shown = getattr(app, "shown_placements", None)
+            return format_html(
+                '<span class="appsup-ops">{}</span>',
+                format_html_join(
+                    "",
+                    '<a class="button appsup-op" data-operation="{}" data-from="{}" href="{}{}"{}>{}</a>',
+                    (
+                        (
+                            operation,
+                            offered.offered_from(operation),
+                            reverse(url_name, args=[app.pk, operation]),
+                            suffix,
+                            "" if shown is None or offered.targets(operation, shown) else mark_safe(" hidden"),
+                            operation,
+                        )
+                        for operation in allowed
+                    ),
+                ),
             )
 
         return operations
@@ -179,14 +250,26 @@ class OperationsMixin:
     # --- Confirmation and outcome --------------------------------------------------------------
 
     def confirmation(
-        self, request: HttpRequest, operation: str, apps: list[Application], *, bulk: bool
+        self,
+        request: HttpRequest,
+        operation: str,
+        apps: list[Application],
+        *,
+        bulk: bool,
+        environments: list[str] | None = None,
+        back: str = "",
     ) -> TemplateResponse:
-        """The page asking "<Verb> N applications?"; a bulk one posts the action back, a row one its own URL."""
+        """The page asking "<Verb> N applications?"; a bulk one posts the action back, a row one
+        its own URL (query string included: the environment, where to go back)."""
         spec = OPERATIONS[operation]
         opts = self.model._meta
+        title = f"{spec.verb} {len(apps)} application{pluralize(len(apps))}?"
+        if environments is not None and len(apps) == 1:
+            title = f"{spec.verb} {apps[0].name} on {', '.join(environments)}?"
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{spec.verb} {len(apps)} application{pluralize(len(apps))}?",
+            "title": title,
+            "environments": environments,
             "opts": opts,
             "operation": operation,
             "verb": spec.verb,
@@ -196,19 +279,22 @@ class OperationsMixin:
             "action_name": f"{operation}_applications",
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
             "changelist_url": self._changelist_url(),
+            "back_url": back or self._changelist_url(),
         }
         return TemplateResponse(request, self.confirmation_template, context)
 
-    def perform(self, request: HttpRequest, operation: str, apps: list[Application]) -> None:
-        """Send ``operation`` to each app as ``request.user``; one success message, and one
-        warning naming what Redis did not carry."""
+    def perform(
+        self, request: HttpRequest, operation: str, apps: list[Application], *, environments: list[str] | None = None
+    ) -> None:
+        """Send ``operation`` to each app as ``request.user`` (on ``environments`` only, when
+        given); one success message, and one warning naming what Redis did not carry."""
         spec = OPERATIONS[operation]
         drop_data = operation == "remove" and request.POST.get("drop_data") == "on"
         unsent: list[str] = []
         outcomes: list[str] = []
         for app in apps:
             try:
-                send(operation, app, request.user, drop_data=drop_data)
+                send(operation, app, request.user, drop_data=drop_data, environments=environments)
             except redis.RedisError as error:
                 # Committed before the command could go out: apps_registry.registry.outbox closed the
                 # request's audit entry (or left a start queued for recovery). Say so, not a 500.
@@ -217,6 +303,8 @@ class OperationsMixin:
                 if isinstance(error, outbox.NotDelivered):
                     outcomes.append(str(error).removeprefix(UNAVAILABLE))
         names = ", ".join(app.name for app in apps[:10]) + (" …" if len(apps) > 10 else "")
+        if environments is not None:
+            names += f" (on {', '.join(environments)})"
         self.message_user(
             request, f"{spec.done} {len(apps)} application{pluralize(len(apps))}: {names}.", messages.SUCCESS
         )

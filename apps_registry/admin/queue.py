@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
-from django.urls import URLPattern
+from django.urls import NoReverseMatch, URLPattern, reverse
 from django_rq.admin import QueueAdmin
 from django_rq.models import Dashboard
 
+from apps_registry.control import redis_client
+from apps_registry.control.start_queue import enqueue
 from apps_registry.registry import actions
 
 QUEUE_PERMISSION = "django_rq.admin"
@@ -61,3 +64,30 @@ class StartQueueAdmin(QueueAdmin):
 if admin.site.is_registered(Dashboard):
     admin.site.unregister(Dashboard)
 admin.site.register(Dashboard, StartQueueAdmin)
+
+
+QUEUE_SCAN = 200  # jobs looked at to find a request's own: the queue is short (one job per start)
+
+
+def job_of_request(request_id: str) -> tuple[int, str, str] | None:
+    """Where a start request waits in the queue: ``(position, job id, job page URL)``, or None
+    (not waiting, or the queue cannot be read). The way back from an audit entry to its job."""
+    if not request_id or not redis_client.configured():
+        return None
+    try:
+        jobs = enqueue.get_queue().get_jobs(0, QUEUE_SCAN)
+    except Exception:  # the entry's page still renders
+        return None
+    for position, job in enumerate(jobs, start=1):
+        if job.kwargs.get("request_id") == request_id:
+            return position, job.id, job_url(job.id)
+    return None
+
+
+def job_url(job_id: str) -> str:
+    """The start job's page in django-rq's dashboard ('' when it has no route here)."""
+    try:
+        index = list(settings.RQ_QUEUES).index(enqueue.QUEUE_NAME)
+        return reverse("admin:django_rq_job_detail", args=[index, job_id])
+    except (ValueError, NoReverseMatch):
+        return ""

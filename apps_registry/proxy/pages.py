@@ -73,6 +73,15 @@ def start_url_for(app: AppRoute, status: str) -> str:
     return reverse("admin:apps_registry_application_operation", args=[app.pk, "start"])
 
 
+def back_url_for(app: AppRoute) -> str:
+    """The chooser's way back: the app's page in the supervisor's admin (its cockpit), where
+    Visit led from. Path mode only, as ``start_url_for``: on an app's own origin the
+    supervisor's is not known here, and the browser's Back button remains."""
+    if settings.APP_CONFIG.apps_domain:
+        return ""
+    return reverse("admin:apps_registry_application_change", args=[app.pk])
+
+
 def unavailable(request: HttpRequest, app: AppRoute, status: str, retry_after: int) -> HttpResponse:
     text = status_text(status)
     return _page(
@@ -167,9 +176,8 @@ def chooser(request: HttpRequest, app: AppRoute, notice: str) -> HttpResponse:
         body = {"app": app.name, "choose": [{k: v for k, v in row.items() if k != "href"} for row in rows]}
         response = HttpResponse(json.dumps({**body, "notice": notice}), status=300, content_type="application/json")
     else:
-        html = render_to_string(
-            "apps_registry/proxy/chooser.html", {"app": app, "rows": rows, "notice": notice, "current": current}
-        )
+        context = {"app": app, "rows": rows, "notice": notice, "current": current, "back_url": back_url_for(app)}
+        html = render_to_string("apps_registry/proxy/chooser.html", context)
         response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Cache-Control"] = "no-store"
     return response

@@ -258,7 +258,7 @@ def test_delete_application_asks_then_goes_through_actions(admin_client):
     app = Application.objects.create(name="doomed")
     AppEnvironment.objects.create(application=app, environment=env)
     page = admin_client.get(f"{APPS_URL}{app.pk}/delete/").content.decode()
-    assert "Are you sure" in page
+    assert "Delete the application" in page and "Also drop its database" in page
     assert Application.objects.filter(name="doomed").exists()
     response = admin_client.post(f"{APPS_URL}{app.pk}/delete/", {"post": "yes"})
     assert response.status_code == 302

@@ -77,14 +77,14 @@ def test_remove_can_drop_data(apps):
 
 def test_row_action_has_its_own_confirmation_page(apps):
     client, _ = _client("root", superuser=True)
-    url = f"{CHANGELIST}{apps[0].pk}/operation/stop/"
+    url = f"{CHANGELIST}{apps[0].pk}/operation/start/"  # the apps are stopped: start is what is offered
     listing = client.get(CHANGELIST).content.decode()
     assert url in listing
     page = client.get(url)
-    assert page.status_code == 200 and "Yes, stop" in page.content.decode()
-    assert not AuditEntry.objects.filter(action="stop").exists()
+    assert page.status_code == 200 and "Yes, start" in page.content.decode()
+    assert not AuditEntry.objects.filter(action="start").exists()
     assert client.post(url, {"confirm": "yes"}).status_code == 302
-    assert AuditEntry.objects.filter(action="stop", app_name="alpha").count() == 1
+    assert AuditEntry.objects.filter(action="start", app_name="alpha").count() == 1
     assert client.get(f"{CHANGELIST}{apps[0].pk}/operation/explode/").status_code == 403
 
 
@@ -177,6 +177,8 @@ def test_status_endpoint_is_staff_only_and_reports_queue_positions(
         queue.empty()
     beta = data["apps"][str(apps[1].pk)]
     assert beta["name"] == "beta"
+    since = beta["statuses"]["env_a"].pop("since")
+    assert since  # when it became queued, as the app page shows dates
     assert beta["statuses"]["env_a"] == {
         "status": "queued",
         "observed": "queued",

@@ -47,9 +47,12 @@ def origins(django_db_setup, django_db_blocker, tmp_path_factory):
     test database with APPS_DOMAIN, and an operator of its own admin."""
     from django.db import connection
 
-    from apps_registry.models import Application, Environment
+    from apps_registry.models import Application, AuditEntry, Environment
     from apps_registry.registry import actions
 
+    with django_db_blocker.unblock():
+        known = set(Environment.objects.values_list("name", flat=True))
+        last_entry = AuditEntry.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     storage = tmp_path_factory.mktemp("env_origins")
     worker_port = free_port()
     worker_db = f"{services.RUN_ID}_worker_origins"
@@ -122,6 +125,11 @@ def origins(django_db_setup, django_db_blocker, tmp_path_factory):
 
             Application.objects.filter(name__in=[APP, DUO]).delete()
             Environment.objects.filter(name__in=["env_origins", "env_origins2"]).delete()
+            # This supervisor shares Redis with the session cluster: the admin's index (it
+            # applies worker events) registers env_a and env_b in the test database from the
+            # cluster's heartbeats, committed, with audit entries: they go with it.
+            Environment.objects.exclude(name__in=known).delete()
+            AuditEntry.objects.filter(pk__gt=last_entry).delete()
             for name in (APP, DUO):
                 get_discovery().unpublish_app(name)
             for name in ("env_origins", "env_origins2"):

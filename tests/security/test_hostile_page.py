@@ -33,10 +33,13 @@ def supervisors(django_db_setup, django_db_blocker, tmp_path_factory):
     from django.db import connection
 
     from apps_registry.control.discovery import get_discovery
-    from apps_registry.models import Application, Environment
+    from apps_registry.models import Application, AuditEntry, Environment
     from apps_registry.registry import actions
 
     log_dir = tmp_path_factory.mktemp("hostile")
+    with django_db_blocker.unblock():
+        known = set(Environment.objects.values_list("name", flat=True))
+        last_entry = AuditEntry.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     upstream_port = free_port()
     command = [PYTHON, "-m", "tests.support.hostile", "--port", str(upstream_port)]
     upstream = Process("hostile-worker", command, {}, log_dir)
@@ -79,6 +82,11 @@ def supervisors(django_db_setup, django_db_blocker, tmp_path_factory):
         with django_db_blocker.unblock():
             Application.objects.filter(name=APP).delete()
             Environment.objects.filter(name="env_hostile").delete()
+            # These supervisors share Redis with the session cluster: a page that applies worker
+            # events (the admin's index, its lists) registers env_a and env_b in the test
+            # database from the cluster's heartbeats, committed, with audit entries: they go with the supervisors.
+            Environment.objects.exclude(name__in=known).delete()
+            AuditEntry.objects.filter(pk__gt=last_entry).delete()
             get_discovery().unpublish_app(APP)
             get_discovery().unpublish_environment("env_hostile")
 
