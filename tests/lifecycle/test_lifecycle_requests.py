@@ -172,3 +172,17 @@ def test_recovery_resumes_a_move_whose_worker_vanished_and_gives_up_after_five_r
     assert dict(AppEnvironment.objects.filter(application=app).values_list("environment__name", "serving")) == {
         "env_a": True
     }
+
+
+def test_move_recovery_leaves_backup_jobs_to_their_own_recovery(app, redis_conn):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from apps_registry.control.lifecycle.recovery import recover_jobs
+
+    stale = timezone.now() - dt.timedelta(minutes=5)
+    backup = Job.objects.create(kind="backup", application=app, status=JobStatus.RUNNING, heartbeat_at=stale)
+    assert recover_jobs() == {"resumed": [], "given_up": []}  # not resumed as a drain
+    backup.refresh_from_db()
+    assert backup.status == JobStatus.RUNNING and backup.attempts == 0

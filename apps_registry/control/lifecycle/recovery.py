@@ -36,7 +36,9 @@ def recover_jobs(now: dt.datetime | None = None) -> dict[str, list[str]]:
     cutoff = now - dt.timedelta(seconds=ttl)
     result: dict[str, list[str]] = {"resumed": [], "given_up": []}
     suspects = list(
-        Job.objects.filter(parent__isnull=True)
+        # Moves and drains only: backup, restore, clone and drill jobs have their own recovery
+        # (control.backups.schedule.recover_interrupted), which ends them rather than resuming.
+        Job.objects.filter(parent__isnull=True, kind__in=(JobKind.MOVE, JobKind.DRAIN))
         .filter(
             Q(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
             | Q(status=JobStatus.QUEUED, created_at__lt=cutoff)
