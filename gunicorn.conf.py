@@ -31,19 +31,20 @@ wsgi_app = "supervisor_site.wsgi:application"
 # Comma-separated host:port pairs; the container sets 0.0.0.0:$PORT.
 bind = [item.strip() for item in (_env("GUNICORN_BIND") or "127.0.0.1:8000").split(",") if item.strip()]
 
-# The supervisor runs gevent: a connection costs a greenlet, not a thread, and a client slow to
-# send its headers is cut after ``keepalive`` seconds, so slow clients cannot take the admin,
-# the API or the proxy down (docs/architecture.md, "gunicorn's gevent worker"). Workers and
-# standalone keep threads (gthread): hosted requests take blocking flocks (serving.py) that
-# would stall every greenlet of the process.
-_worker_class = _env("GUNICORN_WORKER_CLASS") or (
-    "gevent" if os.environ.get("APP_MODE", "").strip() == "supervisor" else "gthread"
-)
+# The supervisor and the workers run gevent: a connection costs a greenlet, not a thread, and a
+# client slow to send its headers is cut after ``keepalive`` seconds, so slow clients cannot
+# take the admin, the API, the proxy or a worker's apps down (docs/architecture.md, "gunicorn's
+# gevent worker"). Standalone keeps threads (gthread): its database is SQLite, whose calls
+# gevent cannot make cooperative (a write waiting on the file lock would stall every greenlet).
+_mode = os.environ.get("APP_MODE", "").strip() or "standalone"
+_worker_class = _env("GUNICORN_WORKER_CLASS") or ("gevent" if _mode in ("supervisor", "worker") else "gthread")
 if _worker_class not in ("gthread", "gevent"):
     raise SystemExit(f"configuration error: GUNICORN_WORKER_CLASS must be gthread or gevent (got {_worker_class!r})")
 worker_class = _worker_class
 workers = _number("GUNICORN_WORKERS", 2, former="WEB_CONCURRENCY")
 threads = _number("GUNICORN_THREADS", 8, former="WEB_THREADS")
+# Connections (greenlets) per process under gevent, idle kept-alive ones included.
+worker_connections = _number("GUNICORN_WORKER_CONNECTIONS", 10_000)
 # The proxy may hold all threads of a process but two, which stay for the admin, the API and
 # /healthz (apps_registry/proxy/admission.py); config.py reads it in each worker process.
 # Under gevent a request costs a greenlet, and the bound is on what the workers may take.
@@ -53,6 +54,12 @@ if not os.environ.get("PROXY_CONCURRENCY", "").strip():
 # supervisor process is twice a default worker's 8 threads.
 if worker_class == "gevent" and not os.environ.get("PROXY_APP_CONCURRENCY", "").strip():
     os.environ["PROXY_APP_CONCURRENCY"] = "16"
+# Hosted requests at once per process (worker_agent/web/middleware.py); each may hold a
+# database connection. Under gthread the threads bound them already; under gevent 16 per
+# process keeps a worker environment's PostgreSQL connections at GUNICORN_WORKERS x 16 (+ the
+# agent's), whatever the number of clients (docs/architecture.md, "Database connections").
+if not os.environ.get("HOSTED_CONCURRENCY", "").strip():
+    os.environ["HOSTED_CONCURRENCY"] = str(threads if worker_class == "gthread" else 16)
 
 # Seconds a kept-alive connection may stay idle; under gevent also the deadline for reading each
 # request's headers (a client trickling them is cut off after it).
