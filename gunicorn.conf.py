@@ -60,6 +60,11 @@ if worker_class == "gevent" and not os.environ.get("PROXY_APP_CONCURRENCY", "").
 # agent's), whatever the number of clients (docs/architecture.md, "Database connections").
 if not os.environ.get("HOSTED_CONCURRENCY", "").strip():
     os.environ["HOSTED_CONCURRENCY"] = str(threads if worker_class == "gthread" else 16)
+# ... of which one app may take this many: under gevent a greenlet computing a page runs until
+# it waits, so each request in flight in a process divides its CPU; two per app keep a core
+# busy while one waits for the database and leave the other apps a place and their share.
+if not os.environ.get("HOSTED_APP_CONCURRENCY", "").strip():
+    os.environ["HOSTED_APP_CONCURRENCY"] = str(threads if worker_class == "gthread" else 2)
 
 # Seconds a kept-alive connection may stay idle; under gevent also the deadline for reading each
 # request's headers (a client trickling them is cut off after it).

@@ -387,6 +387,7 @@ def test_gunicorn_conf_gives_the_supervisor_and_workers_gevent_and_standalone_th
     assert conf["keepalive"] == 5 and conf["timeout"] == 30  # the header deadline, the request limit
     # Hosted requests at once per process: what bounds a worker's database connections.
     assert os.environ["HOSTED_CONCURRENCY"] == ("16" if worker_class == "gevent" else str(conf["threads"]))
+    assert os.environ["HOSTED_APP_CONCURRENCY"] == ("2" if worker_class == "gevent" else str(conf["threads"]))
     assert conf["worker_connections"] >= 5000
 
 

@@ -1,9 +1,10 @@
 """Serves hosted apps under ``/apps/<name>/`` in processes that host apps (standalone, worker).
 
-Per request: validate the name, take one of the process's ``HOSTED_CONCURRENCY`` places (a
-request beyond them waits for one, at most ``ADMISSION_WAIT`` seconds, then gets a 503 busy
-page: under gevent, where a connection costs no thread, this is what bounds the database
-connections a process opens), count the request as served (``hosting.serving``: a shared
+Per request: validate the name, take one of the process's ``HOSTED_CONCURRENCY`` places, at
+most ``HOSTED_APP_CONCURRENCY`` of them for one app (``places.py``: a request beyond them waits
+for one, at most ``ADMISSION_WAIT`` seconds, then gets a 503 busy page; under gevent, where a
+connection costs no thread, this is what bounds the database connections a process opens),
+count the request as served (``hosting.serving``: a shared
 lock a stop waits for), look the app up in the local state file (a ``stat()``; the
 file is re-read only when it changed), answer 404/503 unless the app runs here, otherwise
 route the request to the app: its database alias for every ORM query (``current_app_alias``),
@@ -39,6 +40,7 @@ from supervisor_site.vouched_hosts import vouch
 from worker_agent.hosting import app_databases, app_logs, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
+from worker_agent.web.places import Places
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,8 @@ class HostedAppMiddleware:
         self.get_response = get_response
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
-        # Created in the serving process, after gevent's monkey-patching where it applies:
-        # then this is gevent's semaphore and a waiting request yields to the others.
-        self._places = threading.BoundedSemaphore(settings.APP_CONFIG.hosted_concurrency)
+        config = settings.APP_CONFIG
+        self._places = Places(config.hosted_concurrency, config.hosted_app_concurrency)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info
@@ -121,13 +122,13 @@ class HostedAppMiddleware:
         if not slash:
             return HttpResponsePermanentRedirect(f"{APPS_PREFIX}{name}/")
 
-        if not self._places.acquire(timeout=ADMISSION_WAIT):
-            log.warning("app %s: no place free after %g s (HOSTED_CONCURRENCY)", name, ADMISSION_WAIT)
+        if not self._places.take(name, ADMISSION_WAIT):
+            log.warning("app %s: no place free after %g s (HOSTED_[APP_]CONCURRENCY)", name, ADMISSION_WAIT)
             return error_pages.unavailable(request, name, "busy")
         try:
             return self._serve(request, path, name)
         finally:
-            self._places.release()
+            self._places.give_back(name)
 
     def _serve(self, request: HttpRequest, path: str, name: str) -> HttpResponse:
         with contextlib.ExitStack() as in_flight:
