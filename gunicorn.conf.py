@@ -50,10 +50,12 @@ worker_connections = _number("GUNICORN_WORKER_CONNECTIONS", 10_000)
 # Under gevent a request costs a greenlet, and the bound is on what the workers may take.
 if not os.environ.get("PROXY_CONCURRENCY", "").strip():
     os.environ["PROXY_CONCURRENCY"] = str(max(1, threads - 2) if worker_class == "gthread" else 200)
-# Under gevent an app's share is bounded by what a worker can take, not by our threads: 16 per
-# supervisor process is twice a default worker's 8 threads.
+# Under gevent a request waiting here costs a greenlet and no CPU, and the worker queues each
+# app's requests behind its own (HOSTED_APP_CONCURRENCY), so the cap bounds one app's greenlets
+# and upstream connections, not the CPU: 64 per process. A lower cap turns a crowd that ignores
+# Retry-After into a loop of refusals that costs the supervisor's CPU (docs/architecture.md).
 if worker_class == "gevent" and not os.environ.get("PROXY_APP_CONCURRENCY", "").strip():
-    os.environ["PROXY_APP_CONCURRENCY"] = "16"
+    os.environ["PROXY_APP_CONCURRENCY"] = "64"
 # Hosted requests at once per process (worker_agent/web/middleware.py); each may hold a
 # database connection. Under gthread the threads bound them already; under gevent 16 per
 # process keeps a worker environment's PostgreSQL connections at GUNICORN_WORKERS x 16 (+ the

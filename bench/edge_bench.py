@@ -472,6 +472,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         worker_env["GUNICORN_WORKER_CLASS"] = args.worker_class
     if args.app_cap:
         supervisor_env["PROXY_APP_CONCURRENCY"] = args.app_cap
+        # manage.py reads it without gunicorn.conf.py, which sets PROXY_CONCURRENCY (200 under gevent).
+        supervisor_env["PROXY_CONCURRENCY"] = str(max(200, int(args.app_cap)))
     processes = []
     nginx: subprocess.Popen | None = None
     try:

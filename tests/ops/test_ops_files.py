@@ -389,6 +389,8 @@ def test_gunicorn_conf_gives_the_supervisor_and_workers_gevent_and_standalone_th
     assert os.environ["HOSTED_CONCURRENCY"] == ("16" if worker_class == "gevent" else str(conf["threads"]))
     assert os.environ["HOSTED_APP_CONCURRENCY"] == ("2" if worker_class == "gevent" else str(conf["threads"]))
     assert conf["worker_connections"] >= 5000
+    if mode == "supervisor":  # waiting costs a greenlet; the workers queue each app's requests
+        assert os.environ["PROXY_APP_CONCURRENCY"] == "64"
 
 
 def test_compose_and_kubernetes_leave_the_worker_class_to_gunicorn_conf(compose, k8s):
