@@ -55,7 +55,9 @@ if not os.environ.get("PROXY_CONCURRENCY", "").strip():
 # and upstream connections, not the CPU: 64 per process. A lower cap turns a crowd that ignores
 # Retry-After into a loop of refusals that costs the supervisor's CPU (docs/architecture.md).
 if worker_class == "gevent" and not os.environ.get("PROXY_APP_CONCURRENCY", "").strip():
-    os.environ["PROXY_APP_CONCURRENCY"] = "64"
+    # Never above the total, which an operator may have set lower.
+    _total = os.environ["PROXY_CONCURRENCY"].strip()  # config.py reports a bad value itself
+    os.environ["PROXY_APP_CONCURRENCY"] = str(min(64, int(_total)) if _total.isdigit() and int(_total) else 64)
 # Hosted requests at once per process (worker_agent/web/middleware.py); each may hold a
 # database connection. Under gthread the threads bound them already; under gevent 16 per
 # process keeps a worker environment's PostgreSQL connections at GUNICORN_WORKERS x 16 (+ the

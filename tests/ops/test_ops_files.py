@@ -393,6 +393,11 @@ def test_gunicorn_conf_gives_the_supervisor_and_workers_gevent_and_standalone_th
         assert os.environ["PROXY_APP_CONCURRENCY"] == "64"
 
 
+def test_gunicorn_conf_keeps_the_per_app_cap_within_a_total_set_lower(monkeypatch):
+    gunicorn_settings(monkeypatch, {"APP_MODE": "supervisor", "PROXY_CONCURRENCY": "50"})
+    assert os.environ["PROXY_APP_CONCURRENCY"] == "50"
+
+
 def test_compose_and_kubernetes_leave_the_worker_class_to_gunicorn_conf(compose, k8s):
     """Both roles get gunicorn.conf.py's choice (from APP_MODE): no deploy file pins threads or
     a worker class, and compose gives each container descriptors for its gevent connections."""
