@@ -278,22 +278,23 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def login(port: int) -> str:
+def login(port: int, app: str = APP) -> str:
+    """The session cookie of ``app``'s admin user ``bench`` (shared with bench/edge_bench.py)."""
     import http.client
     from http.cookies import SimpleCookie
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", f"/apps/{APP}/admin/login/")
+    conn.request("GET", f"/apps/{app}/admin/login/")
     response = conn.getresponse()
     html = response.read().decode()
     cookies = {k: m.value for h in response.headers.get_all("Set-Cookie") or [] for k, m in SimpleCookie(h).items()}
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
-    body = f"csrfmiddlewaretoken={token}&username=bench&password=pw&next=/apps/{APP}/admin/"
+    body = f"csrfmiddlewaretoken={token}&username=bench&password=pw&next=/apps/{app}/admin/"
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
         "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
     }
-    conn.request("POST", f"/apps/{APP}/admin/login/", body=body, headers=headers)
+    conn.request("POST", f"/apps/{app}/admin/login/", body=body, headers=headers)
     response = conn.getresponse()
     response.read()
     assert response.status == 302, response.status

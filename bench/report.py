@@ -362,6 +362,86 @@ def app_figures_bench(docs: list) -> list[Figure]:
     return figures
 
 
+def _probe_text(seen: dict, idle: dict) -> str:
+    return (
+        f"p50 {seen['p50_ms']} ms against {idle['p50_ms']} ms idle (×{seen.get('ratio', '?')}),"
+        f" {seen['failures']} failed of {seen['answered'] + seen['failures']}"
+    )
+
+
+def _probe_met(seen: dict) -> bool:
+    return seen["failures"] == 0 and seen.get("ratio") is not None and seen["ratio"] <= 2
+
+
+def edge_bench(docs: list) -> list[Figure]:
+    """bench/edge_bench.py (issue 14): each figure against its reference from the same run."""
+    figures: list[Figure] = []
+    for row in _dicts(docs):
+        kind = row.get("figure")
+        if kind == "kept_alive":
+            held, idle = row["admin"]["held"], row["admin"]["idle"]
+            why = f"; stopped: {row['stopped_because']}" if row["stopped_because"] else ""
+            figures.append(
+                (
+                    f"{row['asked']:,} idle kept-alive connections to one supervisor (2 processes, keepalive"
+                    f" {row['keepalive_s']} s, ulimit -n {row['nofile']:,}): held; admin while held",
+                    f"{row['held_at_end']:,} held, {row['rss_kib_per_connection']} KiB each{why}; admin "
+                    + _probe_text(held, idle),
+                    "≥ 5,000 held, admin p50 ≤ 2× idle",
+                    row["held_at_end"] >= 5000 and _probe_met(held),
+                )
+            )
+        elif kind == "noisy_neighbour":
+            for probe, windows in row["probes"].items():
+                via = "nginx" if probe.endswith("via nginx") else "supervisor"
+                seen = windows[f"loaded via {via}"]
+                reference = via == "nginx"
+                figures.append(
+                    (
+                        f"one app under {row['clients']} clients through {via}: {probe}",
+                        _probe_text(seen, windows["idle"]),
+                        "reference (no per-app cap)" if reference else "≤ 2× idle, no failures (×12 before)",
+                        None if reference else _probe_met(seen),
+                    )
+                )
+            load = row["load"]["supervisor"]
+            figures.append(
+                (
+                    "the loaded app through the supervisor: its answers",
+                    f"{load['rps']} req/s, {load['not_2xx']} refused busy (503)",
+                    "",
+                    None,
+                )
+            )
+        elif kind == "slow_readers":
+            statuses = ", ".join(f"{count} × {status}" for status, count in sorted(row["reader_statuses"].items()))
+            figures.append((f"{row['readers']} slow readers of a 15 MiB attachment: their answers", statuses, "", None))
+            for probe, windows in row["probes"].items():
+                figures.append(
+                    (
+                        f"{row['readers']} slow readers of a 15 MiB attachment: {probe}",
+                        _probe_text(windows["slow readers"], windows["idle"]),
+                        "≤ 2× idle, no failures",
+                        _probe_met(windows["slow readers"]),
+                    )
+                )
+        elif kind == "throughput":
+            for page, limit in (("changelist", 0.9), ("tiny", 0.85)):
+                for target, seen in row[page].items():
+                    if target == "direct":
+                        continue
+                    checked = target == "supervisor"
+                    figures.append(
+                        (
+                            f"{page} page, {target}: req/s ratio to direct (gevent worker)",
+                            f"{seen['ratio']:.2f} ({seen['rps']} against {row[page]['direct']['rps']} req/s)",
+                            f"≥ {limit}" if checked else "reference",
+                            _met(seen["ratio"], limit, at_most=False) if checked else None,
+                        )
+                    )
+    return figures
+
+
 def generic(docs: list) -> list[Figure]:
     """A script this report does not know yet: its top-level numbers, without targets."""
     figures = []
@@ -385,6 +465,7 @@ INTERPRETERS: dict[str, Callable[[list], list[Figure]]] = {
     "lifecycle_bench": lifecycle_bench,
     "backup_bench": backup_bench,
     "app_figures_bench": app_figures_bench,
+    "edge_bench": edge_bench,
 }
 # Smaller runs for --quick (a smoke run of the whole report, not figures to publish).
 QUICK_ARGS = {
@@ -400,6 +481,7 @@ QUICK_ARGS = {
     "lifecycle_bench": ["--moves", "3", "--apps", "10"],
     "app_figures_bench": ["--requests", "6000"],
     "backup_bench": ["--rows", "50000", "--files", "20", "--rounds", "1"],
+    "edge_bench": ["--window", "2", "--rounds", "1", "--connections", "500", "--readers", "20", "--seconds", "2"],
 }
 
 

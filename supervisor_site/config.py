@@ -95,6 +95,10 @@ class Config:
     proxy_route_cache_seconds: float
     proxy_concurrency: int
     proxy_app_concurrency: int
+    # Hosted requests at once per web process of a worker or standalone (HOSTED_CONCURRENCY):
+    # each may hold a database connection, so this bounds them (docs/architecture.md).
+    hosted_concurrency: int
+    hosted_app_concurrency: int
     trusted_proxies: list[str]
     # Where environments' URLs may point (ENVIRONMENT_ALLOWED_NETWORKS; empty: anywhere).
     environment_allowed_networks: AllowedNetworks
@@ -455,6 +459,10 @@ def load(environ: Mapping[str, str], base_dir: Path) -> Config:
             minimum=1,
             maximum=proxy_concurrency,
         ),
+        # gunicorn.conf.py sets it: the threads under gthread, 16 under gevent.
+        hosted_concurrency=read.integer("HOSTED_CONCURRENCY", 8, minimum=1, maximum=10_000),
+        # ... and for any one app (at most HOSTED_CONCURRENCY): 2 under gevent, the threads under gthread.
+        hosted_app_concurrency=read.integer("HOSTED_APP_CONCURRENCY", 8, minimum=1, maximum=10_000),
         trusted_proxies=[str(n) for n in _networks(read, "TRUSTED_PROXY_IPS", "127.0.0.1,::1")],
         environment_allowed_networks=_allowed_networks(read, "ENVIRONMENT_ALLOWED_NETWORKS"),
         metrics_token=read.raw("METRICS_TOKEN"),

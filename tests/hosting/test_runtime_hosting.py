@@ -6,12 +6,14 @@ meet other tests' apps in the same run.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
 import re
 import secrets
 import subprocess
+import threading
 import time
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -176,6 +178,7 @@ def worker(tmp_path_factory):
     }
     web = gunicorn("runtime_worker_a", port, env, storage, workers=2, threads=2).start()
     handle = Worker(port, env, storage)
+    handle.web = web
     # Start the two shared apps while gunicorn boots.
     starts = [
         handle.host_app_popen(
@@ -192,6 +195,37 @@ def worker(tmp_path_factory):
     finally:
         web.stop()
         print(web.log()[-3000:])
+
+
+def test_a_held_serving_lock_stalls_only_its_own_requests_on_the_gevent_worker(worker):
+    """Workers run gevent (gunicorn.conf.py): while something holds an app's serving lock
+    exclusively (as a stop does, for an instant), that app's requests wait without blocking
+    their process, so /healthz of the same processes keeps answering; they are served once it
+    is let go."""
+    assert "Using worker: gevent" in worker.web.log()
+    lock = worker.storage / "runtime" / f"{ENV_NAME}.serving" / "rt_a.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT)
+    answers: list[int] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Enough requests in flight to reach both gunicorn processes.
+        waiting = [
+            threading.Thread(target=lambda: answers.append(Client(worker.port).get("/apps/rt_a/")[0])) for _ in range(6)
+        ]
+        for thread in waiting:
+            thread.start()
+        for _ in range(5):
+            began = time.monotonic()
+            assert Client(worker.port).get("/healthz")[0] == 200
+            assert time.monotonic() - began < 1.0
+        assert answers == []  # still waiting for the lock
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    for thread in waiting:
+        thread.join(10)
+    assert answers == [302] * 6
 
 
 def test_error_pages_and_changes_seen_within_a_second(worker):

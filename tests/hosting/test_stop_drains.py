@@ -4,7 +4,10 @@ real ``flock``s on this machine's files, the real runtime, a request held in fli
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import threading
+import time
 
 import pytest
 
@@ -58,3 +61,24 @@ def test_a_stuck_request_delays_the_stop_only_up_to_the_drain_timeout(storage):
     with serving.serving("drain_b"):
         assert serving.wait_drained("drain_b", timeout=0.1) is False
     assert serving.wait_drained("drain_b", timeout=0.1) is True
+
+
+def test_a_request_never_blocks_on_the_lock_and_is_refused_busy_past_its_deadline(storage):
+    """The request side asks without blocking (gevent: a blocking flock would stall every
+    greenlet of the process); held exclusively by someone, it polls and gives up as Busy."""
+    path = serving.lock_path("drain_c")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(serving.Busy), serving.serving("drain_c", timeout=0.2):
+            pass
+        assert 0.2 <= time.monotonic() - started < 5
+        released = threading.Timer(0.1, fcntl.flock, args=(fd, fcntl.LOCK_UN))
+        released.start()
+        with serving.serving("drain_c", timeout=5):  # admitted once the holder lets go
+            pass
+        released.join(5)
+    finally:
+        os.close(fd)

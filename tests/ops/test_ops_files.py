@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -368,6 +369,52 @@ def test_gunicorn_variables_are_documented_and_in_env_example():
         # Commented out: .env.example is the process configuration config.py checks, and these
         # are read by gunicorn.conf.py only.
         assert re.search(rf"^# {name}=", example, re.M), f"{name} is not in .env.example"
+
+
+def gunicorn_settings(monkeypatch, environ: dict[str, str]) -> dict:
+    """What gunicorn.conf.py sets for a process started with ``environ`` (its own writes to
+    the environment go to a copy)."""
+    monkeypatch.setattr(os, "environ", dict(environ))
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "worker_class"), [("supervisor", "gevent"), ("worker", "gevent"), ("standalone", "gthread")]
+)
+def test_gunicorn_conf_gives_the_supervisor_and_workers_gevent_and_standalone_threads(monkeypatch, mode, worker_class):
+    conf = gunicorn_settings(monkeypatch, {"APP_MODE": mode})
+    assert conf["worker_class"] == worker_class
+    assert conf["keepalive"] == 5 and conf["timeout"] == 30  # the header deadline, the request limit
+    # Hosted requests at once per process: what bounds a worker's database connections.
+    assert os.environ["HOSTED_CONCURRENCY"] == ("16" if worker_class == "gevent" else str(conf["threads"]))
+    assert os.environ["HOSTED_APP_CONCURRENCY"] == ("2" if worker_class == "gevent" else str(conf["threads"]))
+    assert conf["worker_connections"] >= 5000
+    if mode == "supervisor":  # waiting costs a greenlet; the workers queue each app's requests
+        assert os.environ["PROXY_APP_CONCURRENCY"] == "64"
+
+
+def test_gunicorn_conf_keeps_the_per_app_cap_within_a_total_set_lower(monkeypatch):
+    gunicorn_settings(monkeypatch, {"APP_MODE": "supervisor", "PROXY_CONCURRENCY": "50"})
+    assert os.environ["PROXY_APP_CONCURRENCY"] == "50"
+
+
+def test_compose_and_kubernetes_leave_the_worker_class_to_gunicorn_conf(compose, k8s):
+    """Both roles get gunicorn.conf.py's choice (from APP_MODE): no deploy file pins threads or
+    a worker class, and compose gives each container descriptors for its gevent connections."""
+    pinned = {"GUNICORN_THREADS", "GUNICORN_WORKER_CLASS", "WEB_THREADS"}
+    for name, service in compose["services"].items():
+        env = compose_env(service)
+        assert not pinned & set(env), f"compose service {name} sets {pinned & set(env)}"
+    for path, documents in k8s.items():
+        for document in documents:
+            data = document.get("data") or {}
+            assert not pinned & set(data), f"{path} sets {pinned & set(data)}"
+            for container in (document.get("spec", {}).get("template", {}).get("spec", {}).get("containers")) or []:
+                names = {item["name"] for item in container.get("env", [])}
+                assert not pinned & names, f"{path} sets {pinned & names}"
+    for name in ("supervisor", "worker_a", "worker_b"):
+        nofile = compose["services"][name]["ulimits"]["nofile"]
+        assert nofile["soft"] >= 2 * 10_000, f"{name}: 2 processes x 10,000 connections need descriptors"
 
 
 # --- Kubernetes -------------------------------------------------------------------------

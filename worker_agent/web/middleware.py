@@ -1,6 +1,10 @@
 """Serves hosted apps under ``/apps/<name>/`` in processes that host apps (standalone, worker).
 
-Per request: validate the name, count the request as served (``hosting.serving``: a shared
+Per request: validate the name, take one of the process's ``HOSTED_CONCURRENCY`` places, at
+most ``HOSTED_APP_CONCURRENCY`` of them for one app (``places.py``: a request beyond them waits
+for one, at most ``ADMISSION_WAIT`` seconds, then gets a 503 busy page; under gevent, where a
+connection costs no thread, this is what bounds the database connections a process opens),
+count the request as served (``hosting.serving``: a shared
 lock a stop waits for), look the app up in the local state file (a ``stat()``; the
 file is re-read only when it changed), answer 404/503 unless the app runs here, otherwise
 route the request to the app: its database alias for every ORM query (``current_app_alias``),
@@ -25,6 +29,7 @@ import time
 
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.http.request import split_domain_port
 from django.utils.module_loading import import_string
@@ -36,6 +41,7 @@ from supervisor_site.vouched_hosts import vouch
 from worker_agent.hosting import app_databases, app_figures, app_logs, local_state, serving
 from worker_agent.hosting.db_router import current_app_alias
 from worker_agent.web import app_sites, error_pages
+from worker_agent.web.places import Places
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ APP_ROOT_META = "HTTP_X_FORWARDED_APP_ROOT"
 # Which environment served a hosted response (for operators and support, not for security).
 ENVIRONMENT_HEADER = "X-App-Environment"
 HOSTING_MODES = ("standalone", "worker")
+# How long a hosted request waits for a place before it is refused as busy: below the
+# supervisor's PROXY_READ_TIMEOUT (30 s by default), so the client gets this process's answer.
+ADMISSION_WAIT = 10.0
 
 
 def on_stopped_app_visit(name: str) -> str | None:
@@ -110,6 +119,8 @@ class HostedAppMiddleware:
         self.get_response = get_response
         self._routes: dict[str, _Route] = {}
         self._lock = threading.Lock()
+        config = settings.APP_CONFIG
+        self._places = Places(config.hosted_concurrency, config.hosted_app_concurrency)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info
@@ -121,10 +132,23 @@ class HostedAppMiddleware:
         if not slash:
             return HttpResponsePermanentRedirect(f"{APPS_PREFIX}{name}/")
 
+        if not self._places.take(name, ADMISSION_WAIT):
+            log.warning("app %s: no place free after %g s (HOSTED_[APP_]CONCURRENCY)", name, ADMISSION_WAIT)
+            return error_pages.unavailable(request, name, "busy")
+        try:
+            return self._serve(request, path, name)
+        finally:
+            self._places.give_back(name)
+
+    def _serve(self, request: HttpRequest, path: str, name: str) -> HttpResponse:
         with contextlib.ExitStack() as in_flight:
             # Counted as served before the state is read: a stop waits for this request
             # unless it reads the new state (serving.py says why the order matters).
-            in_flight.enter_context(serving.serving(name))
+            try:
+                in_flight.enter_context(serving.serving(name))
+            except serving.Busy:
+                log.warning("app %s: not admitted, its serving lock stayed held", name)
+                return error_pages.unavailable(request, name, "busy")
             entry = local_state.app_entry(name)
             status = entry.get("status") if entry else None
             if status != "running":
@@ -162,6 +186,11 @@ class HostedAppMiddleware:
                 raise
             finally:
                 current_app_alias.reset(token)
+                # The view is done: its database connections go with its place, not when the
+                # body has been sent (a slow reader would hold one outside the bound). Those
+                # kept on purpose (CONN_MAX_AGE under gthread) stay; a later query reconnects.
+                for connection in connections.all(initialized_only=True):
+                    connection.close_if_unusable_or_obsolete()
             response[ENVIRONMENT_HEADER] = settings.APP_CONFIG.environment_name
             _record_request(request, route, name, response.status_code, started)
             return response
