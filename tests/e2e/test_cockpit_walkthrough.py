@@ -214,7 +214,7 @@ def test_cockpit_walk_through(browser, cluster_logs, operator, queue_worker, wid
     shot("audit")
     page.goto("/admin/apps_registry/environment/")
     _no_horizontal_scroll(page, "environments list")
-    for column in ("status", "last_heartbeat_age", "running", "enabled"):
+    for column in ("status", "last_heartbeat_age", "running", "enabled_shown"):
         _inside(page, page.locator(f"td.field-{column}").first, f"environments {column}")
     shot("environments")
     assert shot.errors == [], shot.errors
