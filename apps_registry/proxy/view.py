@@ -461,6 +461,7 @@ SWITCH_POLL = 0.05
 
 
 def _await_switch(name: str, requested: str | None, remembered: str | None) -> tuple[AppRoute | None, routing.Decision]:
+    log.info("proxy %s: held out of its route by a move; waiting up to %g s for the switch", name, SWITCH_WAIT)
     deadline = time.monotonic() + SWITCH_WAIT
     while True:
         time.sleep(SWITCH_POLL)

@@ -5,7 +5,8 @@ on the rows themselves
 (``filter(pk=..., <expected state>).update(...)``).
 
 The admin, the API, the start queue and the ingest of worker events call them from here;
-they are defined by concern in the modules beside this one.
+they are defined by concern in the modules beside this one. Tracked jobs (move, drain, backup,
+…) change only through ``registry.jobs``, called by the jobs' runners (``control.lifecycle``).
 """
 
 from apps_registry.registry.applications import (
@@ -55,6 +56,14 @@ from apps_registry.registry.identities import (
     rebind_environment,
     record_identity_refusals,
 )
+from apps_registry.registry.moves import (
+    SwitchRefused,
+    place_move_targets,
+    roll_back_move,
+    set_environment_draining,
+    switch_route,
+    unload_sources,
+)
 from apps_registry.registry.reports import record_app_status, record_app_statuses
 from apps_registry.registry.requests import audit, close_request, new_request_id, note_converged, record_outcome
 from apps_registry.registry.starts import (
@@ -82,6 +91,7 @@ __all__ = [
     "NotApproved",
     "NothingToRebind",
     "STARTABLE",
+    "SwitchRefused",
     "ApplicationGone",
     "PlacementChange",
     "PlacementWouldStop",
@@ -100,6 +110,7 @@ __all__ = [
     "issue_api_token",
     "new_request_id",
     "note_converged",
+    "place_move_targets",
     "placements_on",
     "record_app_status",
     "record_app_statuses",
@@ -114,8 +125,12 @@ __all__ = [
     "request_stop",
     "resume_start_request",
     "revoke_api_tokens",
+    "roll_back_move",
     "set_application_environments",
+    "set_environment_draining",
     "set_environment_enabled",
+    "switch_route",
     "takedown",
+    "unload_sources",
     "update_application",
 ]

@@ -114,3 +114,16 @@ def test_the_api_cancels_a_queued_job_and_refuses_a_finished_one(api, app):
     assert api.call("POST", url, template)[0] == 409
     assert api.call("POST", f"/api/v1/jobs/{uuid.uuid4()}/cancel", template)[0] == 404
     assert AuditEntry.objects.filter(action="move_cancel_requested", via="api").count() == 1
+
+
+def test_the_admin_cancels_selected_jobs(client, app):
+    queued = jobs.create_job("move", ["check"], application=app)
+    done = jobs.create_job("move", ["check"], application=app)
+    jobs.finish_job(done.pk)
+    client.force_login(create_user("jobcanceller", superuser=True))
+    page = client.post(
+        "/admin/apps_registry/job/", {"action": "cancel_jobs", "_selected_action": [queued.pk, done.pk]}, follow=True
+    )
+    assert b"Cancel asked of 1 job; 1 finished already" in page.content
+    queued.refresh_from_db()
+    assert queued.status == JobStatus.CANCELLED

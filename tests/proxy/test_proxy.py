@@ -156,7 +156,7 @@ def _silent_server() -> tuple[socket.socket, list[socket.socket]]:
     return listener, held
 
 
-APPS = ("echoapp", "multi", "stoppedapp", "queuedapp", "deadapp", "offapp", "slowapp", "flipapp")
+APPS = ("echoapp", "multi", "stoppedapp", "queuedapp", "deadapp", "offapp", "slowapp", "flipapp", "switchapp")
 ENVS = ("env_echo", "env_echo2", "env_dead", "env_off", "env_slow")
 
 
@@ -190,6 +190,7 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
             "offapp": ([env_off], "running"),
             "slowapp": ([env_slow], "running"),
             "flipapp": ([env_echo], "running"),
+            "switchapp": ([env_echo], "running"),
         }
         for name, (envs, status) in placements.items():
             actions.create_application(name=name, environments=envs, via="test")
@@ -356,6 +357,62 @@ def test_a_status_change_is_seen_once_the_route_cache_expires(stack):
         interval=0.1,
         message="stop seen through the route cache",
     )
+
+
+def test_a_request_that_finds_its_app_held_out_of_its_route_waits_for_the_switch(stack):
+    """A move flips ``serving`` on both sides in one UPDATE; should a request still find the app
+    running but out of the route everywhere, it waits (re-reading the route) instead of failing."""
+    import psycopg
+
+    def serving(value: bool) -> None:
+        # Committed at once on a connection of its own, as the move job's would be.
+        with psycopg.connect(
+            host=services.PG_HOST,
+            port=services.PG_PORT,
+            user=services.PG_USER,
+            dbname=stack["env"]["DB_DATABASE"],
+            autocommit=True,
+        ) as conn:
+            conn.execute(
+                "UPDATE apps_registry_appenvironment SET serving = %s WHERE application_id ="
+                " (SELECT id FROM apps_registry_application WHERE name = 'switchapp')",
+                (value,),
+            )
+
+    assert call(stack, "GET", "/apps/switchapp/echo").status == 200
+    serving(False)
+    line = "proxy switchapp: held out of its route by a move"
+    waits_before = stack["supervisor"].log().count(line)
+    answers: list[tuple[int, float]] = []
+
+    def visit() -> None:
+        started = time.monotonic()
+        answers.append((call(stack, "GET", "/apps/switchapp/echo").status, time.monotonic() - started))
+
+    try:
+        # Once the route cache no longer has it serving, a request waits; the switch lands meanwhile.
+        give_up = time.monotonic() + 5.0  # the route cache (1 s) expires well before
+        for _attempt in range(500):
+            if time.monotonic() > give_up:
+                break
+            visitor = threading.Thread(target=visit)
+            visitor.start()
+            waiting = wait_until(
+                lambda v=visitor: stack["supervisor"].log().count(line) > waits_before or not v.is_alive(),
+                timeout=10,
+                interval=0.02,
+                message="a request waiting for the switch",
+            )
+            if visitor.is_alive() and waiting:
+                break
+            visitor.join(timeout=10)  # served from the route cache still: try again
+        serving(True)
+        visitor.join(timeout=10)
+    finally:
+        serving(True)
+    assert stack["supervisor"].log().count(line) > waits_before, "no request waited for the switch"
+    status, took = answers[-1]
+    assert status == 200 and took < 3.0, answers  # served once switched, not refused
 
 
 def test_dead_or_offline_environment_is_502_naming_it(stack):
