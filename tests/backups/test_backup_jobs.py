@@ -230,3 +230,26 @@ def test_the_schedule_backs_up_what_is_due_once(app):
         Backup.objects.all().delete()
         assert schedule.run_due()["backups"] == []
     get_queue().remove(f"{JOB_PREFIX}{queued.job_id}")
+
+
+def test_standalone_runs_the_job_in_a_thread_of_its_own(app, store):
+    """No Redis, no queue worker: the job runs in this process once the request commits."""
+    from django.db import transaction
+
+    from apps_registry.control.backups.jobs import dispatch
+    from tests.support.processes import wait_until
+
+    config = dataclasses.replace(settings.APP_CONFIG, supervisor_redis_url="", command_redis_url="")
+    with override_settings(APP_CONFIG=config):
+        assert not settings.APP_CONFIG.uses_redis
+        with transaction.atomic():
+            backup, job = actions.request_backup(app, via="api")
+            dispatch(job)
+        wait_until(
+            lambda: Job.objects.get(pk=job.pk).status == "succeeded",
+            timeout=30,
+            interval=0.1,
+            message="the standalone backup",
+        )
+    assert Backup.objects.get(pk=backup.pk).status == "succeeded"
+    assert f"{JOB_PREFIX}{job.pk}" not in get_queue().get_job_ids()  # nothing went to a queue

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 
 from apps_registry.control import ingest
 from apps_registry.control.backups import engine, targets
@@ -48,8 +48,17 @@ def dispatch(job: Job) -> None:
         enqueue_job(job)
     else:
         transaction.on_commit(
-            lambda: threading.Thread(target=run_job, args=(str(job.pk),), name=f"{job.kind}-job", daemon=True).start()
+            lambda: threading.Thread(
+                target=_run_in_thread, args=(str(job.pk),), name=f"{job.kind}-job", daemon=True
+            ).start()
         )
+
+
+def _run_in_thread(job_id: str) -> None:
+    try:
+        run_job(job_id)
+    finally:
+        connections.close_all()  # this thread's own connections, which nothing else would close
 
 
 def enqueue_job(job: Job) -> None:
