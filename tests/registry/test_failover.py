@@ -98,3 +98,34 @@ def test_a_placed_but_stopped_environment_is_preferred_and_started(envs):
     AppEnvironment.objects.filter(application=app, environment__name="fo_busy").update(status="stopped")
     assert failover.fail_over() == {"fo_crm": "fo_busy"}
     assert placements("fo_crm") == {"fo_busy": "queued"}
+
+
+def test_failover_is_chosen_on_the_admin_form_and_through_the_api(envs, admin_client, redis_conn):
+    from django.test import Client
+
+    from apps_registry.models import ApiToken
+    from tests.support.api import ApiClient
+    from tests.support.users import create_user
+
+    app = actions.create_application(name="fo_form", environments=[envs["live"]])
+    assert app.failover is False  # off by default
+    data = {
+        "name": "fo_form",
+        "display_name": "fo_form",
+        "description": "",
+        "target_environments": [envs["live"].pk],
+        "modules": [],
+        "start_mode": "manual",
+        "failover": "on",
+    }
+    response = admin_client.post(f"/admin/apps_registry/application/{app.pk}/change/", data, follow=True)
+    assert response.status_code == 200
+    assert Application.objects.get(pk=app.pk).failover is True
+    document = Client().get("/api/v1/openapi.json").json()
+    _token, raw = ApiToken.issue(create_user("foroot", superuser=True))
+    api = ApiClient(raw, document=document)
+    status, body = api.call("PATCH", "/api/v1/apps/fo_form", "/apps/{name}", body={"failover": False})
+    assert (status, body["failover"]) == (200, False), body
+    status, body = api.call("PATCH", "/api/v1/apps/fo_form", "/apps/{name}", body={"failover": "yes"})
+    assert status == 400  # strictly a boolean
+    assert Application.objects.get(pk=app.pk).failover is False
