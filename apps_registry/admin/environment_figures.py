@@ -24,8 +24,6 @@ def running_apps(envs: Sequence[Environment]) -> dict[str, tuple[list[str], int]
     found: dict[str, tuple[list[str], int]] = {env.name: ([], 0) for env in envs}
     running = AppEnvironment.objects.filter(environment__in=list(envs), status=AppStatus.RUNNING)
     counts = dict(running.values("environment__name").annotate(n=Count("pk")).values_list("environment__name", "n"))
-    if not counts:
-        return found
     first = (
         running.annotate(
             rank=Window(RowNumber(), partition_by=F("environment_id"), order_by=F("application__name").asc())
