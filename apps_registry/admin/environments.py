@@ -37,16 +37,16 @@ def _cut(text: str) -> str:
 @admin.register(Environment)
 class EnvironmentAdmin(admin.ModelAdmin):
     list_display = [
-        "name",
-        "version",
+        "name_shown",
+        "version_shown",
         "url_shown",
-        "proxy_url_shown",
         "status",
         "last_heartbeat_age",
         "running",
         "enabled_shown",
         "identity_shown",
     ]
+    list_display_links = ["name_shown"]
     list_filter = ["enabled", "approved", "draining"]
     search_fields = ["name", "url"]
     actions = [
@@ -132,6 +132,14 @@ class EnvironmentAdmin(admin.ModelAdmin):
             running = environment_figures.running_apps([env])[env.name]
         return _cut(environment_figures.running_text(running, self._liveness(env)[0]))
 
+    @admin.display(description="name", ordering="name")
+    def name_shown(self, env: Environment) -> str:
+        return _cut(env.name)  # names may have 63 characters
+
+    @admin.display(description="version", ordering="version")
+    def version_shown(self, env: Environment) -> str:
+        return _cut(env.version)  # whatever the worker reports
+
     @admin.display(description="enabled", ordering="enabled")
     def enabled_shown(self, env: Environment) -> str:
         # Draining is said here rather than in a column of its own: the list stays inside 1280 px.
@@ -143,10 +151,6 @@ class EnvironmentAdmin(admin.ModelAdmin):
     @admin.display(description="url", ordering="url")
     def url_shown(self, env: Environment) -> str:
         return _cut(env.url)
-
-    @admin.display(description="proxy url", ordering="proxy_url")
-    def proxy_url_shown(self, env: Environment) -> str:
-        return _cut(env.proxy_url or "—")
 
     @admin.display(description="identity")
     def identity_shown(self, env: Environment) -> str:

@@ -46,11 +46,23 @@ SIDEWAYS = """() => {
   return found;
 }"""
 
+# On failure: which column is wide, and by what text (the session cluster's other rows differ from run to run).
+COLUMN_WIDTHS = """() => {
+  const widest = {};
+  document.querySelectorAll("#result_list tr > *").forEach((c) => {
+    const name = [...c.classList].find((k) => k.startsWith("field-") || k.startsWith("action-")) || c.tagName;
+    const w = Math.round(c.getBoundingClientRect().width);
+    if (!widest[name] || widest[name][0] < w) widest[name] = [w, c.innerText.slice(0, 60)];
+  });
+  return widest;
+}"""
+
 
 def _no_horizontal_scroll(page, what: str) -> None:
     """Neither the page nor any box in it (the admin's list scrolls inside .results) scrolls sideways."""
     sideways = page.evaluate(SIDEWAYS)
-    assert not sideways, f"{what}: scrolls sideways: {sideways}"
+    widths = page.evaluate(COLUMN_WIDTHS) if sideways else {}
+    assert not sideways, f"{what}: scrolls sideways: {sideways}; widest cell per column: {widths}"
 
 
 def _buttons_in_one_row(page, buttons, what: str) -> None:
