@@ -27,6 +27,10 @@ from apps_registry.registry import actions, outbox
 router = Router()
 
 
+# Instead of an id: the newest finished backup (a clone "from its latest backup").
+LATEST = "latest"
+
+
 def backup_json(backup: Backup) -> dict[str, Any]:
     return {
         "id": str(backup.pk),
@@ -66,6 +70,11 @@ def list_backups(request: HttpRequest, name: AppPath = Path(..., example="sales_
 
 
 def _backup_of(app: Application, backup_id: str) -> Backup:
+    if backup_id == LATEST:
+        newest = Backup.objects.filter(app_name=app.name, status=BackupStatus.SUCCEEDED).order_by("-created_at").first()
+        if newest is None:
+            raise ApiError(400, errors={"backup": [f"{app.name} has no finished backup yet"]})
+        return newest
     try:
         key = uuid.UUID(backup_id)
     except ValueError:

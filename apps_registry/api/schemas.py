@@ -400,7 +400,9 @@ class RestoreIn(_Body):
         json_schema_extra={"example": {"backup": "00000000-0000-4000-8000-000000000000", "as": "sales_eu_copy"}},
     )
 
-    backup: StrictStr = Field(max_length=60, description="the backup's id (GET /apps/{name}/backups)")
+    backup: StrictStr = Field(
+        max_length=60, description='the backup\'s id (GET /apps/{name}/backups), or "latest": the newest finished one'
+    )
     as_: AppNameIn | None = Field(
         None,
         alias="as",

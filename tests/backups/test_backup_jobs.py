@@ -180,6 +180,10 @@ def test_restore_into_the_app_and_into_a_clone(api, app):
     assert Application.objects.get(name="bk_copy").placements.count() == 1  # the source's environments
     status, body = api.call("POST", "/api/v1/apps/bk_jobs/restore", "/apps/{name}/restore", body_in)
     assert status == 409  # the name is taken now
+    latest = {"backup": "latest", "as": "bk_copy2"}  # from its latest backup, without looking up its id
+    status, body = api.call("POST", "/api/v1/apps/bk_jobs/restore", "/apps/{name}/restore", latest)
+    assert status == 202, body
+    assert Job.objects.get(pk=body["job_id"]).params["backup"] == str(backup.pk)
 
 
 def test_bad_restore_requests_change_nothing(api, app):
@@ -189,6 +193,7 @@ def test_bad_restore_requests_change_nothing(api, app):
         ({"backup": "00000000-0000-4000-8000-000000000000"}, "backup"),
         ({"backup": "x", "extra": 1}, "extra"),
         ({"backup": "x", "as": "Bad Name"}, "as"),
+        ({"backup": "latest"}, "backup"),  # none finished yet
     ):
         status, body = api.call("POST", "/api/v1/apps/bk_jobs/restore", "/apps/{name}/restore", payload)
         assert status == 400 and field in body["errors"], body
