@@ -106,6 +106,28 @@ def _seen_in_redis(envs: Sequence[Environment]) -> dict[str, dt.datetime] | None
     return {name: dt.datetime.fromtimestamp(value + offset, tz=dt.UTC) for name, value in seconds.items()}
 
 
+# A Redis restarted empty (or replaced by a fresh one) has lost every lease: for OFFLINE_AFTER
+# after its start a missing lease is no evidence that an environment is gone — its worker is
+# re-registering — so the environment is UNKNOWN, not OFFLINE (and the proxy still tries it:
+# it answered a moment ago). Asked only when a bound environment has no lease, at most once a
+# second per process. A FLUSHALL without a restart is not seen (docs/operations.md).
+_REDIS_START_CHECKED_EVERY = 1.0
+_redis_start: tuple[float, float] | None = None  # (when asked, Redis's start on this clock)
+
+
+def redis_younger_than(seconds: float) -> bool:
+    """Whether the Redis holding the leases started less than ``seconds`` ago (False when unknown)."""
+    global _redis_start
+    now = time.time()
+    if _redis_start is None or now - _redis_start[0] > _REDIS_START_CHECKED_EVERY:
+        try:
+            uptime = float(redis_client.commands().info("server")["uptime_in_seconds"])
+        except (redis.RedisError, KeyError, TypeError, ValueError):
+            return False
+        _redis_start = (now, now - uptime)
+    return now - _redis_start[1] < seconds
+
+
 def environment_statuses(
     envs: Sequence[Environment], now: dt.datetime | None = None
 ) -> dict[str, tuple[str, dt.datetime | None]]:
@@ -136,6 +158,13 @@ def environment_statuses(
             lease_interval=config.lease_interval,
             offline_after=config.offline_after,
         )
+        if (
+            status == EnvironmentStatus.OFFLINE
+            and env.public_key
+            and env.name not in seen
+            and redis_younger_than(config.offline_after)
+        ):
+            status = EnvironmentStatus.UNKNOWN  # its lease may have gone with Redis's data
         result[env.name] = (status, last_seen)
     return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import signal
 import threading
@@ -415,7 +416,14 @@ def summarise(load: Load, fault: str, injected: float, recovered: float, stream:
         "failing_for_s": round(failed[-1].at - failed[0].at, 2) if failed else 0.0,
         "recovery_s": round(recovered - injected, 2),
         "codes": codes,
+        # What the first failure said (the proxy's pages name the cause): enough to tell which part failed.
+        **({"first_failure": _said(failed[0].body)} if failed else {}),
     }
+
+
+def _said(body: bytes) -> str:
+    text = re.sub(r"(?s)<(style|script)\b.*?</\1>|<[^>]+>", " ", body.decode(errors="replace"))
+    return " ".join(text.split())[:160]
 
 
 def record(results: list[dict]) -> None:

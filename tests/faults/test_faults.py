@@ -171,6 +171,10 @@ def test_redis_restarted_empty_is_rebuilt_and_nothing_is_lost(fault_cluster, api
     wait_statuses(api, "f_third", {"env_b": "stopped"}, timeout=30)
     recovered = load.wait_ok_streak(injected, None, streak=10, timeout=30)
     result = summarise(load, "Redis restarted empty", injected, max(recovered, reported))
+    # The workers kept serving throughout: an environment whose lease went with Redis's data is
+    # unknown, not offline, until it re-registers, so the proxy kept routing to it (42 % of the
+    # requests failed 502 "env_a, env_b offline" before).
+    assert result["failed"] == 0, result
     RESULTS.append(
         {
             **result,
