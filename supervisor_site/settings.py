@@ -42,7 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",  # login throttling (supervisor_site.login_throttle)
-    "django_rq",
+    "supervisor_site.start_queue_app.StartQueueConfig",  # django-rq, named "Start queue" in the admin
     "revproxy",
     "ninja",  # its templates and static files: the API's Swagger UI page, served by whitenoise
     "apps_registry",

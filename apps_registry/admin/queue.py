@@ -24,6 +24,8 @@ from apps_registry.control.start_queue import enqueue
 from apps_registry.registry import actions
 
 QUEUE_PERMISSION = "django_rq.admin"
+# Its one admin entry is the queue dashboard: named so in the sidebar, not "Django-RQ".
+Dashboard._meta.verbose_name = Dashboard._meta.verbose_name_plural = "Queue dashboard"
 
 
 def _guarded(view):

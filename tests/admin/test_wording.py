@@ -88,3 +88,14 @@ def test_one_date_format_and_the_audit_count_reads_well(client, placed):
     assert f"{count} audit entries" in listing and "audit trail<" not in listing
     assert "2026-12-01 14:55:07" in listing and "Dec. 1, 2026" not in listing
     assert "2026-12-01 14:55:07" in recent_history(placed[0])
+
+
+def test_the_queue_dashboard_is_named_as_operators_know_it(db):
+    from django.contrib.auth import get_user_model
+
+    root = get_user_model().objects.create_superuser("wording_root", "root@example.com", "pw")
+    signed_in = Client()
+    signed_in.force_login(root)
+    page = signed_in.get("/admin/").content.decode()
+    assert "Start queue" in page and "Queue dashboard" in page
+    assert "Django-RQ" not in page and "Django_Rq" not in page and "DJANGO_RQ" not in page
