@@ -439,35 +439,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "worker", "supervisor"):
         (tmp / sub).mkdir()
     ports = {name: free_port() for name in ("direct", "direct, gthread", "supervisor", "kept_alive", "nginx")}
-    common = {
-        "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
-        "SECRET_KEY": "bench-secret-key-not-for-production",
-        "ALLOWED_HOSTS": "*",
-        "DB_DIALECT": "postgres",
-        "DB_HOST": px.PG["host"],
-        "DB_PORT": str(px.PG["port"]),
-        "DB_USER": px.PG["user"],
-        "APP_SUPERVISOR_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5"),
-        "APP_REDIS_PREFIX": tag,
-        "APP_DB_PREFIX": f"{tag}_",
-        "LOG_LEVEL": "WARNING",
-        "APP_LEASE_INTERVAL": "3600",
-        "APP_OFFLINE_AFTER": "8000",
-    }
-    worker_env = {
-        **common,
-        "APP_MODE": "worker",
-        "DB_DATABASE": f"{tag}_worker",
-        "ENVIRONMENT_NAME": "env_bench",
-        "ENVIRONMENT_URL": f"http://127.0.0.1:{ports['direct']}",
-        "APP_STORAGE_DIR": str(tmp / "worker"),
-    }
-    supervisor_env = {
-        **common,
-        "APP_MODE": "supervisor",
-        "DB_DATABASE": f"{tag}_supervisor",
-        "APP_STORAGE_DIR": str(tmp / "supervisor"),
-    }
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+    worker_env, supervisor_env = px.bench_environments(tag, tmp, ports["direct"], redis_url)
     if args.worker_class:
         worker_env["GUNICORN_WORKER_CLASS"] = args.worker_class
     if args.app_cap:
@@ -570,7 +543,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             px.pg_exec(f'DROP DATABASE IF EXISTS "{db[0]}" WITH (FORCE)')
         import redis
 
-        client = redis.Redis.from_url(common["APP_SUPERVISOR_REDIS_URL"])
+        client = redis.Redis.from_url(supervisor_env["APP_SUPERVISOR_REDIS_URL"])
         for key in client.scan_iter(match=f"{tag}:*", count=1000):
             client.delete(key)
         shutil.rmtree(tmp, ignore_errors=True)

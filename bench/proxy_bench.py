@@ -142,21 +142,12 @@ def fetch(url: str, cookie: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=8)
-    args = parser.parse_args()
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            raise SystemExit(f"{tool} is needed: apt-get install -y {tool}")
+REDIS_URL = "redis://127.0.0.1:6379/4"
 
-    tag = f"benchpx{os.getpid()}"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "worker", "supervisor"):
-        (tmp / sub).mkdir()
-    worker_port, supervisor_port, nginx_port, uncached_port = free_port(), free_port(), free_port(), free_port()
+
+def bench_environments(tag: str, tmp: Path, worker_port: int, redis_url: str) -> tuple[dict, dict]:
+    """The worker's and the supervisor's environments of a bench cluster (also edge_bench's): one
+    worker ``env_bench`` on ``worker_port``, leases that never lapse, databases prefixed ``tag``."""
     common = {
         "DJANGO_SETTINGS_MODULE": "supervisor_site.settings",
         "SECRET_KEY": "bench-secret-key-not-for-production",
@@ -165,7 +156,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         "DB_HOST": PG["host"],
         "DB_PORT": str(PG["port"]),
         "DB_USER": PG["user"],
-        "APP_SUPERVISOR_REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4"),
+        "APP_SUPERVISOR_REDIS_URL": redis_url,
         "APP_REDIS_PREFIX": tag,
         "APP_DB_PREFIX": f"{tag}_",
         "LOG_LEVEL": "WARNING",
@@ -185,8 +176,27 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         "APP_MODE": "supervisor",
         "DB_DATABASE": f"{tag}_supervisor",
         "APP_STORAGE_DIR": str(tmp / "supervisor"),
-        "PROXY_POOL_SIZE": "8",
     }
+    return worker_env, supervisor_env
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is needed: apt-get install -y {tool}")
+
+    tag = f"benchpx{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "worker", "supervisor"):
+        (tmp / sub).mkdir()
+    worker_port, supervisor_port, nginx_port, uncached_port = free_port(), free_port(), free_port(), free_port()
+    worker_env, supervisor_env = bench_environments(tag, tmp, worker_port, os.environ.get("BENCH_REDIS_URL", REDIS_URL))
+    supervisor_env["PROXY_POOL_SIZE"] = "8"
     processes = []
     nginx: subprocess.Popen | None = None
     try:
@@ -272,7 +282,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             pg_exec(f'DROP DATABASE IF EXISTS "{db[0]}" WITH (FORCE)')
         import redis
 
-        client = redis.Redis.from_url(common["APP_SUPERVISOR_REDIS_URL"])
+        client = redis.Redis.from_url(supervisor_env["APP_SUPERVISOR_REDIS_URL"])
         for key in client.scan_iter(match=f"{tag}:*", count=1000):
             client.delete(key)
         shutil.rmtree(tmp, ignore_errors=True)
