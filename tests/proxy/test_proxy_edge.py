@@ -211,12 +211,19 @@ def test_a_broken_body_elsewhere_in_the_supervisor_is_a_400_too(edge):
 # --- upstream deadlines -----------------------------------------------------------------------
 
 
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (``T``: stopped by a signal)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_a_sigstopped_worker_is_a_504_after_the_read_timeout_and_holds_nothing_longer(edge):
     port = edge["port"]
     stall = edge["upstreams"]["up_stall"]
     assert get(port, "/apps/stallapp/echo")[0] == 200
     stall.signal(signal.SIGSTOP)
     try:
+        # kill() returns before the process has stopped: the requests below are for a stopped one.
+        wait_until(lambda: _state(stall.pid) == "T", timeout=5, interval=0.01, message="up_stall stopped")
         results: list[tuple[int, float, dict]] = []
 
         def one() -> None:
@@ -234,7 +241,7 @@ def test_a_sigstopped_worker_is_a_504_after_the_read_timeout_and_holds_nothing_l
             thread.join(timeout=READ_TIMEOUT + 15)
         assert len(results) == APP_CAP
         for status, elapsed, data in results:
-            assert status == 504 and data["environments"] == ["env_up_stall"], data
+            assert status == 504 and data["environments"] == ["env_up_stall"], (status, elapsed, data)
             assert data["timeout_seconds"] == READ_TIMEOUT
             assert READ_TIMEOUT - 0.2 < elapsed < READ_TIMEOUT + 5, elapsed
         page = get(port, "/apps/stallapp/echo", {"Accept": "text/html"}, timeout=20)
